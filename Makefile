@@ -1,0 +1,51 @@
+# bpfloom build. `make demo` and `make test` are the two set-up commands in the README;
+# both install everything first (scripts/setup.sh), so they work on a fresh machine.
+
+CLANG     ?= clang-16
+BPFTOOL   ?= bpftool
+CC        ?= gcc
+VENV      := .venv
+BUILD     := build
+ARCH      := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
+
+# The kernel types header is generated from the running kernel's BTF, never committed.
+VMLINUX_H := $(BUILD)/vmlinux.h
+BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -I$(BUILD) -Isrc/bpfloom/bpf -Wall -Wno-unused-function
+
+# Every *.bpf.c in these folders is built into a *.bpf.o beside it.
+BPF_SRC := $(wildcard src/bpfloom/bpf/*.bpf.c tests/bpf/*.bpf.c bench/bpf/*.bpf.c)
+BPF_OBJ := $(BPF_SRC:.bpf.c=.bpf.o)
+BPF_HDR := $(wildcard src/bpfloom/bpf/*.h tests/bpf/*.h bench/bpf/*.h)
+# Native helpers (the C baseline consumer of bench/drain.py).
+NATIVE  := $(BUILD)/drain_c
+
+.PHONY: setup bpf demo test lint clean
+setup:
+	bash scripts/setup.sh
+
+bpf: $(BPF_OBJ) $(NATIVE)
+
+$(VMLINUX_H):
+	@mkdir -p $(BUILD)
+	$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+%.bpf.o: %.bpf.c $(VMLINUX_H) $(BPF_HDR)
+	$(CLANG) $(BPF_CFLAGS) -I$(dir $<) -c $< -o $@
+
+$(BUILD)/drain_c: bench/drain_c.c
+	@mkdir -p $(BUILD)
+	$(CC) -O2 -Wall -o $@ $< -lbpf
+
+demo: setup
+	$(VENV)/bin/python -m bpfloom.demo
+
+test: setup
+	CI=$${CI:-} $(VENV)/bin/python -m pytest -q
+
+lint:
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(BUILD) $(BPF_OBJ)

@@ -1,0 +1,346 @@
+"""The one module that talks to libbpf (the system's ``libbpf.so.1``) through ctypes.
+
+Nothing else in bpfloom imports ctypes for libbpf: the rest of the package calls the
+small typed functions here. libbpf >= 1.0 semantics are assumed: functions that return
+a pointer return NULL and set ``errno``; functions that return ``int`` return
+``-errno``. ``check()`` and ``check_ptr()`` turn both into ``OSError`` with the errno,
+which callers wrap into bpfloom's own errors with context (program, map, hook).
+
+libbpf's log output (including the verifier log printed when a program fails to load)
+goes through a print callback installed once: messages are kept in a bounded buffer
+(``recent_log()``) so that errors can quote the verifier's last lines, and are never
+written to the user's terminal behind their back.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import ctypes.util
+import os
+import threading
+from ctypes import (
+    CFUNCTYPE,
+    POINTER,
+    Structure,
+    c_bool,
+    c_char_p,
+    c_int,
+    c_size_t,
+    c_uint,
+    c_uint32,
+    c_uint64,
+    c_void_p,
+)
+from typing import Any
+
+_lib_name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+try:
+    lib = ctypes.CDLL(_lib_name, use_errno=True)
+except OSError as exc:  # pragma: no cover - depends on the machine
+    raise ImportError(
+        f"cannot load libbpf ({_lib_name}): install the system library (Debian: libbpf1)"
+    ) from exc
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+ObjPtr = c_void_p
+ProgPtr = c_void_p
+MapPtr = c_void_p
+LinkPtr = c_void_p
+BtfPtr = c_void_p
+
+
+def _fn(name: str, restype: Any, *argtypes: Any) -> Any:
+    f = getattr(lib, name)
+    f.restype = restype
+    f.argtypes = list(argtypes)
+    return f
+
+
+class OpenOpts(Structure):
+    """``struct bpf_object_open_opts`` (libbpf 1.1 layout, up to ``kernel_log_level``)."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("object_name", c_char_p),
+        ("relaxed_maps", c_bool),
+        ("pin_root_path", c_char_p),
+        ("_attach_prog_fd", c_uint32),
+        ("kconfig", c_char_p),
+        ("btf_custom_path", c_char_p),
+        ("kernel_log_buf", c_void_p),
+        ("kernel_log_size", c_size_t),
+        ("kernel_log_level", c_uint32),
+    ]
+
+
+class UprobeOpts(Structure):
+    """``struct bpf_uprobe_opts`` (libbpf 1.1)."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("ref_ctr_offset", c_size_t),
+        ("bpf_cookie", c_uint64),
+        ("retprobe", c_bool),
+        ("func_name", c_char_p),
+    ]
+
+
+class TcHook(Structure):
+    """``struct bpf_tc_hook``."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("ifindex", c_int),
+        ("attach_point", c_int),
+        ("parent", c_uint32),
+    ]
+
+
+class TcOpts(Structure):
+    """``struct bpf_tc_opts``."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("prog_fd", c_int),
+        ("flags", c_uint32),
+        ("prog_id", c_uint32),
+        ("handle", c_uint32),
+        ("priority", c_uint32),
+    ]
+
+
+class TestRunOpts(Structure):
+    """``struct bpf_test_run_opts``."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("data_in", c_void_p),
+        ("data_out", c_void_p),
+        ("data_size_in", c_uint32),
+        ("data_size_out", c_uint32),
+        ("ctx_in", c_void_p),
+        ("ctx_out", c_void_p),
+        ("ctx_size_in", c_uint32),
+        ("ctx_size_out", c_uint32),
+        ("retval", c_uint32),
+        ("repeat", c_int),
+        ("duration", c_uint32),
+        ("flags", c_uint32),
+        ("cpu", c_uint32),
+        ("batch_size", c_uint32),
+    ]
+
+
+BPF_TC_INGRESS = 1
+BPF_TC_EGRESS = 2
+
+object_open_file = _fn("bpf_object__open_file", ObjPtr, c_char_p, POINTER(OpenOpts))
+object_load = _fn("bpf_object__load", c_int, ObjPtr)
+object_close = _fn("bpf_object__close", None, ObjPtr)
+object_btf = _fn("bpf_object__btf", BtfPtr, ObjPtr)
+object_next_program = _fn("bpf_object__next_program", ProgPtr, ObjPtr, ProgPtr)
+object_next_map = _fn("bpf_object__next_map", MapPtr, ObjPtr, MapPtr)
+
+program_name = _fn("bpf_program__name", c_char_p, ProgPtr)
+program_section_name = _fn("bpf_program__section_name", c_char_p, ProgPtr)
+program_fd = _fn("bpf_program__fd", c_int, ProgPtr)
+program_type = _fn("bpf_program__type", c_uint, ProgPtr)
+program_autoload = _fn("bpf_program__autoload", c_bool, ProgPtr)
+program_set_autoload = _fn("bpf_program__set_autoload", c_int, ProgPtr, c_bool)
+program_attach = _fn("bpf_program__attach", LinkPtr, ProgPtr)
+program_attach_tracepoint = _fn(
+    "bpf_program__attach_tracepoint", LinkPtr, ProgPtr, c_char_p, c_char_p
+)
+program_attach_raw_tracepoint = _fn(
+    "bpf_program__attach_raw_tracepoint", LinkPtr, ProgPtr, c_char_p
+)
+program_attach_uprobe_opts = _fn(
+    "bpf_program__attach_uprobe_opts",
+    LinkPtr,
+    ProgPtr,
+    c_int,
+    c_char_p,
+    c_size_t,
+    POINTER(UprobeOpts),
+)
+program_attach_xdp = _fn("bpf_program__attach_xdp", LinkPtr, ProgPtr, c_int)
+link_destroy = _fn("bpf_link__destroy", c_int, LinkPtr)
+
+map_name = _fn("bpf_map__name", c_char_p, MapPtr)
+map_type = _fn("bpf_map__type", c_uint, MapPtr)
+map_fd = _fn("bpf_map__fd", c_int, MapPtr)
+map_key_size = _fn("bpf_map__key_size", c_uint32, MapPtr)
+map_value_size = _fn("bpf_map__value_size", c_uint32, MapPtr)
+map_max_entries = _fn("bpf_map__max_entries", c_uint32, MapPtr)
+map_set_max_entries = _fn("bpf_map__set_max_entries", c_int, MapPtr, c_uint32)
+map_btf_key_type_id = _fn("bpf_map__btf_key_type_id", c_uint32, MapPtr)
+map_btf_value_type_id = _fn("bpf_map__btf_value_type_id", c_uint32, MapPtr)
+map_initial_value = _fn("bpf_map__initial_value", c_void_p, MapPtr, POINTER(c_size_t))
+map_is_internal = _fn("bpf_map__is_internal", c_bool, MapPtr)
+
+btf_raw_data = _fn("btf__raw_data", c_void_p, BtfPtr, POINTER(c_uint32))
+btf_load_vmlinux = _fn("btf__load_vmlinux_btf", BtfPtr)
+btf_find_by_name_kind = _fn("btf__find_by_name_kind", ctypes.c_int32, BtfPtr, c_char_p, c_uint32)
+btf_free = _fn("btf__free", None, BtfPtr)
+
+bpf_map_lookup_elem = _fn("bpf_map_lookup_elem", c_int, c_int, c_void_p, c_void_p)
+bpf_map_update_elem = _fn("bpf_map_update_elem", c_int, c_int, c_void_p, c_void_p, c_uint64)
+bpf_map_delete_elem = _fn("bpf_map_delete_elem", c_int, c_int, c_void_p)
+bpf_map_get_next_key = _fn("bpf_map_get_next_key", c_int, c_int, c_void_p, c_void_p)
+bpf_prog_test_run_opts = _fn("bpf_prog_test_run_opts", c_int, c_int, POINTER(TestRunOpts))
+
+tc_hook_create = _fn("bpf_tc_hook_create", c_int, POINTER(TcHook))
+tc_hook_destroy = _fn("bpf_tc_hook_destroy", c_int, POINTER(TcHook))
+tc_attach = _fn("bpf_tc_attach", c_int, POINTER(TcHook), POINTER(TcOpts))
+tc_detach = _fn("bpf_tc_detach", c_int, POINTER(TcHook), POINTER(TcOpts))
+
+num_possible_cpus = _fn("libbpf_num_possible_cpus", c_int)
+
+# --- errors ---------------------------------------------------------------------------
+
+
+def check(ret: int, what: str) -> int:
+    """Return ``ret`` if non-negative, else raise ``OSError(-ret)`` mentioning ``what``."""
+    if ret < 0:
+        err = -ret
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def check_ptr(ptr: int | None, what: str) -> int:
+    """Return a non-NULL pointer, else raise ``OSError(errno)`` mentioning ``what``."""
+    if not ptr:
+        err = ctypes.get_errno() or 22  # EINVAL when libbpf did not say
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ptr
+
+
+def cstr(value: bytes | None) -> str:
+    return value.decode("utf-8", "replace") if value else ""
+
+
+# --- the log callback -------------------------------------------------------------------
+
+LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
+_PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
+_vsnprintf = _libc.vsnprintf
+_vsnprintf.restype = c_int
+_vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
+
+_log_lock = threading.Lock()
+_log: collections.deque[str] = collections.deque(maxlen=4000)
+_log_seq = 0
+
+
+def _on_print(level: int, fmt: bytes, va_list: int) -> int:
+    # On x86-64 and arm64 a va_list argument is passed as a pointer, which vsnprintf
+    # accepts as-is; the message is formatted into a bounded buffer.
+    global _log_seq
+    if level == LIBBPF_DEBUG:
+        return 0
+    buf = ctypes.create_string_buffer(8192)
+    _vsnprintf(buf, len(buf), fmt, va_list)
+    text = buf.value.decode("utf-8", "replace")
+    with _log_lock:
+        for line in text.splitlines():
+            _log.append(line)
+            _log_seq += 1
+    return 0
+
+
+_print_callback = _PRINT_FN(_on_print)  # kept referenced for the life of the process
+_set_print = _fn("libbpf_set_print", c_void_p, _PRINT_FN)
+_set_print(_print_callback)
+
+
+def log_mark() -> int:
+    """A position in libbpf's log; pass it to ``log_since`` to get what came after."""
+    with _log_lock:
+        return _log_seq
+
+
+def log_since(mark: int) -> list[str]:
+    """libbpf's log lines printed after ``mark`` (bounded to the last few thousand)."""
+    with _log_lock:
+        n = min(_log_seq - mark, len(_log))
+        return list(_log)[len(_log) - n :] if n > 0 else []
+
+
+def buffer_at(address: int, size: int) -> Any:
+    """A writable ctypes char array over ``size`` bytes at ``address`` (libbpf memory)."""
+    return (ctypes.c_char * size).from_address(address)
+
+
+def bytes_at(address: int, size: int) -> bytes:
+    return ctypes.string_at(address, size)
+
+
+def new_buffer(size: int) -> Any:
+    return ctypes.create_string_buffer(max(size, 1))
+
+
+def address_of(buf: Any) -> int:
+    return ctypes.addressof(buf)
+
+
+def btf_raw(btf: int) -> bytes:
+    """The raw bytes of a ``struct btf`` (as libbpf fixed it up after opening)."""
+    size = c_uint32(0)
+    ptr = check_ptr(btf_raw_data(btf, ctypes.byref(size)), "btf__raw_data")
+    return ctypes.string_at(ptr, size.value)
+
+
+def map_initial_bytes(map_ptr: int) -> tuple[int, int]:
+    """Address and size of an internal map's initial value (libbpf's mmap'd image)."""
+    size = c_size_t(0)
+    addr = map_initial_value(map_ptr, ctypes.byref(size))
+    return (addr or 0), size.value
+
+
+def open_file(path: str) -> int:
+    opts = OpenOpts(sz=ctypes.sizeof(OpenOpts))
+    return check_ptr(object_open_file(os.fsencode(path), ctypes.byref(opts)), f"open {path}")
+
+
+def attach_uprobe(
+    prog: int, pid: int, binary: str, offset: int, func_name: str | None, retprobe: bool
+) -> int:
+    opts = UprobeOpts(sz=ctypes.sizeof(UprobeOpts), retprobe=retprobe)
+    if func_name:
+        opts.func_name = func_name.encode()
+    return check_ptr(
+        program_attach_uprobe_opts(prog, pid, os.fsencode(binary), offset, ctypes.byref(opts)),
+        "attach uprobe",
+    )
+
+
+def tc_hook(ifindex: int, attach_point: int) -> TcHook:
+    return TcHook(sz=ctypes.sizeof(TcHook), ifindex=ifindex, attach_point=attach_point)
+
+
+def tc_opts(prog_fd: int = 0, handle: int = 0, priority: int = 0) -> TcOpts:
+    return TcOpts(sz=ctypes.sizeof(TcOpts), prog_fd=prog_fd, handle=handle, priority=priority)
+
+
+def test_run(prog_fd: int, ctx: bytes | None = None, repeat: int = 1) -> int:
+    """Run a program once with BPF_PROG_TEST_RUN; return its return value."""
+    opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), repeat=repeat)
+    keep = None
+    if ctx:
+        keep = ctypes.create_string_buffer(ctx, len(ctx))
+        opts.ctx_in = ctypes.addressof(keep)
+        opts.ctx_size_in = len(ctx)
+    check(bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
+    del keep
+    return int(opts.retval)
+
+
+def byref(obj: Any) -> Any:
+    return ctypes.byref(obj)
+
+
+def load_vmlinux_btf() -> int | None:
+    ptr = btf_load_vmlinux()
+    return ptr or None

@@ -1,0 +1,92 @@
+/* SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause */
+/*
+ * bpfloom.h - the one shared header of bpfloom's own BPF programs.
+ *
+ * It gives the kernel types and libbpf helpers every program needs, and three
+ * emit helpers that make kernel-side losses visible: a ring buffer does not
+ * report the records it could not take (unlike a perf buffer's PERF_RECORD_LOST),
+ * so every failed reservation or output is counted here, per CPU, in the map
+ * `bpfloom_drops`. The runtime sums its per-CPU values as `dropped_kernel`.
+ *
+ * Include it exactly once per object (it defines a map and a global).
+ */
+#ifndef __BPFLOOM_H
+#define __BPFLOOM_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+/*
+ * Failed ring buffer reservations/outputs of this object, one counter per CPU
+ * at key 0. Per-CPU so that counting a drop never contends between CPUs.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} bpfloom_drops SEC(".maps");
+
+/*
+ * Wakeup flags passed to every submit/output: 0 lets the kernel decide (wake
+ * the reader when it has caught up), BPF_RB_NO_WAKEUP (1) never wakes it, for a
+ * reader that drains on its own schedule (a wakeup per event costs the traced
+ * workload more than the event), BPF_RB_FORCE_WAKEUP (2) always wakes it.
+ * Set it before load: it lives in .rodata, frozen at load time.
+ */
+const volatile __u64 bpfloom_wakeup_flags = 0;
+
+/* Counts one lost record on this CPU. */
+static __always_inline void bpfloom_count_drop(void)
+{
+	__u32 zero = 0;
+	__u64 *drops = bpf_map_lookup_elem(&bpfloom_drops, &zero);
+
+	/*
+	 * Atomic although the counter is per-CPU: a program may be interrupted on
+	 * the same CPU by another one that also drops (say, a tracepoint hit from
+	 * inside a softirq), and a plain `+= 1` could then lose a count.
+	 */
+	if (drops)
+		__sync_fetch_and_add(drops, 1);
+}
+
+/*
+ * Reserves `size` bytes in ring buffer map `ringbuf` (pass `&map`), like
+ * bpf_ringbuf_reserve; on failure (ring full) counts a drop and returns NULL.
+ * `size` must be a constant the verifier can see. The slot is NOT zeroed.
+ * Every non-NULL result must reach bpfloom_submit() or bpf_ringbuf_discard().
+ */
+static __always_inline void *bpfloom_reserve(void *ringbuf, __u64 size)
+{
+	void *slot = bpf_ringbuf_reserve(ringbuf, size, 0);
+
+	if (!slot)
+		bpfloom_count_drop();
+	return slot;
+}
+
+/* Publishes a slot from bpfloom_reserve() with the configured wakeup flags. */
+static __always_inline void bpfloom_submit(void *slot)
+{
+	bpf_ringbuf_submit(slot, bpfloom_wakeup_flags);
+}
+
+/*
+ * Copies `size` bytes at `data` into ring buffer map `ringbuf` (pass `&map`),
+ * like bpf_ringbuf_output with the configured wakeup flags; on failure counts
+ * a drop. Returns 0 or the helper's negative error. Costs one copy more than
+ * reserve/submit; use it when the record is already built elsewhere.
+ */
+static __always_inline long bpfloom_output(void *ringbuf, void *data, __u64 size)
+{
+	long err = bpf_ringbuf_output(ringbuf, data, size, bpfloom_wakeup_flags);
+
+	if (err)
+		bpfloom_count_drop();
+	return err;
+}
+
+#endif /* __BPFLOOM_H */

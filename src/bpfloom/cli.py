@@ -1,0 +1,431 @@
+"""The ``bpfloom`` command line: a thin layer over the public API.
+
+``bpfloom run OBJECT [OPTIONS] [--<global> VALUE ...]`` is a drop-in for eunomia-bpf's
+``ecli run`` on plain objects: the object's globals become options named exactly like
+the variables (parsed by a second click command built from the object's BTF once the
+object is open), every program is attached by its ``SEC()`` name, events of every
+ring/perf buffer are printed as a table or JSON lines, and log2 histogram maps are
+printed every interval. Errors are one line on stderr and exit status 1 — never a
+traceback (set ``BPFLOOM_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+
+from . import decode
+from ._exceptions import BpfloomError, TypeInfoError
+from .histogram import format_log2_hist, is_log2_hist
+from .object import BpfObject, GlobalVar
+from .perfbuf import PerfBuffer
+from .ringbuf import RingBuffer
+from .types import Array, Enum, Int, Struct, Type, strip
+
+EXIT_ERROR = 1
+RUN_OPTIONS = ("json", "duration", "event_type", "interval", "help")
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"bpfloom: error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+class _Stop(Exception):
+    """Raised from a signal handler to end the event loop cleanly."""
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bpfloom")
+def main() -> None:
+    """bpfloom: run precompiled CO-RE eBPF objects and read their events from Python."""
+
+
+# --- bpfloom run ------------------------------------------------------------------------
+
+
+class _GlobalType(click.ParamType):
+    """A click type that parses command-line text for one global, from its BTF type."""
+
+    def __init__(self, var: GlobalVar) -> None:
+        self.var = var
+        self.name = var.c_type
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return decode.parse_text(self.var.type, value)
+        except TypeInfoError as exc:
+            self.fail(f"{value!r} is not a valid {self.var.c_type}: {exc}", param, ctx)
+
+
+def _is_bool(t: Type | None) -> bool:
+    s = strip(t)
+    return isinstance(s, Int) and s.is_bool
+
+
+def _global_options(obj: BpfObject) -> list[click.Option]:
+    options = []
+    for var in obj.globals.info():
+        try:
+            default = obj.globals[var.name]
+        except BpfloomError:
+            default = None
+        flag = f"--{var.name}" if var.name not in RUN_OPTIONS else f"--global-{var.name}"
+        section = var.section.lstrip(".")
+        help_text = f"global {var.c_type} in {section}"
+        if _is_bool(var.type):
+            options.append(
+                click.Option(
+                    [flag, var.name],
+                    is_flag=True,
+                    default=bool(default),
+                    show_default=True,
+                    help=help_text,
+                )
+            )
+        else:
+            shown = default if not isinstance(default, str) else repr(default)
+            options.append(
+                click.Option(
+                    [flag, var.name],
+                    type=_GlobalType(var),
+                    default=None,
+                    show_default=str(shown),
+                    help=help_text,
+                )
+            )
+    return options
+
+
+def _run_options() -> list[click.Option]:
+    return [
+        click.Option(["--json", "as_json"], is_flag=True, help="Print one JSON object per event."),
+        click.Option(
+            ["--duration"],
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help="Stop after this many seconds (default: run until Ctrl-C).",
+        ),
+        click.Option(
+            ["--event-type", "event_type"],
+            default=None,
+            metavar="NAME",
+            help="Struct the ring/perf buffer records hold (default: found automatically).",
+        ),
+        click.Option(
+            ["--interval"],
+            type=click.FloatRange(min=0, min_open=True),
+            default=5.0,
+            show_default=True,
+            help="Seconds between histogram prints (histogram maps only).",
+        ),
+    ]
+
+
+RUN_HELP = """Load OBJECT, attach its programs, and print its events.
+
+OBJECT is a compiled eBPF object (clang -g -O2 -target bpf). Its global variables
+(const volatile, .data, .bss) become options named exactly like the variables, e.g.
+--pid_target 618; bool globals are flags. Run `bpfloom run OBJECT --help` to list
+them with their types and defaults.
+
+Events of every ring buffer and perf buffer map are printed one per line: a table
+(TIME, then the record's fields) or, with --json, one JSON object per line. Maps whose
+values hold a log2 histogram (a struct with a `slots` array) are printed every
+--interval seconds and at exit. At exit, a summary of events received and lost goes to
+stderr.
+"""
+
+
+def _split_object(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """Take OBJECT out of ``run``'s arguments (it may stand before or after options)."""
+    rest = list(args)
+    for i, arg in enumerate(rest):
+        if arg == "--":
+            break
+        if arg.startswith("-"):
+            continue
+        prev = rest[i - 1] if i else ""
+        takes_value = prev.startswith("--") and "=" not in prev and prev not in ("--json",)
+        if takes_value and not (arg.endswith(".o") or os.path.isfile(arg)):
+            continue
+        return arg, rest[:i] + rest[i + 1 :]
+    return None, rest
+
+
+@main.command(
+    "run",
+    help=RUN_HELP,
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def run_command(args: tuple[str, ...]) -> None:
+    obj_path, rest = _split_object(args)
+    if obj_path is None:
+        inner = click.Command("run", params=_run_options(), help=RUN_HELP)
+        if any(a in ("-h", "--help") for a in rest):
+            click.echo(inner.get_help(click.Context(inner, info_name="bpfloom run")))
+            click.echo("\nUsage: bpfloom run OBJECT [OPTIONS] [--GLOBAL VALUE ...]")
+            return
+        _fail("missing OBJECT: bpfloom run OBJECT [OPTIONS] (see bpfloom run --help)")
+    try:
+        obj = BpfObject(obj_path)
+    except BpfloomError as exc:
+        _fail(str(exc))
+    try:
+        inner = click.Command(
+            "run",
+            params=_run_options() + _global_options(obj),
+            help=RUN_HELP,
+            context_settings={"help_option_names": ["-h", "--help"]},
+            callback=lambda **kw: _run(obj, kw),
+        )
+        try:
+            inner.main(args=rest, prog_name=f"bpfloom run {obj_path}", standalone_mode=False)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(EXIT_ERROR)
+        except click.exceptions.Abort:
+            sys.exit(EXIT_ERROR)
+    except BpfloomError as exc:
+        _fail(str(exc))
+    finally:
+        obj.close()
+
+
+def _field_width(name: str, t: Type | None) -> int:
+    s = strip(t)
+    if isinstance(s, Array) and isinstance(strip(s.element), Int):
+        return max(len(name) + 1, min(s.length, 32) + 1)
+    if isinstance(s, Enum):
+        return max(len(name) + 1, max((len(n) for n in s.values), default=6) + 1)
+    return max(len(name) + 1, 8)
+
+
+class _Printer:
+    """Prints events as a table or JSON lines; output is flushed per batch."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.header_for: set[int] = set()
+
+    def batch(self, record_type: Type, events: list[Any]) -> None:
+        out: list[str] = []
+        if self.as_json:
+            for ev in events:
+                out.append(json.dumps(decode.to_jsonable(ev), ensure_ascii=False))
+        else:
+            members = record_type.members if isinstance(record_type, Struct) else []
+            widths = [_field_width(m.name, m.type) for m in members if m.name]
+            if id(record_type) not in self.header_for:
+                self.header_for.add(id(record_type))
+                names = [m.name.upper() for m in members if m.name]
+                out.append("TIME     " + "".join(n.ljust(w) for n, w in zip(names, widths)))
+            now = time.strftime("%H:%M:%S")
+            for ev in events:
+                cells = [_cell(v).ljust(w) for v, w in zip(ev, widths)]
+                out.append(f"{now} " + "".join(cells).rstrip())
+        sys.stdout.write("\n".join(out) + "\n")
+        sys.stdout.flush()
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (tuple, list)) and not isinstance(value, str):
+        return json.dumps(decode.to_jsonable(value), ensure_ascii=False)
+    return str(value)
+
+
+def _hist_unit(obj: BpfObject) -> str:
+    names = set(obj.globals)
+    if "targ_ms" in names:
+        return "msecs" if obj.globals["targ_ms"] else "usecs"
+    return "value"
+
+
+def _print_histograms(obj: BpfObject, as_json: bool) -> None:
+    unit = _hist_unit(obj)
+    for m in obj.maps.values():
+        if not is_log2_hist(m.value_type):
+            continue
+        for key, value in sorted(m.items(), key=lambda kv: str(kv[0])):
+            fields = value._asdict()
+            slots = list(fields["slots"])
+            if as_json:
+                row = {"map": m.name, "key": decode.to_jsonable(key), **decode.to_jsonable(value)}
+                sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+                continue
+            label = f"{m.name} key = {key}"
+            if fields.get("comm"):
+                label += f" comm = {fields['comm']}"
+            text = format_log2_hist(slots, unit)
+            if text:
+                sys.stdout.write(f"\n{label}\n{text}\n")
+    sys.stdout.flush()
+
+
+def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
+    ctx = click.get_current_context()
+    for var in obj.globals.info():
+        if ctx.get_parameter_source(var.name) == click.core.ParameterSource.COMMANDLINE:
+            obj.globals[var.name] = opts[var.name]
+    obj.load()
+    obj.attach_all()
+    for prog in getattr(obj, "skipped_programs", []):
+        click.echo(
+            f"bpfloom: note: program {prog.name!r} (SEC {prog.section!r}) names no attach "
+            "target and was not attached",
+            err=True,
+        )
+    readers: list[RingBuffer | PerfBuffer] = [
+        obj.open_reader(m.name, opts["event_type"]) for m in obj.event_buffers()
+    ]
+    has_hist = any(is_log2_hist(m.value_type) for m in obj.maps.values())
+    as_json = bool(opts["as_json"])
+    printer = _Printer(as_json)
+    duration = opts["duration"]
+    deadline = None if duration is None else time.monotonic() + duration
+    interval = float(opts["interval"])
+    next_hist = time.monotonic() + interval
+    if not readers and not has_hist:
+        click.echo(
+            "bpfloom: note: the object has no ring/perf buffer or histogram map; "
+            "programs stay attached until the end",
+            err=True,
+        )
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _event_loop(obj, readers, printer, deadline, has_hist, as_json, next_hist, interval)
+    except _Stop:
+        pass
+    except BrokenPipeError:
+        _quiet_stdout()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    try:
+        if has_hist:
+            _print_histograms(obj, as_json)
+    except BrokenPipeError:
+        _quiet_stdout()
+    received = sum(r.received for r in readers)
+    lost_kernel = obj.dropped_kernel() + sum(
+        r.lost_samples for r in readers if isinstance(r, PerfBuffer)
+    )
+    click.echo(
+        f"bpfloom: {received} events received; lost: {lost_kernel} in the kernel, "
+        "0 in user space",
+        err=True,
+    )
+
+
+def _event_loop(
+    obj: BpfObject,
+    readers: list[RingBuffer | PerfBuffer],
+    printer: _Printer,
+    deadline: float | None,
+    has_hist: bool,
+    as_json: bool,
+    next_hist: float,
+    interval: float,
+) -> None:
+    while True:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return
+        if has_hist and now >= next_hist:
+            _print_histograms(obj, as_json)
+            next_hist = now + interval
+        wait = 0.5
+        if deadline is not None:
+            wait = min(wait, max(deadline - now, 0.0))
+        if has_hist:
+            wait = min(wait, max(next_hist - now, 0.0))
+        if not readers:
+            time.sleep(wait)
+            continue
+        share = wait / len(readers)
+        for r in readers:
+            batch = r.read(timeout=share)
+            if batch:
+                printer.batch(r.decoder.type, batch.events())
+
+
+def _quiet_stdout() -> None:
+    # The reader of our output went away (e.g. `| head`): stop writing, exit quietly.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+# --- bpfloom demo -----------------------------------------------------------------------
+
+
+@main.command("demo")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, help="Seconds to trace.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+def demo_command(duration: float, as_json: bool) -> None:
+    """Trace exec() system-wide for a few seconds with the built-in exec.bpf.o.
+
+    While it runs, the demo starts a few short commands itself so there is something
+    to see even on an idle machine.
+    """
+    from .bpf import object_path
+
+    try:
+        path = str(object_path("exec"))
+    except BpfloomError as exc:
+        _fail(str(exc))
+    stop = threading.Event()
+
+    def activity() -> None:
+        commands = (["uname", "-r"], ["ls", "/"], ["date"], ["id", "-u"], ["true"])
+        i = 0
+        while not stop.wait(0.5):
+            subprocess.run(commands[i % len(commands)], stdout=subprocess.DEVNULL, check=False)
+            i += 1
+
+    worker = threading.Thread(target=activity, daemon=True)
+    worker.start()
+    args = [path, "--duration", str(duration)] + (["--json"] if as_json else [])
+    try:
+        run_command.main(args=args, prog_name="bpfloom run", standalone_mode=False)
+    finally:
+        stop.set()
+        worker.join(timeout=2)
+
+
+def entry() -> None:
+    """Console entry point: turns any unexpected exception into one line, exit 1."""
+    try:
+        main.main(standalone_mode=True)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BpfloomError as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        if os.environ.get("BPFLOOM_DEBUG"):
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc} (BPFLOOM_DEBUG=1 shows a traceback)")

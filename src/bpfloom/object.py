@@ -1,0 +1,721 @@
+"""A BPF object file: open → set globals → load (verifier) → attach → read events.
+
+``BpfObject`` follows libbpf's life cycle. Opening parses the ELF (no kernel
+involved); globals of ``.rodata``/``.data``/``.bss`` can then be set by name with
+Python values typed from BTF; ``load()`` hands everything to the verifier;
+programs are attached by their ``SEC()`` name (``attach_all``) or explicitly with
+run-time targets (``Program.attach_tracepoint``/``attach_uprobe``/``attach_xdp``/
+``attach_tc``). Objects, links and readers are context managers whose ``close()`` is
+idempotent; closing the object closes every link and reader made from it, so nothing
+of ours stays in the kernel. An object that failed to load or was closed refuses
+further use with ``ClosedError``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import _env, _libbpf
+from ._exceptions import (
+    AttachError,
+    BpfPermissionError,
+    ClosedError,
+    GlobalError,
+    LoadError,
+    ObjectFileError,
+    TypeInfoError,
+)
+from .btf import Btf, parse_btf
+from .decode import Decoder, encode
+from .maps import Map
+from .typeinfo import TypeInfo
+from .types import Datasec, Struct, Type, Var, describe, sizeof, strip
+
+if TYPE_CHECKING:
+    from .perfbuf import PerfBuffer
+    from .ringbuf import RingBuffer
+
+ELF_MAGIC = b"\x7fELF"
+EM_BPF = 247
+DROPS_MAP = "bpfloom_drops"
+_NO_KPROBES = ("kprobe/", "kretprobe/", "ksyscall/", "kretsyscall/", "kprobe.multi/")
+_NO_TRAMPOLINE = ("fentry/", "fexit/", "fmod_ret/", "fentry.s/", "fexit.s/", "lsm/")
+
+
+class Link:
+    """An attached program. ``close()`` detaches it (idempotent)."""
+
+    def __init__(self, obj: BpfObject, ptr: int, program: str, hook: str) -> None:
+        self._obj = obj
+        self._ptr: int | None = ptr
+        self.program = program
+        self.hook = hook
+
+    def __repr__(self) -> str:
+        state = "closed" if self._ptr is None else "attached"
+        return f"<Link {self.program} -> {self.hook} ({state})>"
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            ptr, self._ptr = self._ptr, None
+            _libbpf.link_destroy(ptr)
+            self._obj._forget(self)
+
+    def __enter__(self) -> Link:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TcLink(Link):
+    """A tc (clsact) filter: detached, and the qdisc removed if we created it, on close."""
+
+    def __init__(
+        self,
+        obj: BpfObject,
+        program: str,
+        hook: str,
+        tc_hook: _libbpf.TcHook,
+        opts: _libbpf.TcOpts,
+        created_qdisc: bool,
+    ) -> None:
+        super().__init__(obj, 1, program, hook)
+        self._tc_hook = tc_hook
+        self._opts = opts
+        self._created_qdisc = created_qdisc
+
+    def close(self) -> None:
+        if self._ptr is None:
+            return
+        self._ptr = None
+        detach = _libbpf.tc_opts(handle=self._opts.handle, priority=self._opts.priority)
+        _libbpf.tc_detach(_libbpf.byref(self._tc_hook), _libbpf.byref(detach))
+        if self._created_qdisc:
+            whole = _libbpf.tc_hook(
+                self._tc_hook.ifindex, _libbpf.BPF_TC_INGRESS | _libbpf.BPF_TC_EGRESS
+            )
+            _libbpf.tc_hook_destroy(_libbpf.byref(whole))
+        self._obj._forget(self)
+
+
+class Program:
+    """One program of an object (``SEC()`` function)."""
+
+    def __init__(self, obj: BpfObject, ptr: int) -> None:
+        self._obj = obj
+        self._ptr = ptr
+        self.name = _libbpf.cstr(_libbpf.program_name(ptr))
+        self.section = _libbpf.cstr(_libbpf.program_section_name(ptr))
+
+    def __repr__(self) -> str:
+        return f"<Program {self.name} SEC({self.section!r})>"
+
+    @property
+    def fd(self) -> int:
+        self._obj._require_loaded(f"program {self.name!r}")
+        return int(_libbpf.program_fd(self._ptr))
+
+    @property
+    def autoload(self) -> bool:
+        return bool(_libbpf.program_autoload(self._ptr))
+
+    @autoload.setter
+    def autoload(self, value: bool) -> None:
+        self._obj._require_open("set autoload")
+        _libbpf.check(_libbpf.program_set_autoload(self._ptr, value), "set autoload")
+
+    def _attach_with(self, hook: str, call: Any) -> Link:
+        self._obj._require_loaded(f"attach {self.name!r}")
+        mark = _libbpf.log_mark()
+        ptr = call()
+        if not ptr:
+            import ctypes
+
+            err = ctypes.get_errno() or 22
+            raise _attach_error(self, hook, err, _libbpf.log_since(mark))
+        return self._obj._track(Link(self._obj, ptr, self.name, hook))
+
+    def attach(self) -> Link:
+        """Attach by the ``SEC()`` name (e.g. ``tracepoint/sched/sched_process_exec``)."""
+        return self._attach_with(self.section, lambda: _libbpf.program_attach(self._ptr))
+
+    def attach_tracepoint(self, category: str, name: str) -> Link:
+        """Attach to tracepoint ``category/name`` (see /sys/kernel/tracing/events)."""
+        hook = f"tracepoint {category}/{name}"
+        return self._attach_with(
+            hook,
+            lambda: _libbpf.program_attach_tracepoint(self._ptr, category.encode(), name.encode()),
+        )
+
+    def attach_raw_tracepoint(self, name: str) -> Link:
+        return self._attach_with(
+            f"raw_tracepoint {name}",
+            lambda: _libbpf.program_attach_raw_tracepoint(self._ptr, name.encode()),
+        )
+
+    def attach_uprobe(
+        self,
+        binary: str,
+        symbol: str | None = None,
+        *,
+        offset: int = 0,
+        pid: int = -1,
+        retprobe: bool = False,
+    ) -> Link:
+        """Attach a uprobe (or uretprobe) to ``symbol`` (+``offset``) or ``offset`` in
+        ``binary``; ``pid`` limits it to one process (-1: every process)."""
+        path = _resolve_binary(binary)
+        where = f"{path}:{symbol}" if symbol else f"{path}:0x{offset:x}"
+        if symbol and offset:
+            where += f"+0x{offset:x}"
+        hook = f"{'uretprobe' if retprobe else 'uprobe'} {where}"
+        if not os.path.exists(path):
+            raise AttachError(
+                f"cannot attach {self.name!r} to {hook}: no such file {path!r}",
+                program=self.name,
+                hook=hook,
+            )
+        return self._attach_with(
+            hook,
+            lambda: _attach_uprobe_raw(self._ptr, pid, path, offset, symbol, retprobe),
+        )
+
+    def attach_xdp(self, interface: str) -> Link:
+        """Attach an XDP program to a network interface (by name), as a BPF link."""
+        ifindex = _ifindex(self, interface, "xdp")
+        return self._attach_with(
+            f"xdp {interface}", lambda: _libbpf.program_attach_xdp(self._ptr, ifindex)
+        )
+
+    def attach_tc(self, interface: str, direction: str = "ingress") -> Link:
+        """Attach a tc (sched_cls) program to ``interface``'s clsact ingress or egress."""
+        if direction not in ("ingress", "egress"):
+            raise AttachError(
+                f"tc direction must be 'ingress' or 'egress', not {direction!r}",
+                program=self.name,
+                hook="tc",
+            )
+        hook_name = f"tc {interface} {direction}"
+        ifindex = _ifindex(self, interface, "tc")
+        point = _libbpf.BPF_TC_INGRESS if direction == "ingress" else _libbpf.BPF_TC_EGRESS
+        tc_hook = _libbpf.tc_hook(ifindex, point)
+        ret = _libbpf.tc_hook_create(_libbpf.byref(tc_hook))
+        if ret < 0 and ret != -17:  # EEXIST: the clsact qdisc is already there
+            raise _attach_error(self, hook_name, -ret, [])
+        opts = _libbpf.tc_opts(prog_fd=self.fd)
+        ret2 = _libbpf.tc_attach(_libbpf.byref(tc_hook), _libbpf.byref(opts))
+        if ret2 < 0:
+            if ret == 0:
+                whole = _libbpf.tc_hook(ifindex, _libbpf.BPF_TC_INGRESS | _libbpf.BPF_TC_EGRESS)
+                _libbpf.tc_hook_destroy(_libbpf.byref(whole))
+            raise _attach_error(self, hook_name, -ret2, [])
+        link = TcLink(self._obj, self.name, hook_name, tc_hook, opts, created_qdisc=ret == 0)
+        return self._obj._track(link)
+
+    def test_run(self, ctx: bytes | None = None) -> int:
+        """Run the program once with BPF_PROG_TEST_RUN (e.g. ``SEC("syscall")``)."""
+        try:
+            return _libbpf.test_run(self.fd, ctx)
+        except OSError as exc:
+            raise AttachError(
+                f"test run of {self.name!r} failed: {exc.strerror}",
+                errno=exc.errno,
+                program=self.name,
+                hook="test_run",
+            ) from exc
+
+
+def _attach_uprobe_raw(
+    prog: int, pid: int, path: str, offset: int, symbol: str | None, retprobe: bool
+) -> int | None:
+    try:
+        return _libbpf.attach_uprobe(prog, pid, path, offset, symbol, retprobe)
+    except OSError as exc:
+        import ctypes
+
+        ctypes.set_errno(exc.errno or 22)
+        return None
+
+
+def _resolve_binary(binary: str) -> str:
+    if "/" in binary:
+        return os.path.abspath(binary)
+    for d in os.environ.get("PATH", "/usr/bin:/bin").split(":"):
+        candidate = os.path.join(d, binary)
+        if os.path.isfile(candidate):
+            return candidate
+    return binary
+
+
+def _ifindex(prog: Program, interface: str, kind: str) -> int:
+    try:
+        return socket.if_nametoindex(interface)
+    except OSError as exc:
+        raise AttachError(
+            f"cannot attach {prog.name!r} to {kind} on {interface!r}: no such network interface",
+            program=prog.name,
+            hook=f"{kind} {interface}",
+        ) from exc
+
+
+def _attach_error(prog: Program, hook: str, err: int, log: list[str]) -> AttachError:
+    """An AttachError that says why, in the terms of this kernel's missing hooks."""
+    reason = os.strerror(err)
+    section = prog.section
+    if section.startswith(_NO_KPROBES) or hook.startswith(_NO_KPROBES):
+        reason = (
+            "this kernel has no kprobes (CONFIG_KPROBES is off); use a tracepoint instead, "
+            'e.g. SEC("tracepoint/syscalls/sys_enter_<name>") or a raw tracepoint'
+        )
+    elif section.startswith(_NO_TRAMPOLINE):
+        reason = (
+            "this kernel has no fentry/fexit (BPF trampolines); use a tracepoint or "
+            "raw tracepoint instead"
+        )
+    elif hook.startswith("tracepoint") and err == 2:
+        reason = "no such tracepoint (see /sys/kernel/tracing/events)"
+    elif hook.startswith(("uprobe", "uretprobe")) and err == 2:
+        reason = "symbol or binary not found"
+    elif err == 95:  # EOPNOTSUPP
+        reason = f"SEC({section!r}) names no attach target; attach it explicitly"
+    detail = [line.removeprefix("libbpf: ") for line in log if "libbpf:" in line][-2:]
+    msg = f"cannot attach program {prog.name!r} to {hook}: {reason}"
+    if detail and err != 95:
+        msg += " (" + "; ".join(d.strip() for d in detail) + ")"
+    return AttachError(msg, errno=err, program=prog.name, hook=hook)
+
+
+@dataclass(frozen=True)
+class GlobalVar:
+    """A global variable of the object: where it lives and its type."""
+
+    name: str
+    section: str
+    offset: int
+    size: int
+    type: Type
+    readonly_after_load: bool
+
+    @property
+    def c_type(self) -> str:
+        return describe(self.type)
+
+
+class Globals(Mapping[str, Any]):
+    """The object's global variables by name, read and written as Python values.
+
+    Before ``load()`` every global can be set; afterwards ``.rodata`` ones are frozen
+    (the verifier relied on them) and ``.data``/``.bss`` ones read and write the live
+    values the programs see, through libbpf's memory mapping.
+    """
+
+    def __init__(self, obj: BpfObject, variables: dict[str, tuple[GlobalVar, int]]) -> None:
+        self._obj = obj
+        self._vars = variables  # name -> (info, map pointer)
+        self._decoders: dict[str, Decoder] = {}
+
+    def info(self) -> list[GlobalVar]:
+        return [v for v, _ in self._vars.values()]
+
+    def __len__(self) -> int:
+        return len(self._vars)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._vars)
+
+    def _lookup(self, name: str) -> tuple[GlobalVar, int]:
+        try:
+            return self._vars[name]
+        except KeyError:
+            valid = ", ".join(sorted(self._vars)) or "none"
+            raise GlobalError(f"unknown global {name!r}; valid globals: {valid}") from None
+
+    def _memory(self, var: GlobalVar, map_ptr: int) -> int:
+        self._obj._require_usable("globals")
+        addr, size = _libbpf.map_initial_bytes(map_ptr)
+        if not addr or var.offset + var.size > size:
+            raise GlobalError(f"global {var.name!r} is not accessible")
+        return addr + var.offset
+
+    def __getitem__(self, name: str) -> Any:
+        var, map_ptr = self._lookup(name)
+        data = _libbpf.bytes_at(self._memory(var, map_ptr), var.size)
+        dec = self._decoders.get(name)
+        if dec is None:
+            dec = self._decoders[name] = Decoder(var.type)
+        return dec.decode(data)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        var, map_ptr = self._lookup(name)
+        if self._obj.loaded and var.readonly_after_load:
+            raise GlobalError(
+                f"global {name!r} is in {var.section} and is read-only once the object is "
+                "loaded; set it before load()"
+            )
+        try:
+            data = encode(var.type, value)
+        except TypeInfoError as exc:
+            raise GlobalError(f"global {name!r} ({var.c_type}): {exc}") from exc
+        buf = _libbpf.buffer_at(self._memory(var, map_ptr), var.size)
+        buf[: len(data)] = data
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        for k, v in values.items():
+            self[k] = v
+
+
+class BpfObject:
+    """A BPF object file opened with libbpf. Use as a context manager.
+
+    Raises ``ObjectFileError`` for a missing, non-ELF, truncated or program-less file.
+    Not thread-safe; readers made from it may be used from other threads.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._ptr: int | None = None
+        self.loaded = False
+        self._failed = False
+        self._links: list[Link] = []
+        self._readers: list[RingBuffer | PerfBuffer] = []
+        _check_elf(self.path)
+        mark = _libbpf.log_mark()
+        try:
+            self._ptr = _libbpf.open_file(self.path)
+        except OSError as exc:
+            raise ObjectFileError(
+                _with_log(f"cannot open {self.path}: {exc.strerror}", _libbpf.log_since(mark)),
+                errno=exc.errno,
+            ) from exc
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        assert self._ptr is not None
+        self.name = os.path.basename(self.path).removesuffix(".o").removesuffix(".bpf")
+        self.programs: dict[str, Program] = {}
+        prog = _libbpf.object_next_program(self._ptr, None)
+        while prog:
+            p = Program(self, prog)
+            self.programs[p.name] = p
+            prog = _libbpf.object_next_program(self._ptr, prog)
+        if not self.programs:
+            raise ObjectFileError(f"{self.path} has no BPF programs (no SEC() functions)")
+        btf_ptr = _libbpf.object_btf(self._ptr)
+        self.btf: Btf | None = parse_btf(_libbpf.btf_raw(btf_ptr)) if btf_ptr else None
+        self.types = TypeInfo(self.path, self.btf)
+        self.maps: dict[str, Map] = {}
+        variables: dict[str, tuple[GlobalVar, int]] = {}
+        m = _libbpf.object_next_map(self._ptr, None)
+        while m:
+            key_t = self._btf_type(_libbpf.map_btf_key_type_id(m))
+            value_t = self._btf_type(_libbpf.map_btf_value_type_id(m))
+            if _libbpf.map_is_internal(m):
+                if isinstance(value_t, Datasec):
+                    for var in _datasec_globals(value_t):
+                        variables.setdefault(var.name, (var, m))
+            else:
+                mp = Map(self, m, key_t, value_t)
+                self.maps[mp.name] = mp
+            m = _libbpf.object_next_map(self._ptr, m)
+        self.globals = Globals(self, variables)
+        self.possible_cpus = _libbpf.check(_libbpf.num_possible_cpus(), "num_possible_cpus")
+
+    def _btf_type(self, type_id: int) -> Type | None:
+        if not type_id or self.btf is None or type_id >= len(self.btf.types):
+            return None
+        return self.btf.types[type_id]
+
+    def __repr__(self) -> str:
+        state = "closed" if self._ptr is None else ("loaded" if self.loaded else "open")
+        return f"<BpfObject {self.path} ({state})>"
+
+    # --- life cycle ------------------------------------------------------------------
+
+    def _require_usable(self, what: str) -> None:
+        if self._ptr is None:
+            raise ClosedError(f"{what}: object {self.path} is closed")
+        if self._failed:
+            raise ClosedError(f"{what}: object {self.path} failed to load; open it again")
+
+    def _require_open(self, what: str) -> None:
+        self._require_usable(what)
+        if self.loaded:
+            raise ClosedError(f"{what}: object {self.path} is already loaded")
+
+    def _require_loaded(self, what: str) -> None:
+        self._require_usable(what)
+        if not self.loaded:
+            raise ClosedError(f"{what}: object {self.path} is not loaded yet (call load())")
+
+    def load(self) -> BpfObject:
+        """Load every program and map into the kernel; raises ``LoadError`` with the
+        verifier log's last lines when the kernel refuses."""
+        self._require_open("load")
+        assert self._ptr is not None
+        _env.prepare()
+        mark = _libbpf.log_mark()
+        ret = _libbpf.object_load(self._ptr)
+        if ret < 0:
+            self._failed = True
+            err = -ret
+            log = _libbpf.log_since(mark)
+            if err == 1:  # EPERM
+                raise BpfPermissionError(
+                    f"the kernel refused to load {self.path}: operation not permitted "
+                    "(needs root, or CAP_BPF and CAP_PERFMON)",
+                    errno=err,
+                )
+            tail = _verifier_tail(log)
+            msg = f"the kernel refused to load {self.path}: {os.strerror(err)}"
+            if tail:
+                msg += "\nverifier log (last lines):\n" + tail
+            else:
+                msg = _with_log(msg, log)
+            raise LoadError(msg, errno=err, log_tail=tail)
+        self.loaded = True
+        return self
+
+    def attach_all(self) -> list[Link]:
+        """Attach every program whose ``SEC()`` name says where; skip the others.
+
+        Programs such as ``SEC("syscall")``, ``SEC("xdp")`` or a bare ``SEC("uprobe")``
+        name no target and are skipped (``skipped_programs`` lists them); attach those
+        explicitly. Any other failure raises ``AttachError`` and detaches what this call
+        attached.
+        """
+        self._require_loaded("attach")
+        links: list[Link] = []
+        self.skipped_programs: list[Program] = []
+        try:
+            for prog in self.programs.values():
+                if not prog.autoload:
+                    continue
+                try:
+                    links.append(prog.attach())
+                except AttachError as exc:
+                    if exc.errno == 95:  # EOPNOTSUPP: nothing to auto-attach to
+                        self.skipped_programs.append(prog)
+                        continue
+                    raise
+        except BaseException:
+            for link in links:
+                link.close()
+            raise
+        return links
+
+    def program(self, name: str) -> Program:
+        try:
+            return self.programs[name]
+        except KeyError:
+            valid = ", ".join(sorted(self.programs))
+            raise AttachError(
+                f"no program {name!r} in {self.path}; programs: {valid}", program=name
+            ) from None
+
+    def map(self, name: str) -> Map:
+        try:
+            return self.maps[name]
+        except KeyError:
+            valid = ", ".join(sorted(self.maps)) or "none"
+            raise TypeInfoError(f"no map {name!r} in {self.path}; maps: {valid}") from None
+
+    @property
+    def links(self) -> list[Link]:
+        return list(self._links)
+
+    def _track(self, link: Link) -> Link:
+        self._links.append(link)
+        return link
+
+    def _forget(self, item: object) -> None:
+        if item in self._links:
+            self._links.remove(item)  # type: ignore[arg-type]
+        if item in self._readers:
+            self._readers.remove(item)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Close readers, detach links, unload everything. Idempotent."""
+        for reader in list(self._readers):
+            reader.close()
+        for link in list(self._links):
+            link.close()
+        if self._ptr is not None:
+            ptr, self._ptr = self._ptr, None
+            _libbpf.object_close(ptr)
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+    def __enter__(self) -> BpfObject:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_ptr", None) is not None:
+            warnings.warn(
+                f"BpfObject {self.path} was not closed", ResourceWarning, stacklevel=1
+            )
+            self.close()
+
+    # --- events ----------------------------------------------------------------------
+
+    def event_buffers(self) -> list[Map]:
+        """The object's ring buffer and perf event array maps, in definition order."""
+        return [m for m in self.maps.values() if m.type in ("ringbuf", "perf_event_array")]
+
+    def record_type(self, map_name: str, event_type: str | None = None) -> Struct:
+        """The struct each record of buffer ``map_name`` holds (named, or found)."""
+        if event_type:
+            t = strip(self.types.find(event_type))
+            if not isinstance(t, Struct):
+                raise TypeInfoError(f"{event_type!r} is not a struct")
+            return t
+        used_by_maps = set()
+        for m in self.maps.values():
+            for side in (m.key_type, m.value_type):
+                s = strip(side)
+                if isinstance(s, Struct) and s.name:
+                    used_by_maps.add(s.name)
+        return self.types.record_type(map_name, used_by_maps)
+
+    def ring_buffer(self, map_name: str | None = None, event_type: str | None = None) -> RingBuffer:
+        """A reader of ring buffer ``map_name`` (the only one when None)."""
+        from .ringbuf import RingBuffer
+
+        m = self._buffer_map(map_name, "ringbuf")
+        decoder = Decoder(self.record_type(m.name, event_type))
+        reader = RingBuffer(m.fd, m.max_entries, decoder, name=m.name, owner=self)
+        self._readers.append(reader)
+        return reader
+
+    def perf_buffer(
+        self, map_name: str | None = None, event_type: str | None = None, pages: int = 64
+    ) -> PerfBuffer:
+        """A reader of perf event array ``map_name``: one ring of ``pages`` pages per CPU."""
+        from .perfbuf import PerfBuffer
+
+        m = self._buffer_map(map_name, "perf_event_array")
+        decoder = Decoder(self.record_type(m.name, event_type))
+        reader = PerfBuffer(m, decoder, pages=pages, owner=self)
+        self._readers.append(reader)
+        return reader
+
+    def open_reader(
+        self, map_name: str | None = None, event_type: str | None = None
+    ) -> RingBuffer | PerfBuffer:
+        """A reader of either kind, chosen by the map's type."""
+        m = self._buffer_map(map_name, None)
+        if m.type == "ringbuf":
+            return self.ring_buffer(m.name, event_type)
+        return self.perf_buffer(m.name, event_type)
+
+    def _buffer_map(self, map_name: str | None, kind: str | None) -> Map:
+        self._require_loaded("open a reader")
+        buffers = [m for m in self.event_buffers() if kind is None or m.type == kind]
+        if map_name is not None:
+            m = self.map(map_name)
+            if m not in buffers:
+                raise TypeInfoError(
+                    f"map {map_name!r} is a {m.type} map, not {kind or 'an event buffer'}"
+                )
+            return m
+        if len(buffers) != 1:
+            names = ", ".join(b.name for b in buffers) or "none"
+            raise TypeInfoError(f"{self.path}: say which buffer to read (buffers: {names})")
+        return buffers[0]
+
+    def dropped_kernel(self) -> int:
+        """Records our programs failed to reserve (``bpfloom_drops``, summed over CPUs);
+        0 for objects that do not use bpfloom.h."""
+        m = self.maps.get(DROPS_MAP)
+        if m is None or not self.loaded or self.closed:
+            return 0
+        per_cpu = m.lookup(0, default=None)
+        if per_cpu is None:
+            return 0
+        return int(sum(per_cpu)) if isinstance(per_cpu, list) else int(per_cpu)
+
+
+def _datasec_globals(sec: Datasec) -> list[GlobalVar]:
+    readonly = sec.name.startswith(".rodata")
+    out = []
+    for info in sec.vars:
+        var = info.var
+        if not isinstance(var, Var) or var.linkage == 2 or var.type is None:
+            continue  # externs (.kconfig, ksyms) are libbpf's to fill
+        try:
+            size = sizeof(var.type)
+        except ValueError:
+            continue
+        out.append(GlobalVar(var.name, sec.name, info.offset, size, var.type, readonly))
+    return out
+
+
+def _check_elf(path: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except FileNotFoundError:
+        raise ObjectFileError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ObjectFileError(f"{path}: is a directory, not an object file") from None
+    except OSError as exc:
+        raise ObjectFileError(f"{path}: {exc.strerror}", errno=exc.errno) from exc
+    if head[:4] != ELF_MAGIC:
+        raise ObjectFileError(f"{path}: not an ELF file (expected a compiled *.bpf.o)")
+    if len(head) < 20:
+        raise ObjectFileError(f"{path}: truncated ELF file")
+    machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+    if machine != EM_BPF:
+        raise ObjectFileError(
+            f"{path}: an ELF file for another machine (e_machine {machine}), not a BPF object"
+        )
+
+
+def _verifier_tail(log: list[str], lines: int = 15) -> str:
+    """The last lines of the last program load log libbpf printed."""
+    begin = end = None
+    for i, line in enumerate(log):
+        if "BEGIN PROG LOAD LOG" in line:
+            begin, end = i, None
+        elif "END PROG LOAD LOG" in line and begin is not None:
+            end = i
+    if begin is None:
+        return ""
+    body = [x for x in log[begin + 1 : end] if x.strip()]
+    return "\n".join(body[-lines:])
+
+
+def _with_log(msg: str, log: list[str]) -> str:
+    detail = [line.removeprefix("libbpf: ").strip() for line in log if line.strip()][-3:]
+    return msg + ("\nlibbpf: " + "\nlibbpf: ".join(detail) if detail else "")
+
+
+def load(path: str | os.PathLike[str], globals: Mapping[str, Any] | None = None) -> BpfObject:
+    """Open ``path``, set ``globals``, and load it; the object is closed on any error."""
+    obj = BpfObject(path)
+    try:
+        if globals:
+            obj.globals.update(globals)
+        obj.load()
+    except BaseException:
+        obj.close()
+        raise
+    return obj

@@ -1,0 +1,227 @@
+"""Reader of a ``BPF_MAP_TYPE_RINGBUF`` map, in pure Python over the ring's mmap.
+
+Layout, as the kernel's ``kernel/bpf/ringbuf.c`` maps it: page 0 holds
+``consumer_pos`` (read-write for us); from page 1 on (read-only) ``producer_pos``,
+then the data area, mapped twice in a row so that a record that wraps around the end
+is still contiguous. Each record has an 8-byte header — ``len`` with the BUSY
+(bit 31) and DISCARD (bit 30) flags, then ``pg_off`` — and is padded to 8 bytes.
+
+Draining walks the headers as libbpf's ``ringbuf_process_ring`` does, but by
+*batches*: from the first header it assumes the stride of fixed-size records, checks
+every header of the run at once with numpy, copies the whole committed run with one
+memcpy, and only then advances ``consumer_pos``. The headers are read before the
+data they cover, and x86-64 (TSO) keeps loads in order and stores after loads, so
+this is the ordering libbpf gets from its acquire/release barriers. On weakly ordered
+CPUs a pure-Python reader is not safe; bpfloom refuses to build one there.
+
+Thread-safety: ``read`` may be called from several threads (reads are serialised);
+``close()`` from any thread unblocks a pending ``read``, which then raises
+``ClosedError``.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import platform
+import select
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ._exceptions import BpfloomError, ClosedError
+from .batch import Batch, concat, empty_batch, fit_records
+from .decode import Decoder
+
+BUSY_BIT = 1 << 31
+DISCARD_BIT = 1 << 30
+HEADER_SIZE = 8
+DEFAULT_POLL_INTERVAL = 0.1
+
+
+def _require_tso() -> None:
+    if platform.machine() not in ("x86_64", "AMD64", "i686", "i386"):
+        raise BpfloomError(
+            f"the pure-Python ring reader needs x86 memory ordering; {platform.machine()} "
+            "is not supported yet"
+        )
+
+
+class RingBuffer:
+    """Reads batches of records from one BPF ring buffer map.
+
+    ``read(timeout)`` returns the next non-empty ``Batch`` (an empty one on timeout).
+    Producers that submit with ``BPF_RB_NO_WAKEUP`` never wake us; ``poll_interval``
+    bounds how long records may wait then. ``close()`` is idempotent and releases the
+    mappings; reads after it raise ``ClosedError``.
+    """
+
+    def __init__(
+        self,
+        map_fd: int,
+        size: int,
+        decoder: Decoder,
+        *,
+        name: str = "ringbuf",
+        owner: Any = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+    ) -> None:
+        _require_tso()
+        if size <= 0 or size & (size - 1):
+            raise BpfloomError(f"ring buffer {name!r}: size {size} is not a power of two")
+        self.name = name
+        self.decoder = decoder
+        self.size = size
+        self.poll_interval = poll_interval
+        self.received = 0
+        self.discarded = 0
+        self._owner = owner
+        self._mask = size - 1
+        self._lock = threading.Lock()
+        self._closed = False
+        page = mmap.PAGESIZE
+        self._consumer_map = mmap.mmap(
+            map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0
+        )
+        try:
+            self._data_map = mmap.mmap(
+                map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
+            )
+        except BaseException:
+            self._consumer_map.close()
+            raise
+        self._consumer_pos = np.frombuffer(self._consumer_map, dtype=np.uint64, count=1)
+        self._producer_pos = np.frombuffer(self._data_map, dtype=np.uint64, count=1)
+        self._data = np.frombuffer(self._data_map, dtype=np.uint8, offset=page)
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll = select.epoll()
+        self._epoll.register(map_fd, select.EPOLLIN)
+        self._epoll.register(self._wake_fd, select.EPOLLIN)
+
+    def __repr__(self) -> str:
+        return f"<RingBuffer {self.name} {self.size} bytes{' closed' if self._closed else ''}>"
+
+    # --- draining ------------------------------------------------------------------
+
+    def pending_bytes(self) -> int:
+        """Bytes between consumer and producer positions (committed or not)."""
+        if self._closed:
+            return 0
+        return int(self._producer_pos[0]) - int(self._consumer_pos[0])
+
+    def _drain(self, max_records: int | None) -> Batch:
+        data = self._data
+        size = self.decoder.size
+        cons = int(self._consumer_pos[0])
+        prod = int(self._producer_pos[0])
+        chunks: list[Batch] = []
+        taken = 0
+        while cons < prod and (max_records is None or taken < max_records):
+            off = cons & self._mask
+            header = int(data[off : off + 4].view("<u4")[0])
+            if header & BUSY_BIT:
+                break  # not committed yet: stop, as libbpf does
+            length = header & ~(BUSY_BIT | DISCARD_BIT)
+            stride = (length + HEADER_SIZE + 7) & ~7
+            if header & DISCARD_BIT:
+                self.discarded += 1
+                cons += stride
+                continue
+            n = (prod - cons) // stride
+            if max_records is not None:
+                n = min(n, max_records - taken)
+            # Check every header of the run in one go, before touching the data.
+            rows = data[off : off + n * stride].reshape(n, stride)
+            headers = rows[:, :4].view("<u4")[:, 0]
+            good = headers == length
+            # The first header is ``length`` by construction, so k >= 1; the run stops
+            # at the first busy, discarded or differently sized record.
+            k = n if good.all() else int(np.argmin(good))
+            run = np.array(rows[:k])  # one memcpy of k records (headers included)
+            chunks.append(
+                Batch(fit_records(run[:, HEADER_SIZE:], length, size), self.decoder, self.name)
+            )
+            taken += k
+            cons += k * stride
+        if chunks:
+            self._consumer_pos[0] = cons  # release the space only after copying
+        elif cons != int(self._consumer_pos[0]):
+            self._consumer_pos[0] = cons  # only discarded records were skipped
+        self.received += taken
+        if not chunks:
+            return empty_batch(self.decoder, self.name)
+        return concat(chunks, self.decoder, self.name)
+
+    def read(self, timeout: float | None = None, max_records: int | None = None) -> Batch:
+        """The next non-empty batch, waiting up to ``timeout`` seconds (None: forever).
+
+        Returns an empty batch on timeout. Raises ``ClosedError`` once closed.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while True:
+                if self._closed:
+                    raise ClosedError(f"ring buffer {self.name!r} is closed")
+                batch = self._drain(max_records)
+                if batch:
+                    return batch
+                wait = self.poll_interval
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return batch
+                    wait = min(wait, left)
+                self._epoll.poll(wait)
+
+    def poll(self, max_records: int | None = None) -> Batch:
+        """Drain what is there now without waiting (possibly an empty batch)."""
+        with self._lock:
+            if self._closed:
+                raise ClosedError(f"ring buffer {self.name!r} is closed")
+            return self._drain(max_records)
+
+    def batches(self, timeout: float | None = None) -> Iterator[Batch]:
+        """Non-empty batches until closed (or until ``timeout`` passes with nothing)."""
+        while True:
+            try:
+                batch = self.read(timeout)
+            except ClosedError:
+                return
+            if not batch:
+                return
+            yield batch
+
+    def __iter__(self) -> Iterator[Any]:
+        """Decoded events, one at a time, until the reader is closed."""
+        for batch in self.batches():
+            yield from batch
+
+    # --- life cycle ----------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Release the mappings and unblock a pending ``read`` (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        os.eventfd_write(self._wake_fd, 1)
+        with self._lock:  # a pending read wakes up, sees closed, and returns
+            del self._consumer_pos, self._producer_pos, self._data
+            self._epoll.close()
+            os.close(self._wake_fd)
+            self._consumer_map.close()
+            self._data_map.close()
+        if self._owner is not None:
+            self._owner._forget(self)
+
+    def __enter__(self) -> RingBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

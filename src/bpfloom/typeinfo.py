@@ -1,0 +1,134 @@
+"""Type information of one BPF object: its BTF first, its DWARF as the fallback.
+
+clang emits BTF only for types that globals, maps or CO-RE relocations reference, so
+the event struct of a program that only fills a reserved ring buffer slot is usually
+absent from BTF but present in DWARF (when built with ``-g``). ``TypeInfo.find`` looks
+in BTF, then DWARF (parsed lazily, once).
+
+``record_type_candidates`` implements the rule that picks a buffer's record type when
+the user names none: the named structs the program's own source defines — present in
+the object but not in the running kernel's BTF, and not declared in ``vmlinux.h`` or a
+system header.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from . import _libbpf
+from ._exceptions import TypeInfoError
+from .btf import Btf
+from .dwarf import dwarf_types
+from .types import Struct, Type, Union
+
+BTF_KIND_STRUCT = 4
+_SYSTEM_HEADER_DIRS = ("/usr/include/", "/usr/local/include/", "/usr/lib/")
+
+
+@functools.cache
+def _kernel_btf() -> int | None:
+    """libbpf's parsed vmlinux BTF, loaded once per process (kept for its lifetime)."""
+    return _libbpf.load_vmlinux_btf()
+
+
+def kernel_has_struct(name: str) -> bool:
+    """Whether the running kernel's BTF defines ``struct name``."""
+    btf = _kernel_btf()
+    if btf is None:
+        return False
+    return _libbpf.btf_find_by_name_kind(btf, name.encode(), BTF_KIND_STRUCT) > 0
+
+
+def _is_program_defined(t: Struct | Union) -> bool:
+    if not t.name:
+        return False
+    if t.decl_file:
+        base = os.path.basename(t.decl_file)
+        if base == "vmlinux.h" or t.decl_file.startswith(_SYSTEM_HEADER_DIRS):
+            return False
+        if base.startswith("bpf_") and base.endswith(".h"):  # libbpf's own headers
+            return False
+    return not kernel_has_struct(t.name)
+
+
+class TypeInfo:
+    """Types of one object file: BTF (may be None) plus lazily parsed DWARF."""
+
+    def __init__(self, path: str, btf: Btf | None) -> None:
+        self.path = path
+        self.btf = btf
+        self._dwarf: list[Type] | None = None
+
+    @property
+    def dwarf(self) -> list[Type]:
+        """All named types from the object's DWARF (empty without ``-g``)."""
+        if self._dwarf is None:
+            self._dwarf = dwarf_types(self.path) or []
+        return self._dwarf
+
+    def find(self, name: str) -> Type:
+        """The struct/union/enum/typedef called ``name`` (``struct `` prefix allowed)."""
+        bare = name.removeprefix("struct ").removeprefix("union ").strip()
+        if self.btf is not None:
+            for kind in (Struct, Union):
+                found = [t for t in self.btf.by_name(bare, kind) if t.members]
+                if found:
+                    return found[0]
+            found_any = self.btf.by_name(bare)
+            if found_any:
+                return found_any[0]
+        for t in self.dwarf:
+            if t.name == bare and (not isinstance(t, (Struct, Union)) or t.members):
+                return t
+        known = ", ".join(sorted(s.name for s in self.program_structs())) or "none"
+        raise TypeInfoError(
+            f"type {bare!r} is not in {os.path.basename(self.path)}'s BTF or DWARF "
+            f"(structs the program defines: {known})"
+        )
+
+    def program_structs(self) -> list[Struct]:
+        """Named structs defined by the program itself (not the kernel), BTF then DWARF."""
+        seen: dict[str, Struct] = {}
+        dwarf_structs = [t for t in self.dwarf if isinstance(t, Struct) and t.members]
+        by_name_dwarf = {t.name: t for t in dwarf_structs}
+        btf_structs = list(self.btf.structs()) if self.btf is not None else []
+        for t in btf_structs:
+            if not t.members or t.name in seen:
+                continue
+            # DWARF knows where the struct was declared; BTF does not.
+            probe = by_name_dwarf.get(t.name, t)
+            if _is_program_defined(probe):
+                seen[t.name] = t
+        for t in dwarf_structs:
+            if t.name not in seen and _is_program_defined(t):
+                seen[t.name] = t
+        return list(seen.values())
+
+    def record_type(self, map_name: str, exclude: set[str] | None = None) -> Struct:
+        """Pick the record type of buffer ``map_name`` when it is unambiguous.
+
+        Rule: the program-defined structs; if several, drop those used only as map
+        keys/values (``exclude``); if still several, one named ``event`` wins.
+        """
+        candidates = self.program_structs()
+        if len(candidates) > 1 and exclude:
+            narrowed = [c for c in candidates if c.name not in exclude]
+            if narrowed:
+                candidates = narrowed
+        if len(candidates) > 1:
+            named_event = [c for c in candidates if c.name == "event"]
+            if named_event:
+                candidates = named_event
+        if len(candidates) == 1:
+            return candidates[0]
+        if not candidates:
+            raise TypeInfoError(
+                f"cannot find the record type of {map_name!r}: the object defines no struct "
+                "of its own in BTF or DWARF (build it with -g, or name the type)"
+            )
+        names = ", ".join(sorted(c.name for c in candidates))
+        raise TypeInfoError(
+            f"the record type of {map_name!r} is ambiguous (candidates: {names}); name one "
+            "explicitly (--event-type NAME)"
+        )
