@@ -13,9 +13,9 @@ VMLINUX_H := $(BUILD)/vmlinux.h
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(ARCH) -I$(BUILD) -Isrc/bpfloom/bpf -Wall -Wno-unused-function
 
 # Every *.bpf.c in these folders is built into a *.bpf.o beside it.
-BPF_SRC := $(wildcard src/bpfloom/bpf/*.bpf.c tests/bpf/*.bpf.c bench/bpf/*.bpf.c)
+BPF_SRC := $(wildcard src/bpfloom/bpf/*.bpf.c tests/bpf/*.bpf.c tests/bpf/ecli/*.bpf.c bench/bpf/*.bpf.c)
 BPF_OBJ := $(BPF_SRC:.bpf.c=.bpf.o)
-BPF_HDR := $(wildcard src/bpfloom/bpf/*.h tests/bpf/*.h bench/bpf/*.h)
+BPF_HDR := $(wildcard src/bpfloom/bpf/*.h tests/bpf/*.h tests/bpf/ecli/*.h bench/bpf/*.h)
 # Native helpers (the C baseline consumer of bench/drain.py).
 NATIVE  := $(BUILD)/drain_c
 

@@ -324,7 +324,7 @@ def tc_opts(prog_fd: int = 0, handle: int = 0, priority: int = 0) -> TcOpts:
     return TcOpts(sz=ctypes.sizeof(TcOpts), prog_fd=prog_fd, handle=handle, priority=priority)
 
 
-def test_run(prog_fd: int, ctx: bytes | None = None, repeat: int = 1) -> int:
+def test_run(prog_fd: int, ctx: bytes | None = None, repeat: int = 0) -> int:
     """Run a program once with BPF_PROG_TEST_RUN; return its return value."""
     opts = TestRunOpts(sz=ctypes.sizeof(TestRunOpts), repeat=repeat)
     keep = None

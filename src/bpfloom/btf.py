@@ -26,6 +26,7 @@ import io
 import os
 import struct
 from collections.abc import Iterator
+from typing import Any, TypeVar, overload
 
 from elftools.elf.elffile import ELFFile
 
@@ -88,6 +89,7 @@ INT_SIGNED = 1 << 0
 INT_CHAR = 1 << 1
 INT_BOOL = 1 << 2
 
+_T = TypeVar("_T", bound=Type)
 _INT_SIZES = frozenset((1, 2, 4, 8, 16))
 _ENUM_SIZES = frozenset((1, 2, 4, 8))
 
@@ -110,7 +112,12 @@ class Btf:
     def __repr__(self) -> str:
         return f"<Btf {len(self.types) - 1} types>"
 
-    def by_name(self, name: str, kind: type[Type] | None = None) -> list[Type]:
+    @overload
+    def by_name(self, name: str, kind: None = None) -> list[Type]: ...
+    @overload
+    def by_name(self, name: str, kind: type[_T]) -> list[_T]: ...
+
+    def by_name(self, name: str, kind: type[Type] | None = None) -> list[Any]:
         """All types called ``name`` (in id order), optionally only of class ``kind``."""
         if self._names is None:
             names: dict[str, list[Type]] = {}
@@ -131,10 +138,8 @@ class Btf:
 
     def datasec(self, name: str) -> Datasec | None:
         """The data section called ``name`` (``.rodata``, ``.bss`` …), or None."""
-        for t in self.by_name(name, Datasec):
-            if isinstance(t, Datasec):
-                return t
-        return None
+        found = self.by_name(name, Datasec)
+        return found[0] if found else None
 
     def type_id(self, t: Type) -> int:
         """The BTF type id of ``t``; raises ``TypeInfoError`` if ``t`` is not from here."""
@@ -154,6 +159,7 @@ class _Strings:
         self.cache: dict[int, str] = {0: ""}
 
     def get(self, offset: int) -> str:
+        """The string at ``offset``; raises ``TypeInfoError`` if out of range or not UTF-8."""
         name = self.cache.get(offset)
         if name is not None:
             return name
@@ -231,6 +237,7 @@ class _Parser:
         return end
 
     def parse(self) -> Btf:
+        """Walk the type section record by record, then resolve references."""
         data, pos, end = self.data, self.start, self.end
         triple, types, name_of = self.triple, self.types, self.strings.get
         while pos < end:
@@ -408,5 +415,7 @@ def btf_from_elf(path: str | os.PathLike[str]) -> Btf | None:
             return None
         raw = section.data()
     except Exception as exc:  # pyelftools raises many kinds of errors on a bad ELF
-        raise TypeInfoError(f"cannot read the .BTF section of {os.fspath(path)}: {exc}") from exc
+        raise TypeInfoError(
+            f"cannot read the .BTF section of {os.fspath(path)} ({type(exc).__name__}: {exc})"
+        ) from exc
     return parse_btf(raw)

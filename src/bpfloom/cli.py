@@ -30,7 +30,7 @@ from .histogram import format_log2_hist, is_log2_hist
 from .object import BpfObject, GlobalVar
 from .perfbuf import PerfBuffer
 from .ringbuf import RingBuffer
-from .types import Array, Enum, Int, Struct, Type, strip
+from .types import Array, Enum, Int, Pointer, Struct, Type, strip
 
 EXIT_ERROR = 1
 RUN_OPTIONS = ("json", "duration", "event_type", "interval", "help")
@@ -81,7 +81,7 @@ def _is_bool(t: Type | None) -> bool:
 
 def _global_options(obj: BpfObject) -> list[click.Option]:
     options = []
-    for var in obj.globals.info():
+    for var in settable_globals(obj):
         try:
             default = obj.globals[var.name]
         except BpfloomError:
@@ -100,17 +100,22 @@ def _global_options(obj: BpfObject) -> list[click.Option]:
                 )
             )
         else:
-            shown = default if not isinstance(default, str) else repr(default)
             options.append(
                 click.Option(
                     [flag, var.name],
                     type=_GlobalType(var),
-                    default=None,
-                    show_default=str(shown),
+                    default=default,
+                    show_default=True,
+                    metavar=var.c_type.upper().replace(" ", ""),
                     help=help_text,
                 )
             )
     return options
+
+
+def settable_globals(obj: BpfObject) -> list[GlobalVar]:
+    """Globals that make sense as options: everything but pointers (and functions)."""
+    return [v for v in obj.globals.info() if not isinstance(strip(v.type), Pointer)]
 
 
 def _run_options() -> list[click.Option]:
@@ -201,6 +206,9 @@ def run_command(args: tuple[str, ...]) -> None:
             inner.main(args=rest, prog_name=f"bpfloom run {obj_path}", standalone_mode=False)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
+        except click.NoSuchOption as exc:
+            names = ", ".join(f"--{v.name}" for v in settable_globals(obj)) or "none"
+            _fail(f"{exc.format_message()} Globals of {obj_path}: {names}")
         except click.ClickException as exc:
             exc.show()
             sys.exit(EXIT_ERROR)
@@ -242,7 +250,7 @@ class _Printer:
                 out.append("TIME     " + "".join(n.ljust(w) for n, w in zip(names, widths)))
             now = time.strftime("%H:%M:%S")
             for ev in events:
-                cells = [_cell(v).ljust(w) for v, w in zip(ev, widths)]
+                cells = [_cell(v).ljust(w - 1) + " " for v, w in zip(ev, widths)]
                 out.append(f"{now} " + "".join(cells).rstrip())
         sys.stdout.write("\n".join(out) + "\n")
         sys.stdout.flush()
@@ -286,7 +294,7 @@ def _print_histograms(obj: BpfObject, as_json: bool) -> None:
 
 def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
     ctx = click.get_current_context()
-    for var in obj.globals.info():
+    for var in settable_globals(obj):
         if ctx.get_parameter_source(var.name) == click.core.ParameterSource.COMMANDLINE:
             obj.globals[var.name] = opts[var.name]
     obj.load()

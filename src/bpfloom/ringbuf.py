@@ -40,6 +40,10 @@ BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
 HEADER_SIZE = 8
 DEFAULT_POLL_INTERVAL = 0.1
+# Bytes copied out per batch at most. Copies that stay cache-sized and reuse freed
+# memory run several times faster than huge ones that fault in fresh pages
+# (bench/drain.py: 64 K records of 40 bytes drain at ~390 M/s, 1 M at ~15 M/s).
+DEFAULT_BATCH_BYTES = 2 << 20
 
 
 def _require_tso() -> None:
@@ -68,6 +72,7 @@ class RingBuffer:
         name: str = "ringbuf",
         owner: Any = None,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
     ) -> None:
         _require_tso()
         if size <= 0 or size & (size - 1):
@@ -76,6 +81,7 @@ class RingBuffer:
         self.decoder = decoder
         self.size = size
         self.poll_interval = poll_interval
+        self.batch_bytes = batch_bytes
         self.received = 0
         self.discarded = 0
         self._owner = owner
@@ -119,7 +125,8 @@ class RingBuffer:
         prod = int(self._producer_pos[0])
         chunks: list[Batch] = []
         taken = 0
-        while cons < prod and (max_records is None or taken < max_records):
+        budget = self.batch_bytes
+        while cons < prod and budget > 0 and (max_records is None or taken < max_records):
             off = cons & self._mask
             header = int(data[off : off + 4].view("<u4")[0])
             if header & BUSY_BIT:
@@ -130,7 +137,7 @@ class RingBuffer:
                 self.discarded += 1
                 cons += stride
                 continue
-            n = (prod - cons) // stride
+            n = max(min(prod - cons, budget) // stride, 1)
             if max_records is not None:
                 n = min(n, max_records - taken)
             # Check every header of the run in one go, before touching the data.
@@ -140,12 +147,15 @@ class RingBuffer:
             # The first header is ``length`` by construction, so k >= 1; the run stops
             # at the first busy, discarded or differently sized record.
             k = n if good.all() else int(np.argmin(good))
-            run = np.array(rows[:k])  # one memcpy of k records (headers included)
+            # One memcpy of the k records (headers included), as a flat copy: numpy
+            # copies a 2-D view row by row, which is several times slower.
+            run = data[off : off + k * stride].copy().reshape(k, stride)
             chunks.append(
                 Batch(fit_records(run[:, HEADER_SIZE:], length, size), self.decoder, self.name)
             )
             taken += k
             cons += k * stride
+            budget -= k * stride
         if chunks:
             self._consumer_pos[0] = cons  # release the space only after copying
         elif cons != int(self._consumer_pos[0]):

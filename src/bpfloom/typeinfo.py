@@ -20,7 +20,7 @@ from . import _libbpf
 from ._exceptions import TypeInfoError
 from .btf import Btf
 from .dwarf import dwarf_types
-from .types import Struct, Type, Union
+from .types import Func, FuncProto, Pointer, Struct, Type, Union, Var, strip
 
 BTF_KIND_STRUCT = 4
 _SYSTEM_HEADER_DIRS = ("/usr/include/", "/usr/local/include/", "/usr/lib/")
@@ -105,21 +105,50 @@ class TypeInfo:
                 seen[t.name] = t
         return list(seen.values())
 
-    def record_type(self, map_name: str, exclude: set[str] | None = None) -> Struct:
+    def _btf_struct_names(self, kind: str) -> set[str]:
+        """Names of structs that BTF functions take as parameters (``"params"``) or
+        that global variables hold or point to (``"globals"``)."""
+        names: set[str] = set()
+        if self.btf is None:
+            return names
+        for t in self.btf.types:
+            refs: list[Type | None] = []
+            if kind == "params" and isinstance(t, Func) and isinstance(t.proto, FuncProto):
+                refs = [p for _, p in t.proto.params]
+            elif kind == "globals" and isinstance(t, Var):
+                refs = [t.type]
+            for ref in refs:
+                target = strip(ref)
+                if isinstance(target, Pointer):
+                    target = strip(target.target)
+                if isinstance(target, Struct) and target.name:
+                    names.add(target.name)
+        return names
+
+    def record_type(self, map_name: str, map_types: set[str] | None = None) -> Struct:
         """Pick the record type of buffer ``map_name`` when it is unambiguous.
 
-        Rule: the program-defined structs; if several, drop those used only as map
-        keys/values (``exclude``); if still several, one named ``event`` wins.
+        From the structs the program defines, narrowing step by step while more than
+        one is left (a step that would leave none is skipped): drop program context
+        types (parameters of BTF functions); keep those a global holds or points to
+        (the ``const struct event *unused`` idiom); drop map key/value types
+        (``map_types``); keep one named ``event``.
         """
         candidates = self.program_structs()
-        if len(candidates) > 1 and exclude:
-            narrowed = [c for c in candidates if c.name not in exclude]
+        params = self._btf_struct_names("params")
+        held = self._btf_struct_names("globals")
+        steps = [
+            lambda c: c.name not in params,
+            lambda c: c.name in held,
+            lambda c: c.name not in (map_types or set()),
+            lambda c: c.name == "event",
+        ]
+        for keep in steps:
+            if len(candidates) <= 1:
+                break
+            narrowed = [c for c in candidates if keep(c)]
             if narrowed:
                 candidates = narrowed
-        if len(candidates) > 1:
-            named_event = [c for c in candidates if c.name == "event"]
-            if named_event:
-                candidates = named_event
         if len(candidates) == 1:
             return candidates[0]
         if not candidates:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 class Type:
     """Base of every type. ``name`` is ``""`` for anonymous types."""
 
-    name: str = ""
+    name: str
 
     def __repr__(self) -> str:
         label = f" {self.name}" if self.name else ""
