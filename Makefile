@@ -3,7 +3,7 @@
 
 CLANG     ?= clang-16
 BPFTOOL   ?= bpftool
-CC        ?= gcc
+CC        := gcc
 VENV      := .venv
 BUILD     := build
 ARCH      := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')

@@ -57,3 +57,74 @@ def compile_bpf(
 def _compile_bpf_fixture() -> Callable[..., Path]:
     """The ``compile_bpf`` function, for tests that prefer a fixture to an import."""
     return compile_bpf
+
+
+# --- kernel tests -----------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS_BPF = ROOT / "tests" / "bpf"
+
+
+def _kernel_unavailable() -> str | None:
+    """Why real BPF cannot run here, or None when it can."""
+    import os
+
+    if os.geteuid() != 0:
+        return "kernel tests need root"
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        return "the kernel has no BTF (/sys/kernel/btf/vmlinux)"
+    if not (TESTS_BPF / "shapes.bpf.o").exists():
+        return "test BPF objects are not built (run `make bpf`)"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _require_kernel(request: pytest.FixtureRequest) -> None:
+    """Tests marked ``kernel`` need root and BPF. Where BPFLOOM_REQUIRE_KERNEL is set
+    (CI), a missing kernel fails them instead of skipping them."""
+    import os
+
+    if request.node.get_closest_marker("kernel") is None:
+        return
+    reason = _kernel_unavailable()
+    if reason is None:
+        return
+    if os.environ.get("BPFLOOM_REQUIRE_KERNEL"):
+        pytest.fail(f"BPF is required here (BPFLOOM_REQUIRE_KERNEL is set): {reason}")
+    pytest.skip(reason)
+
+
+def bpf_object(name: str) -> Path:
+    """Path of a test object built by `make bpf` (``"shapes"`` → tests/bpf/shapes.bpf.o,
+    ``"ecli/execsnoop"`` → tests/bpf/ecli/execsnoop.bpf.o)."""
+    return TESTS_BPF / f"{name}.bpf.o"
+
+
+def kernel_prog_ids() -> set[int]:
+    """Ids of every BPF program loaded in the kernel now (bpftool)."""
+    import json
+
+    out = subprocess.run(
+        ["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True
+    ).stdout
+    return {int(p["id"]) for p in json.loads(out or "[]")}
+
+
+def kernel_link_ids() -> set[int]:
+    """Ids of every BPF link in the kernel now (bpftool)."""
+    import json
+
+    out = subprocess.run(
+        ["bpftool", "-j", "link", "show"], capture_output=True, text=True, check=True
+    ).stdout
+    return {int(p["id"]) for p in json.loads(out or "[]")}
+
+
+def kernel_map_ids() -> set[int]:
+    """Ids of every BPF map in the kernel now (bpftool)."""
+    import json
+
+    out = subprocess.run(
+        ["bpftool", "-j", "map", "show"], capture_output=True, text=True, check=True
+    ).stdout
+    return {int(p["id"]) for p in json.loads(out or "[]")}
