@@ -57,7 +57,10 @@ class Batch:
         return self._events
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self.events())
+        """Decoded events, made one at a time (or from the cached list, if built)."""
+        if self._events is not None:
+            return iter(self._events)
+        return self.decoder.iter_batch(self.records)
 
 
 def empty_batch(decoder: Decoder, source: str, lost: int = 0) -> Batch:

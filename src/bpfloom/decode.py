@@ -21,7 +21,7 @@ integers (1, 2, 4, 8, 16 B)   ``int``
 ``char[N]`` (``char`` named,  ``str``: bytes up to the first NUL, UTF-8 with
 or BTF/DWARF char encoding)   ``errors="replace"``; bytes after the NUL are ignored
 other arrays                  ``list`` (nested lists for multi-dimensional arrays)
-struct / union                an event: a ``collections.namedtuple`` subclass instance
+struct / union                an event: a namedtuple-like tuple (see below)
 enum                          the enumerator's name (``str``) when known, else the ``int``
 bitfields                     ``int`` (``bool``/enum name for bool/enum bitfields)
 float / double                ``float``
@@ -29,15 +29,23 @@ pointers                      ``int`` (the address)
 anything else with a size     ``bytes``
 ============================  ==========================================================
 
-Event classes. Each struct or union type gets a namedtuple class with one attribute per
-member, in declaration order. Members of anonymous struct/union members are flattened
-into the parent, as C does. C member names that are not valid namedtuple field names
-are renamed: leading underscores move to the end (``__pad`` -> ``pad__``), Python
-keywords get a trailing underscore (``class`` -> ``class_``), anything else invalid
-becomes ``field<i>``, and a clash gets ``_<k>`` appended. The C names stay available as
-``Decoder.c_fields`` and as the class attribute ``_c_fields``; :func:`to_jsonable` uses
-them as JSON keys. Event classes pickle by value (their name and fields travel with
-them), so events can be sent to worker processes.
+Event classes. Each struct or union type gets a tuple subclass made from
+``collections.namedtuple`` (``ev.pid``, ``ev._asdict()``, ``ev._replace(...)``,
+``Event._make(values)``), with one attribute per member in declaration order. To keep
+``tuple``'s C constructor on the hot path, the class is called with ONE sequence, like
+``time.struct_time``: ``Event((1, 2, 3))``, not ``Event(1, 2, 3)``. Members of anonymous
+struct/union members are flattened into the parent, as C does. C member names that are
+not valid namedtuple field names are renamed: leading underscores move to the end
+(``__pad`` -> ``pad__``), Python keywords get a trailing underscore (``class`` ->
+``class_``), anything else invalid becomes ``field<i>``, and a clash gets ``_<k>``
+appended. The C names stay available as ``Decoder.c_fields`` and as the class attribute
+``_c_fields``; :func:`to_jsonable` uses them as JSON keys. Event classes pickle by value
+(their name and fields travel with them), so events can be sent to worker processes.
+
+Garbage collection. Events are GC-tracked objects that can never form cycles; building
+a batch pauses the cyclic collector, and large batches are moved straight to the oldest
+generation so the collector does not traverse them again and again (see
+``_decode_rows``). Without this the collector costs more than the decoding itself.
 
 Encoding (:func:`encode`) writes a Python value as exactly ``sizeof(t)`` little-endian
 bytes, with range checks whose messages name the C type; :func:`parse_text` turns
@@ -52,7 +60,7 @@ import keyword
 import math
 import struct
 from collections import namedtuple
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterator, Callable, Iterable, Mapping, Sequence
 from itertools import repeat
 from typing import Any, TypeAlias
 
@@ -185,6 +193,12 @@ def _array_shape(t: Array) -> tuple[tuple[int, ...], Type | None]:
         dims.append(cur.length)
         cur = strip(cur.element)
     return tuple(dims), cur
+
+
+def _enum_signed(t: Enum) -> bool:
+    """Whether ``t`` holds signed values: BTF before ``BTF_KIND_ENUM``'s kind_flag (and
+    libbpf 1.1's view of it) marks every enum unsigned, even with negative enumerators."""
+    return t.signed or any(v < 0 for v in t.values.values())
 
 
 def _int_label(size: int, signed: bool) -> str:
@@ -426,7 +440,6 @@ class _ArrayNode(_Node):
         if element.dtype is not None and self._count:
             e = element.dtype
             self.dtype = np.dtype((e.base, dims + e.shape)) if e.shape else np.dtype((e, dims))
-        self._numeric = isinstance(element, (_NumberNode, _BoolNode))
 
     def column(self, rows: Rows, off: int) -> list[Any]:
         n = rows.shape[0]
@@ -465,8 +478,9 @@ class _AggregateNode(_Node):
         for f in self.fields:
             try:
                 if f.bits:
-                    node = self._bitfield(f, build, depth)
-                    self.columns.append((node, 0))
+                    if (f.bit_offset + f.bits + 7) // 8 > t.size:
+                        raise TypeInfoError(f"bitfield overruns {describe(t)} ({t.size} bytes)")
+                    self.columns.append((self._bitfield(f, build, depth), 0))
                     continue
                 node = build(f.type, depth + 1)
             except TypeInfoError as exc:
@@ -494,7 +508,7 @@ class _AggregateNode(_Node):
         if isinstance(base, Int):
             signed = base.signed and not base.is_bool
         elif isinstance(base, Enum):
-            signed = base.signed or any(v < 0 for v in base.values.values())
+            signed = _enum_signed(base)
         else:
             raise TypeInfoError(f"bitfield of type {describe(f.type)} is not supported")
         return _BitfieldNode(f.bit_offset, f.bits, signed, build(base, depth + 1))
@@ -540,7 +554,7 @@ class _Builder:
                 return _WideIntNode(s.signed)
             return _BytesNode(s.size)
         if isinstance(s, Enum):
-            inner = self._make(Int("", s.size, s.signed), depth)
+            inner = self._make(Int("", s.size, _enum_signed(s)), depth)
             names: dict[int, str] = {}
             for name, value in s.values.items():
                 names.setdefault(value, name)
@@ -564,43 +578,21 @@ class _Builder:
 # --------------------------------------------------------------------------- Decoder
 
 
-_PROMOTE_MIN_EVENTS = 16384
-
-
 def _decode_rows(node: _Node, rows: Rows) -> list[Any]:
-    """Run ``node.column`` over all rows, keeping the cyclic GC off the new events.
+    """Run ``node.column`` over all rows with the cyclic GC paused.
 
     Events are tuple subclasses, which CPython's collector tracks and, unlike exact
     tuples, never untracks. Built with the collector running, a million of them set off
     hundreds of collections that traverse the young events again and again (measured:
     the whole decode 3x slower). Events hold only ints, str, bytes, lists and other
-    events, so they never form reference cycles and the collector has nothing to find
-    in them. Hence:
-
-    - the collector is paused while the events are built (a collector the application
-      disabled stays disabled);
-    - for a large batch, the new objects are then moved straight to the oldest
-      generation, or the next collection would still traverse all of them once, and
-      again at each promotion (~50 ns/event each time). ``gc.freeze()`` +
-      ``gc.unfreeze()`` does that move in O(1): they splice the generation lists
-      (``gc_freeze_impl``/``gc_unfreeze_impl`` in CPython's gcmodule.c). A
-      ``gc.collect(1)`` first empties the young generations the normal way, so that
-      only objects made during the decode are moved and the application's young
-      garbage is still collected on time. Skipped when the application uses
-      ``gc.freeze()`` itself (its frozen objects must stay frozen).
+    events, so they never form reference cycles: pausing the collector while they are
+    built loses nothing. A collector the application disabled stays disabled.
     """
     if not gc.isenabled():
         return node.column(rows, 0)
-    promote = rows.shape[0] >= _PROMOTE_MIN_EVENTS and gc.get_freeze_count() == 0
-    if promote:
-        gc.collect(1)
     gc.disable()
     try:
-        events = node.column(rows, 0)
-        if promote:
-            gc.freeze()
-            gc.unfreeze()
-        return events
+        return node.column(rows, 0)
     finally:
         gc.enable()
 
@@ -649,6 +641,30 @@ class Decoder:
         may be *shorter* than the type (variable-size records) must be padded by the
         caller, e.g. with :func:`pad_records`. Raises ``TypeInfoError`` on a bad shape.
         """
+        return _decode_rows(self._node, self._checked(records))
+
+    def iter_batch(self, records: npt.NDArray[np.uint8]) -> Iterator[Any]:
+        """Like ``decode_batch``, but events are made one at a time as you iterate.
+
+        The columns are decoded up front; each event tuple is built only when the
+        consumer asks for it and can be freed before the next one, so a loop that
+        handles events one by one never holds the whole batch of event objects (faster
+        than a list for large batches: the memory stays warm and the GC stays idle).
+        """
+        rows = self._checked(records)
+        node = self._node
+        if not isinstance(node, _AggregateNode) or not node.columns:
+            return iter(_decode_rows(node, rows))
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            cols = [child.column(rows, rel) for child, rel in node.columns]
+        finally:
+            if paused:
+                gc.enable()
+        return map(node.event_type, zip(*cols, strict=True))
+
+    def _checked(self, records: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
         if not isinstance(records, np.ndarray) or records.ndim != 2:
             raise TypeInfoError("decode_batch needs a 2-D uint8 array of shape (n, size)")
         if records.dtype != np.uint8:
@@ -660,10 +676,11 @@ class Decoder:
             )
         if records.strides[1] != 1:
             records = np.ascontiguousarray(records)
-        return _decode_rows(self._node, records)
+        return records
 
     def decode(self, data: bytes | bytearray | memoryview) -> Any:
-        """Decode one record (a map key or value); a shorter record is zero-padded."""
+        """Decode one record (a map key or value); a shorter record is zero-padded, bytes
+        beyond ``size`` are ignored. Same code as ``decode_batch``, with ``n = 1``."""
         raw = np.frombuffer(data, dtype=np.uint8)
         if raw.size < self.size:
             padded = np.zeros(self.size, dtype=np.uint8)
@@ -711,16 +728,18 @@ def to_jsonable(value: Any) -> Any:
     scalars and arrays become Python values; NaN and infinities are left as they are.
     """
     kind = type(value)
-    if kind is int or kind is str or kind is float or kind is bool or value is None:
+    if kind in _JSON_PLAIN:
         return value
+    names = getattr(kind, "_c_fields", None)
+    if names is not None:  # one of our events
+        return dict(zip(names, map(to_jsonable, value), strict=True))
     if isinstance(value, tuple):
         fields = getattr(value, "_fields", None)
         if fields is not None:
-            names = getattr(kind, "_c_fields", fields)
-            return {name: to_jsonable(v) for name, v in zip(names, value, strict=True)}
-        return [to_jsonable(v) for v in value]
+            return dict(zip(fields, map(to_jsonable, value), strict=True))
+        return list(map(to_jsonable, value))
     if isinstance(value, list):
-        return [to_jsonable(v) for v in value]
+        return list(map(to_jsonable, value))
     if isinstance(value, Mapping):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -728,6 +747,9 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, (np.generic, np.ndarray)):
         return to_jsonable(value.tolist())
     return value
+
+
+_JSON_PLAIN = frozenset({int, str, float, bool, type(None)})
 
 
 # --------------------------------------------------------------------------- encoding
@@ -768,7 +790,7 @@ def _encode_into(t: Type | None, value: object, buf: bytearray, off: int, path: 
     s = strip(t)
     if isinstance(s, Int):
         if s.is_bool:
-            if value not in (0, 1) or not isinstance(value, (bool, int, np.integer)):
+            if value not in (0, 1) or not isinstance(value, (bool, int, np.integer, np.bool_)):
                 raise _fail(path, f"{_short_repr(value)} is not a bool (give True/False or 1/0)")
             buf[off : off + s.size] = int(value).to_bytes(s.size, "little")
             return
@@ -777,7 +799,7 @@ def _encode_into(t: Type | None, value: object, buf: bytearray, off: int, path: 
         buf[off : off + s.size] = number.to_bytes(s.size, "little", signed=s.signed)
     elif isinstance(s, Enum):
         number = _enum_value(s, value, path)
-        signed = s.signed or number < 0
+        signed = _enum_signed(s) or number < 0
         _check_int(number, s.size * 8, signed, describe(s), path)
         buf[off : off + s.size] = number.to_bytes(s.size, "little", signed=signed)
     elif isinstance(s, Float):
@@ -869,9 +891,9 @@ def _encode_bitfield(f: _Field, value: object, buf: bytearray, off: int, path: s
     base = strip(f.type)
     if isinstance(base, Enum):
         number = _enum_value(base, value, path)
-        signed = base.signed or any(v < 0 for v in base.values.values())
+        signed = _enum_signed(base)
     elif isinstance(base, Int) and base.is_bool:
-        if value not in (0, 1) or not isinstance(value, (bool, int, np.integer)):
+        if value not in (0, 1) or not isinstance(value, (bool, int, np.integer, np.bool_)):
             raise _fail(path, f"{_short_repr(value)} is not a bool (give True/False or 1/0)")
         number, signed = int(value), False
     elif isinstance(base, Int):

@@ -121,7 +121,7 @@ class RingBuffer:
     def _drain(self, max_records: int | None) -> Batch:
         data = self._data
         size = self.decoder.size
-        cons = int(self._consumer_pos[0])
+        start = cons = int(self._consumer_pos[0])
         prod = int(self._producer_pos[0])
         chunks: list[Batch] = []
         taken = 0
@@ -137,7 +137,11 @@ class RingBuffer:
                 self.discarded += 1
                 cons += stride
                 continue
-            n = max(min(prod - cons, budget) // stride, 1)
+            n = min(prod - cons, budget) // stride
+            if n == 0:
+                if chunks:
+                    break  # the budget is spent; the next read takes the rest
+                n = 1  # a single record larger than the budget
             if max_records is not None:
                 n = min(n, max_records - taken)
             # Check every header of the run in one go, before touching the data.
@@ -156,10 +160,8 @@ class RingBuffer:
             taken += k
             cons += k * stride
             budget -= k * stride
-        if chunks:
+        if cons != start:
             self._consumer_pos[0] = cons  # release the space only after copying
-        elif cons != int(self._consumer_pos[0]):
-            self._consumer_pos[0] = cons  # only discarded records were skipped
         self.received += taken
         if not chunks:
             return empty_batch(self.decoder, self.name)
