@@ -59,7 +59,7 @@ S64 = Int("long long", 8, True)
 U128 = Int("unsigned __int128", 16, False)
 S128 = Int("__int128", 16, True)
 CHAR = Int("char", 1, True)
-BTF_CHAR = Int("weird_char", 1, False, is_char=True)
+DWARF_UCHAR = Int("unsigned char", 1, False, is_char=True)
 BOOL = Int("_Bool", 1, False, is_bool=True)
 HALF = Float("_Float16", 2)
 FLOAT = Float("float", 4)
@@ -139,7 +139,8 @@ SCALARS: list[tuple[str, Type, bytes, Any]] = [
     ("char[8] utf-8", Array(CHAR, 8), "héllo".encode() + b"\0\0", "héllo"),
     ("char[4] invalid utf-8", Array(CHAR, 4), b"a\xffb\0", "a\ufffdb"),
     ("char[4] cut utf-8", Array(CHAR, 4), b"ab\xe2\x82", "ab\ufffd"),
-    ("is_char element", Array(BTF_CHAR, 3), b"ok\0", "ok"),
+    # DWARF flags unsigned char as a character type; only plain char makes strings.
+    ("unsigned char[3] is a list", Array(DWARF_UCHAR, 3), b"ok\0", [111, 107, 0]),
     ("typedef char array", Typedef("comm_t", Array(Const(CHAR), 4)), b"id\0\0", "id"),
     ("u8[4] is a list", Array(U8, 4), b"\x01\x02\x03\xff", [1, 2, 3, 255]),
     ("s16[3]", Array(S16, 3), struct.pack("<3h", -1, 0, 300), [-1, 0, 300]),

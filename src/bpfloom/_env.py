@@ -45,7 +45,10 @@ def effective_capabilities() -> int:
 def check_privileges() -> None:
     """Raise ``BpfPermissionError`` unless we may load BPF and open perf events."""
     caps = effective_capabilities()
-    has = lambda cap: bool(caps & (1 << cap))  # noqa: E731
+
+    def has(cap: int) -> bool:
+        return bool(caps & (1 << cap))
+
     if has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON)):
         return
     raise BpfPermissionError(

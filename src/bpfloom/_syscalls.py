@@ -11,8 +11,13 @@ import os
 import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_void_p]
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_void_p,
+]
 _libc.mount.restype = ctypes.c_int
 _libc.syscall.restype = ctypes.c_long
 
@@ -47,11 +52,28 @@ def perf_event_open_bpf_output(cpu: int, wakeup_events: int = 1) -> int:
     """
     attr = bytearray(_ATTR_SIZE)
     # type, size, config, sample_period, sample_type, read_format, flags, wakeup_events
-    struct.pack_into("<IIQQQQQI", attr, 0, PERF_TYPE_SOFTWARE, _ATTR_SIZE,
-                     PERF_COUNT_SW_BPF_OUTPUT, 1, PERF_SAMPLE_RAW, 0, 0, wakeup_events)
+    struct.pack_into(
+        "<IIQQQQQI",
+        attr,
+        0,
+        PERF_TYPE_SOFTWARE,
+        _ATTR_SIZE,
+        PERF_COUNT_SW_BPF_OUTPUT,
+        1,
+        PERF_SAMPLE_RAW,
+        0,
+        0,
+        wakeup_events,
+    )
     buf = ctypes.create_string_buffer(bytes(attr), _ATTR_SIZE)
-    fd = _libc.syscall(_NR_PERF_EVENT_OPEN, buf, ctypes.c_int(-1), ctypes.c_int(cpu),
-                       ctypes.c_int(-1), ctypes.c_ulong(PERF_FLAG_FD_CLOEXEC))
+    fd = _libc.syscall(
+        _NR_PERF_EVENT_OPEN,
+        buf,
+        ctypes.c_int(-1),
+        ctypes.c_int(cpu),
+        ctypes.c_int(-1),
+        ctypes.c_ulong(PERF_FLAG_FD_CLOEXEC),
+    )
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"perf_event_open(cpu {cpu}): {os.strerror(err)}")

@@ -34,7 +34,7 @@ class Batch:
         return int(self.records.shape[0])
 
     def __bool__(self) -> bool:
-        return self.records.shape[0] > 0
+        return bool(self.records.shape[0] > 0)
 
     def __repr__(self) -> str:
         return f"<Batch {self.source}: {len(self)} records, {self.lost} lost>"

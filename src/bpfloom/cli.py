@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -26,11 +26,12 @@ import click
 
 from . import decode
 from ._exceptions import BpfloomError, TypeInfoError
+from .decode import Decoder
 from .histogram import format_log2_hist, is_log2_hist
 from .object import BpfObject, GlobalVar
 from .perfbuf import PerfBuffer
 from .ringbuf import RingBuffer
-from .types import Array, Enum, Int, Pointer, Struct, Type, strip
+from .types import Array, Enum, Int, Pointer, Type, strip
 
 EXIT_ERROR = 1
 RUN_OPTIONS = ("json", "duration", "event_type", "interval", "help")
@@ -58,7 +59,7 @@ def main() -> None:
 # --- bpfloom run ------------------------------------------------------------------------
 
 
-class _GlobalType(click.ParamType):
+class _GlobalType(click.ParamType):  # type: ignore[type-arg]
     """A click type that parses command-line text for one global, from its BTF type."""
 
     def __init__(self, var: GlobalVar) -> None:
@@ -79,8 +80,8 @@ def _is_bool(t: Type | None) -> bool:
     return isinstance(s, Int) and s.is_bool
 
 
-def _global_options(obj: BpfObject) -> list[click.Option]:
-    options = []
+def _global_options(obj: BpfObject) -> list[click.Parameter]:
+    options: list[click.Parameter] = []
     for var in settable_globals(obj):
         try:
             default = obj.globals[var.name]
@@ -118,7 +119,7 @@ def settable_globals(obj: BpfObject) -> list[GlobalVar]:
     return [v for v in obj.globals.info() if not isinstance(strip(v.type), Pointer)]
 
 
-def _run_options() -> list[click.Option]:
+def _run_options() -> list[click.Parameter]:
     return [
         click.Option(["--json", "as_json"], is_flag=True, help="Print one JSON object per event."),
         click.Option(
@@ -236,24 +237,26 @@ class _Printer:
         self.as_json = as_json
         self.header_for: set[int] = set()
 
-    def batch(self, record_type: Type, events: list[Any]) -> None:
+    def batch(self, decoder: Decoder, events: Iterable[Any]) -> None:
         out: list[str] = []
         if self.as_json:
             for ev in events:
                 out.append(json.dumps(decode.to_jsonable(ev), ensure_ascii=False))
         else:
-            members = record_type.members if isinstance(record_type, Struct) else []
-            widths = [_field_width(m.name, m.type) for m in members if m.name]
-            if id(record_type) not in self.header_for:
-                self.header_for.add(id(record_type))
-                names = [m.name.upper() for m in members if m.name]
-                out.append("TIME     " + "".join(n.ljust(w) for n, w in zip(names, widths)))
+            pairs = zip(decoder.c_fields, decoder.field_types, strict=True)
+            widths = [_field_width(n, t) for n, t in pairs]
+            if id(decoder) not in self.header_for:
+                self.header_for.add(id(decoder))
+                names = [n.upper() for n in decoder.c_fields]
+                header = "".join(n.ljust(w) for n, w in zip(names, widths, strict=True))
+                out.append("TIME     " + header)
             now = time.strftime("%H:%M:%S")
             for ev in events:
-                cells = [_cell(v).ljust(w - 1) + " " for v, w in zip(ev, widths)]
+                cells = [_cell(v).ljust(w - 1) + " " for v, w in zip(ev, widths, strict=True)]
                 out.append(f"{now} " + "".join(cells).rstrip())
-        sys.stdout.write("\n".join(out) + "\n")
-        sys.stdout.flush()
+        if out:
+            sys.stdout.write("\n".join(out) + "\n")
+            sys.stdout.flush()
 
 
 def _cell(value: Any) -> str:
@@ -341,8 +344,7 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
         r.lost_samples for r in readers if isinstance(r, PerfBuffer)
     )
     click.echo(
-        f"bpfloom: {received} events received; lost: {lost_kernel} in the kernel, "
-        "0 in user space",
+        f"bpfloom: {received} events received; lost: {lost_kernel} in the kernel, 0 in user space",
         err=True,
     )
 
@@ -376,7 +378,7 @@ def _event_loop(
         for r in readers:
             batch = r.read(timeout=share)
             if batch:
-                printer.batch(r.decoder.type, batch.events())
+                printer.batch(r.decoder, batch)
 
 
 def _quiet_stdout() -> None:
@@ -389,8 +391,13 @@ def _quiet_stdout() -> None:
 
 
 @main.command("demo")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=5.0,
-              show_default=True, help="Seconds to trace.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds to trace.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 def demo_command(duration: float, as_json: bool) -> None:
     """Trace exec() system-wide for a few seconds with the built-in exec.bpf.o.

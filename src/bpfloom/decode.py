@@ -60,7 +60,7 @@ import keyword
 import math
 import struct
 from collections import namedtuple
-from collections.abc import Iterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
 from typing import Any, TypeAlias
 
@@ -180,9 +180,14 @@ def _size_of(t: Type | None) -> int:
 
 
 def _is_char(t: Type | None) -> bool:
-    """Whether ``t`` is a C ``char`` (the element of a C string)."""
+    """Whether ``t`` is plain C ``char``, the element of a C string.
+
+    Decided by name: ``unsigned char``/``__u8``/``signed char`` arrays are bytes of
+    data and decode to lists of ints. (DWARF marks ``unsigned char`` as a character
+    type too, and clang's BTF marks no type as one, so the flag cannot decide.)
+    """
     s = strip(t)
-    return isinstance(s, Int) and s.size == 1 and not s.is_bool and (s.is_char or s.name == "char")
+    return isinstance(s, Int) and s.size == 1 and not s.is_bool and s.name == "char"
 
 
 def _array_shape(t: Array) -> tuple[tuple[int, ...], Type | None]:
@@ -601,7 +606,8 @@ class Decoder:
     """Decodes records of one C type; build once per type, reuse for every batch.
 
     ``fields`` are the event attribute names (see the module docstring for renaming),
-    ``c_fields`` the C member names in the same order; both are empty for a type that is
+    ``c_fields`` the C member names and ``field_types`` their types, in the same order;
+    all are empty for a type that is
     not a struct or union, whose values decode to bare Python values (an ``int`` for a
     ``u32`` map key, a ``str`` for ``char[16]``) and whose ``event_type`` is ``None``.
 
@@ -622,10 +628,12 @@ class Decoder:
             self.event_type: type[Any] | None = self._node.event_type
             self.fields: tuple[str, ...] = tuple(f.py_name for f in self._node.fields)
             self.c_fields: tuple[str, ...] = tuple(f.c_name for f in self._node.fields)
+            self.field_types: tuple[Type | None, ...] = tuple(f.type for f in self._node.fields)
         else:
             self.event_type = None
             self.fields = ()
             self.c_fields = ()
+            self.field_types = ()
         self.dtype: np.dtype[Any] = (
             self._node.dtype if self._node.dtype is not None else np.dtype(f"V{self.size}")
         )

@@ -150,9 +150,7 @@ class Map:
     def _call(self, what: str, fn: Callable[..., int], *args: Any) -> int:
         ret = fn(*args)
         if ret < 0:
-            raise MapError(
-                f"{what} on map {self.name!r} failed: {os.strerror(-ret)}", errno=-ret
-            )
+            raise MapError(f"{what} on map {self.name!r} failed: {os.strerror(-ret)}", errno=-ret)
         return ret
 
     def lookup(self, key: Any, default: Any = None) -> Any:

@@ -543,9 +543,9 @@ class BpfObject:
 
     def _forget(self, item: object) -> None:
         if item in self._links:
-            self._links.remove(item)  # type: ignore[arg-type]
+            self._links.remove(item)
         if item in self._readers:
-            self._readers.remove(item)  # type: ignore[arg-type]
+            self._readers.remove(item)
 
     def close(self) -> None:
         """Close readers, detach links, unload everything. Idempotent."""
@@ -569,9 +569,7 @@ class BpfObject:
 
     def __del__(self) -> None:
         if getattr(self, "_ptr", None) is not None:
-            warnings.warn(
-                f"BpfObject {self.path} was not closed", ResourceWarning, stacklevel=1
-            )
+            warnings.warn(f"BpfObject {self.path} was not closed", ResourceWarning, stacklevel=1)
             self.close()
 
     # --- events ----------------------------------------------------------------------

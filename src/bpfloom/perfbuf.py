@@ -61,7 +61,9 @@ class _CpuRing:
         try:
             self.size = pages * mmap.PAGESIZE
             self.mm = mmap.mmap(
-                self.fd, mmap.PAGESIZE + self.size, mmap.MAP_SHARED,
+                self.fd,
+                mmap.PAGESIZE + self.size,
+                mmap.MAP_SHARED,
                 mmap.PROT_READ | mmap.PROT_WRITE,
             )
         except BaseException:

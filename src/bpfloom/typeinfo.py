@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 
 from . import _libbpf
 from ._exceptions import TypeInfoError
 from .btf import Btf
 from .dwarf import dwarf_types
-from .types import Func, FuncProto, Pointer, Struct, Type, Union, Var, strip
+from .types import Array, Func, FuncProto, Pointer, Struct, Type, Union, Var, strip
 
 BTF_KIND_STRUCT = 4
 _SYSTEM_HEADER_DIRS = ("/usr/include/", "/usr/local/include/", "/usr/lib/")
@@ -37,7 +38,7 @@ def kernel_has_struct(name: str) -> bool:
     btf = _kernel_btf()
     if btf is None:
         return False
-    return _libbpf.btf_find_by_name_kind(btf, name.encode(), BTF_KIND_STRUCT) > 0
+    return int(_libbpf.btf_find_by_name_kind(btf, name.encode(), BTF_KIND_STRUCT)) > 0
 
 
 def _is_program_defined(t: Struct | Union) -> bool:
@@ -71,10 +72,10 @@ class TypeInfo:
         """The struct/union/enum/typedef called ``name`` (``struct `` prefix allowed)."""
         bare = name.removeprefix("struct ").removeprefix("union ").strip()
         if self.btf is not None:
-            for kind in (Struct, Union):
-                found = [t for t in self.btf.by_name(bare, kind) if t.members]
-                if found:
-                    return found[0]
+            aggregates = self.btf.by_name(bare, Struct) + self.btf.by_name(bare, Union)
+            found = [t for t in aggregates if t.members]
+            if found:
+                return found[0]
             found_any = self.btf.by_name(bare)
             if found_any:
                 return found_any[0]
@@ -130,15 +131,18 @@ class TypeInfo:
 
         From the structs the program defines, narrowing step by step while more than
         one is left (a step that would leave none is skipped): drop program context
-        types (parameters of BTF functions); keep those a global holds or points to
+        types (parameters of BTF functions); drop structs nested in another; keep
+        those a global holds or points to
         (the ``const struct event *unused`` idiom); drop map key/value types
         (``map_types``); keep one named ``event``.
         """
         candidates = self.program_structs()
         params = self._btf_struct_names("params")
         held = self._btf_struct_names("globals")
-        steps = [
+        nested = {name for c in candidates for name in _member_struct_names(c)}
+        steps: list[Callable[[Struct], bool]] = [
             lambda c: c.name not in params,
+            lambda c: c.name not in nested,
             lambda c: c.name in held,
             lambda c: c.name not in (map_types or set()),
             lambda c: c.name == "event",
@@ -161,3 +165,20 @@ class TypeInfo:
             f"the record type of {map_name!r} is ambiguous (candidates: {names}); name one "
             "explicitly (--event-type NAME)"
         )
+
+
+def _member_struct_names(t: Struct, depth: int = 0) -> set[str]:
+    """Names of the structs/unions nested (at any depth, through arrays) in ``t``."""
+    out: set[str] = set()
+    if depth > 16:
+        return out
+    for m in t.members:
+        inner = strip(m.type)
+        while isinstance(inner, Array):
+            inner = strip(inner.element)
+        if isinstance(inner, (Struct, Union)):
+            if inner.name:
+                out.add(inner.name)
+            if isinstance(inner, Struct):
+                out |= _member_struct_names(inner, depth + 1)
+    return out
