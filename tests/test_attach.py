@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TESTS_BPF, bpf_object, kernel_link_ids
 from elftools.elf.elffile import ELFFile
 
 import bpfloom
 from bpfloom import BpfObject, Link, RingBuffer
+from conftest import TESTS_BPF, bpf_object, kernel_link_ids
 
 pytestmark = pytest.mark.kernel
 
@@ -123,16 +123,35 @@ def test_tracepoint_link_close_stops_events(tracepoint_obj: BpfObject) -> None:
     assert len(drain(rb, 1)) == 1
 
 
-def test_tracepoint_attached_twice_counts_twice(tracepoint_obj: BpfObject) -> None:
+def test_tracepoint_same_program_twice_is_refused(tracepoint_obj: BpfObject) -> None:
+    """The kernel keeps one copy of a program per tracepoint (bpf_prog_array_copy says
+    EEXIST); the refusal is an AttachError and leaves the first link working."""
     rb = tracepoint_obj.ring_buffer("rb")
-    first, second = attach_getppid(tracepoint_obj), attach_getppid(tracepoint_obj)
-    for _ in range(3):
-        os.getppid()
-    assert len(drain(rb, 6)) == 6
-    first.close()
+    first = attach_getppid(tracepoint_obj)
+    with pytest.raises(bpfloom.AttachError) as info:
+        attach_getppid(tracepoint_obj)
+    assert info.value.errno == 17
+    assert "on_tracepoint" in str(info.value)
+    assert "syscalls/sys_enter_getppid" in str(info.value)
+    assert tracepoint_obj.links == [first]
     os.getppid()
     assert len(drain(rb, 1)) == 1
-    second.close()
+
+
+def test_tracepoint_two_objects_both_count() -> None:
+    pid = os.getpid()
+    with (
+        bpfloom.load(bpf_object("tracepoint"), globals={"target_pid": pid}) as one,
+        bpfloom.load(bpf_object("tracepoint"), globals={"target_pid": pid}) as two,
+    ):
+        rb_one, rb_two = one.ring_buffer("rb"), two.ring_buffer("rb")
+        first, _ = attach_getppid(one), attach_getppid(two)
+        for _ in range(3):
+            os.getppid()
+        assert (len(drain(rb_one, 3)), len(drain(rb_two, 3))) == (3, 3)
+        first.close()
+        os.getppid()
+        assert (len(drain(rb_one, 0)), len(drain(rb_two, 1))) == (0, 1)
 
 
 # --- uprobes ------------------------------------------------------------------------------
@@ -162,9 +181,10 @@ def symbol_file_offset(binary: Path, symbol: str) -> tuple[int, int]:
         (sym,) = symtab.get_symbol_by_name(symbol)
         value = int(sym["st_value"])
         for seg in elf.iter_segments():
-            if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= value < seg["p_vaddr"] + seg[
-                "p_memsz"
-            ]:
+            if (
+                seg["p_type"] == "PT_LOAD"
+                and seg["p_vaddr"] <= value < seg["p_vaddr"] + seg["p_memsz"]
+            ):
                 return value, value - int(seg["p_vaddr"]) + int(seg["p_offset"])
     raise AssertionError(f"{symbol} is in no PT_LOAD segment of {binary}")
 
@@ -281,13 +301,12 @@ def test_all_links_gone_after_close(target: Path) -> None:
             str(target), offset=symbol_file_offset(target, SYMBOL)[1]
         ),
         attach_getppid(tp),
-        attach_getppid(tp),
     ]
     ours = own_link_ids() - before
     assert len(ours) == len(links)
     assert ours <= kernel_link_ids()
     assert len(obj.links) == 3
-    assert len(tp.links) == 2
+    assert len(tp.links) == 1
     obj.close()
     tp.close()
     assert all(link.closed for link in links)

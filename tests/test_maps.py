@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import bpf_object
 
 import bpfloom
 from bpfloom import BpfObject, Map, MapError, TypeInfoError
+from conftest import bpf_object
 
 pytestmark = pytest.mark.kernel
 
@@ -139,7 +139,7 @@ def test_hash_iterate_keys_items_values_and_clear(obj: BpfObject) -> None:
         entries[(1000 + i, i, f"k{i}")] = {"count": i, "delta": -i, "label": f"v{i}"}
     for (a, b, tag), value in entries.items():
         by_key[{"a": a, "b": b, "tag": tag}] = value
-    keys = [tuple(k) for k in by_key.keys()]
+    keys = list(map(tuple, by_key.keys()))
     assert sorted(keys) == sorted(entries)
     assert len(keys) == len(set(keys))
     items = {tuple(k): v._asdict() for k, v in by_key.items()}
@@ -225,7 +225,8 @@ def test_array_every_index_starts_at_zero(obj: BpfObject) -> None:
     assert arr.type == "array"
     assert arr.max_entries == 8
     assert [arr[i] for i in range(8)] == [0] * 8
-    assert [k for k in arr.keys()] == list(range(8))
+    assert list(arr.keys()) == list(range(8))
+    assert list(arr) == list(range(8))
     assert dict(arr.items()) == dict.fromkeys(range(8), 0)
 
 
@@ -340,7 +341,7 @@ ENCODING_ERRORS: list[tuple[str, str, Any, Any, list[str]]] = [
     ("value out of range", "by_key", {"a": 1}, {"count": -1}, ["count", "u64"]),
     ("value s32 too big", "by_key", {"a": 1}, {"delta": 2**31}, ["delta", "s32"]),
     ("key char array too long", "by_key", {"tag": "toolong"}, None, ["tag", "char[6]"]),
-    ("value label too long", "by_key", {"a": 1}, {"label": "x" * 12}, ["label", "char[12]"]),
+    ("value label too long", "by_key", {"a": 1}, {"label": "x" * 13}, ["label", "char[12]"]),
     ("key not a struct", "by_key", 5, None, ["shape_key"]),
     ("array index negative", "arr", -1, None, ["u32"]),
     ("array value too big", "arr", 0, 2**64, ["u64"]),

@@ -21,18 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, bpf_object, kernel_link_ids, kernel_map_ids, kernel_prog_ids
 
 import bpfloom
 from bpfloom import (
     AttachError,
     BpfObject,
-    BpfPermissionError,
     ClosedError,
     LoadError,
     ObjectFileError,
     _env,
 )
+from conftest import ROOT, bpf_object, kernel_link_ids, kernel_map_ids, kernel_prog_ids
 
 NOBODY = 65534
 _FD_KINDS = {
@@ -226,9 +225,11 @@ def test_loading_twice_raises() -> None:
 
 @pytest.mark.kernel
 def test_setting_autoload_after_load_raises() -> None:
-    with bpfloom.load(bpf_object("shapes")) as obj:
-        with pytest.raises(ClosedError, match="already loaded"):
-            obj.program("tp_getpgid").autoload = False
+    with (
+        bpfloom.load(bpf_object("shapes")) as obj,
+        pytest.raises(ClosedError, match="already loaded"),
+    ):
+        obj.program("tp_getpgid").autoload = False
 
 
 BAD_VERIFIER_USES: list[tuple[str, Callable[[BpfObject], Any]]] = [
@@ -242,9 +243,7 @@ BAD_VERIFIER_USES: list[tuple[str, Callable[[BpfObject], Any]]] = [
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize(
-    ("what", "use"), BAD_VERIFIER_USES, ids=[u[0] for u in BAD_VERIFIER_USES]
-)
+@pytest.mark.parametrize(("what", "use"), BAD_VERIFIER_USES, ids=[u[0] for u in BAD_VERIFIER_USES])
 def test_failed_load_refuses_use_and_leaves_nothing(
     what: str, use: Callable[[BpfObject], Any]
 ) -> None:

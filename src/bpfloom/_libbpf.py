@@ -179,6 +179,7 @@ map_btf_key_type_id = _fn("bpf_map__btf_key_type_id", c_uint32, MapPtr)
 map_btf_value_type_id = _fn("bpf_map__btf_value_type_id", c_uint32, MapPtr)
 map_initial_value = _fn("bpf_map__initial_value", c_void_p, MapPtr, POINTER(c_size_t))
 map_is_internal = _fn("bpf_map__is_internal", c_bool, MapPtr)
+map_map_flags = _fn("bpf_map__map_flags", c_uint32, MapPtr)
 
 btf_raw_data = _fn("btf__raw_data", c_void_p, BtfPtr, POINTER(c_uint32))
 btf_load_vmlinux = _fn("btf__load_vmlinux_btf", BtfPtr)
@@ -201,11 +202,24 @@ num_possible_cpus = _fn("libbpf_num_possible_cpus", c_int)
 # --- errors ---------------------------------------------------------------------------
 
 
+_libbpf_strerror = _fn("libbpf_strerror", c_int, c_int, c_char_p, c_size_t)
+
+
+def strerror(err: int) -> str:
+    """``os.strerror``, but libbpf's own codes (4000..4099, e.g. 4001 "BPF object format
+    invalid") by libbpf's names instead of "Unknown error 4001"."""
+    if 4000 <= err < 4100:
+        buf = ctypes.create_string_buffer(128)
+        if _libbpf_strerror(err, buf, len(buf)) == 0:
+            return buf.value.decode("utf-8", "replace")
+    return os.strerror(err)
+
+
 def check(ret: int, what: str) -> int:
     """Return ``ret`` if non-negative, else raise ``OSError(-ret)`` mentioning ``what``."""
     if ret < 0:
         err = -ret
-        raise OSError(err, f"{what}: {os.strerror(err)}")
+        raise OSError(err, f"{what}: {strerror(err)}")
     return ret
 
 
@@ -213,7 +227,7 @@ def check_ptr(ptr: int | None, what: str) -> int:
     """Return a non-NULL pointer, else raise ``OSError(errno)`` mentioning ``what``."""
     if not ptr:
         err = ctypes.get_errno() or 22  # EINVAL when libbpf did not say
-        raise OSError(err, f"{what}: {os.strerror(err)}")
+        raise OSError(err, f"{what}: {strerror(err)}")
     return ptr
 
 
@@ -297,6 +311,41 @@ def map_initial_bytes(map_ptr: int) -> tuple[int, int]:
     size = c_size_t(0)
     addr = map_initial_value(map_ptr, ctypes.byref(size))
     return (addr or 0), size.value
+
+
+BPF_F_RDONLY_PROG = 1 << 7
+BPF_F_MMAPABLE = 1 << 10
+_MAP_FIXED = 0x10
+_mmap = _libc.mmap
+_mmap.restype = c_void_p
+_mmap.argtypes = [c_void_p, c_size_t, c_int, c_int, c_int, ctypes.c_long]
+
+
+def remap_internal_map(map_ptr: int) -> None:
+    """Point an internal map's memory image (``bpf_map__initial_value``) at the
+    kernel's map, so reads and writes after load are the live values the programs see.
+
+    libbpf 1.1 does this only in ``bpf_object__load_skeleton``; ``bpf_object__load``
+    leaves the pre-load anonymous copy in place. Same steps as the skeleton loader:
+    ``mmap(map->mmaped, size, prot, MAP_SHARED | MAP_FIXED, map_fd, 0)``, read-only for
+    maps the programs cannot write (``.rodata``, frozen).
+    """
+    import mmap
+
+    flags = int(map_map_flags(map_ptr))
+    if not flags & BPF_F_MMAPABLE:
+        return
+    addr, size = map_initial_bytes(map_ptr)
+    if not addr:
+        return
+    length = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+    prot = mmap.PROT_READ
+    if not flags & BPF_F_RDONLY_PROG:
+        prot |= mmap.PROT_WRITE
+    got = _mmap(addr, length, prot, mmap.MAP_SHARED | _MAP_FIXED, map_fd(map_ptr), 0)
+    if got != addr:
+        err = ctypes.get_errno() or 22
+        raise OSError(err, f"mmap of {cstr(map_name(map_ptr))}: {os.strerror(err)}")
 
 
 def open_file(path: str) -> int:

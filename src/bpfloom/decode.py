@@ -793,7 +793,9 @@ def _enum_value(t: Enum, value: object, path: str) -> int:
     return _as_int(value, path, describe(t))
 
 
-def _encode_into(t: Type | None, value: object, buf: bytearray, off: int, path: str) -> None:
+def _encode_into(
+    t: Type | None, value: object, buf: bytearray, off: int, path: str, full: bool = False
+) -> None:
     """Write ``value`` as type ``t`` into ``buf`` at byte ``off``."""
     s = strip(t)
     if isinstance(s, Int):
@@ -825,25 +827,28 @@ def _encode_into(t: Type | None, value: object, buf: bytearray, off: int, path: 
         _check_int(number, 64, False, "a pointer", path)
         buf[off : off + 8] = number.to_bytes(8, "little")
     elif isinstance(s, Array):
-        _encode_array(s, value, buf, off, path)
+        _encode_array(s, value, buf, off, path, full)
     elif isinstance(s, (Struct, Union)):
-        _encode_aggregate(s, value, buf, off, path)
+        _encode_aggregate(s, value, buf, off, path, full)
     else:
         raise _fail(path, f"cannot encode {describe(t)}")
 
 
-def _encode_array(t: Array, value: object, buf: bytearray, off: int, path: str) -> None:
+def _encode_array(
+    t: Array, value: object, buf: bytearray, off: int, path: str, full: bool = False
+) -> None:
     element = strip(t.element)
     if _is_char(element):
         data = value.encode() if isinstance(value, str) else value
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise _fail(path, f"{_short_repr(value)} is not a str ({describe(t)} needs one)")
         data = bytes(data)
-        if len(data) >= t.length:
+        room = t.length if full else t.length - 1  # full: no NUL needed, as decode gives
+        if len(data) > room:
             raise _fail(
                 path,
                 f"{_short_repr(value)} is {len(data)} bytes, {describe(t)} holds at most "
-                f"{max(t.length - 1, 0)}",
+                f"{max(room, 0)}",
             )
         buf[off : off + len(data)] = data
         return
@@ -859,11 +864,11 @@ def _encode_array(t: Array, value: object, buf: bytearray, off: int, path: str) 
         raise _fail(path, f"{len(value)} values given, {describe(t)} holds {t.length}")
     step = _size_of(element)
     for i, item in enumerate(value):
-        _encode_into(element, item, buf, off + i * step, f"{path}[{i}]")
+        _encode_into(element, item, buf, off + i * step, f"{path}[{i}]", full)
 
 
 def _encode_aggregate(
-    t: Struct | Union, value: object, buf: bytearray, off: int, path: str
+    t: Struct | Union, value: object, buf: bytearray, off: int, path: str, full: bool = False
 ) -> None:
     if isinstance(value, (bytes, bytearray, memoryview)) and len(value) == t.size:
         buf[off : off + t.size] = bytes(value)
@@ -892,7 +897,7 @@ def _encode_aggregate(
         if f.bits:
             _encode_bitfield(f, item, buf, off, inner)
         else:
-            _encode_into(f.type, item, buf, off + f.bit_offset // 8, inner)
+            _encode_into(f.type, item, buf, off + f.bit_offset // 8, inner, full)
 
 
 def _encode_bitfield(f: _Field, value: object, buf: bytearray, off: int, path: str) -> None:
@@ -919,7 +924,7 @@ def _encode_bitfield(f: _Field, value: object, buf: bytearray, off: int, path: s
     buf[start : start + nbytes] = word.to_bytes(nbytes, "little")
 
 
-def encode(t: Type, value: object) -> bytes:
+def encode(t: Type, value: object, *, full_strings: bool = False) -> bytes:
     """``value`` as exactly ``sizeof(t)`` little-endian bytes; raises ``TypeInfoError``.
 
     Ints are range-checked; bools take ``True``/``False`` or 1/0; ``char[N]`` takes a
@@ -928,9 +933,11 @@ def encode(t: Type, value: object) -> bytes:
     arrays also take ``bytes``); structs and unions take a mapping or namedtuple of
     members by C or attribute name (missing or ``None`` members are zero; union members
     are written in the order given, so give one) or ``bytes`` of exactly their size.
+    ``full_strings=True`` lets a ``char[N]`` take N bytes (no NUL), which is what the
+    decoder returns for a full array: map keys and values must round-trip.
     """
     buf = bytearray(_size_of(t))
-    _encode_into(t, value, buf, 0, "")
+    _encode_into(t, value, buf, 0, "", full_strings)
     return bytes(buf)
 
 

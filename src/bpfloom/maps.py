@@ -72,7 +72,7 @@ class _Codec:
 
     def encode(self, value: Any) -> bytes:
         if self.type is not None:
-            return encode(self.type, value)
+            return encode(self.type, value, full_strings=True)
         if isinstance(value, (bytes, bytearray)) and len(value) == self.size:
             return bytes(value)
         if isinstance(value, int) and self.size in (1, 2, 4, 8):

@@ -286,6 +286,8 @@ def _attach_error(prog: Program, hook: str, err: int, log: list[str]) -> AttachE
         reason = "no such tracepoint (see /sys/kernel/tracing/events)"
     elif hook.startswith(("uprobe", "uretprobe")) and err == 2:
         reason = "symbol or binary not found"
+    elif err == 17:  # EEXIST
+        reason = "the program is already attached to this hook"
     elif err == 95:  # EOPNOTSUPP
         reason = f"SEC({section!r}) names no attach target; attach it explicitly"
     detail = [line.removeprefix("libbpf: ") for line in log if "libbpf:" in line][-2:]
@@ -487,6 +489,17 @@ class BpfObject:
                 msg = _with_log(msg, log)
             raise LoadError(msg, errno=err, log_tail=tail)
         self.loaded = True
+        # Globals of .data/.bss must read and write the kernel's memory from now on.
+        m = _libbpf.object_next_map(self._ptr, None)
+        while m:
+            if _libbpf.map_is_internal(m):
+                try:
+                    _libbpf.remap_internal_map(m)
+                except OSError as exc:
+                    raise GlobalError(
+                        f"cannot map the globals of {self.path}: {exc.strerror}", errno=exc.errno
+                    ) from exc
+            m = _libbpf.object_next_map(self._ptr, m)
         return self
 
     def attach_all(self) -> list[Link]:
@@ -680,10 +693,23 @@ def _check_elf(path: str) -> None:
         raise ObjectFileError(f"{path}: not an ELF file (expected a compiled *.bpf.o)")
     if len(head) < 20:
         raise ObjectFileError(f"{path}: truncated ELF file")
-    machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+    order = "little" if head[5] == 1 else "big"
+    machine = int.from_bytes(head[18:20], order)
     if machine != EM_BPF:
         raise ObjectFileError(
             f"{path}: an ELF file for another machine (e_machine {machine}), not a BPF object"
+        )
+    # BPF objects are ELF64. libbpf reports a file cut short only as
+    # LIBBPF_ERRNO__FORMAT (4001, "Unknown error 4001" to os.strerror): check first.
+    if len(head) < 64:
+        raise ObjectFileError(f"{path}: truncated ELF file ({len(head)} bytes, no full header)")
+    shoff = int.from_bytes(head[0x28:0x30], order)
+    shend = shoff + int.from_bytes(head[0x3A:0x3C], order) * int.from_bytes(head[0x3C:0x3E], order)
+    size = os.path.getsize(path)
+    if shend > size:
+        raise ObjectFileError(
+            f"{path}: truncated ELF file ({size} bytes, but its section headers end at "
+            f"byte {shend})"
         )
 
 
