@@ -120,7 +120,7 @@ class PerfBuffer:
         self.received = 0
         self.lost_samples = 0
         self._map = perf_map
-        self._owner = owner
+        self.owner = owner
         self._lock = threading.Lock()
         self._closed = False
         self._rings: list[_CpuRing] = []
@@ -258,8 +258,8 @@ class PerfBuffer:
         os.eventfd_write(self._wake_fd, 1)
         with self._lock:
             self._release()
-        if self._owner is not None:
-            self._owner._forget(self)
+        if self.owner is not None:
+            self.owner._forget(self)
 
     def __enter__(self) -> PerfBuffer:
         return self

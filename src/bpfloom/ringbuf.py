@@ -84,7 +84,7 @@ class RingBuffer:
         self.batch_bytes = batch_bytes
         self.received = 0
         self.discarded = 0
-        self._owner = owner
+        self.owner = owner
         self._mask = size - 1
         self._lock = threading.Lock()
         self._closed = False
@@ -229,8 +229,8 @@ class RingBuffer:
             os.close(self._wake_fd)
             self._consumer_map.close()
             self._data_map.close()
-        if self._owner is not None:
-            self._owner._forget(self)
+        if self.owner is not None:
+            self.owner._forget(self)
 
     def __enter__(self) -> RingBuffer:
         return self

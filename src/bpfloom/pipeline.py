@@ -1,0 +1,819 @@
+"""The concurrent event pipeline: reading decoupled from handling.
+
+Go's ``go handleEvent(event)`` done right (DESIGN.md §2): reader threads drain the
+ring/perf buffers in batches and hand events to an executor through a *bounded* queue
+(``_queue.BoundedQueue``: capacity in events, an overload policy, every drop counted),
+so receiving never waits for handling and memory stays bounded. Executors:
+
+- ``inline``: the handler runs in the reader thread (fastest for trivial handlers);
+- ``async``: one asyncio task per event — the closest thing to goroutines — at most
+  ``max_inflight`` at once; handlers may be coroutines;
+- ``thread``: a pool of ``workers`` threads, for blocking I/O handlers;
+- ``process``: ``workers`` processes for CPU-heavy handlers; records cross as numpy
+  batches (one pickle per batch, never per event) and are decoded in the worker.
+
+``batch=True`` gives the handler whole ``Batch`` objects (numpy views) instead of
+events. ``key`` (a field name or a function of the event) keeps events with the same
+key in arrival order, one at a time; different keys run concurrently (threads and
+processes shard by key; asyncio chains tasks per key).
+
+Shutdown (``stop()``): detach the programs of the objects the readers belong to, drain
+what is already in the buffers and the queue, let in-flight handlers finish until
+``shutdown_timeout``, then count whatever is left as dropped, so that
+``produced == handled + dropped_kernel + dropped_queue`` holds exactly
+(``bpfloom.stats``). A handler that raises is counted and logged (rate-limited);
+with ``fatal_errors=True`` the first error stops the pipeline and ``wait()``/``stop()``
+raise ``PipelineError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import multiprocessing
+import operator
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._exceptions import BpfloomError, ClosedError
+from ._queue import CLOSED, POLICIES, BoundedQueue
+from .batch import Batch
+from .decode import Decoder
+from .object import BpfObject
+from .perfbuf import PerfBuffer
+from .ringbuf import RingBuffer
+from .stats import PipelineStats
+from .types import Type
+
+log = logging.getLogger("bpfloom.pipeline")
+
+EXECUTORS = ("inline", "async", "thread", "process")
+TIMESTAMP_FIELDS = ("ts_ns", "ts", "timestamp_ns", "timestamp", "time_ns")
+Reader = RingBuffer | PerfBuffer
+_SAMPLE_CAP = 256  # latency samples taken per batch at most
+
+
+class PipelineError(BpfloomError):
+    """A handler failed and the pipeline was told to treat that as fatal."""
+
+
+class _ErrorLog:
+    """Logs handler errors, at most one line per ``interval`` seconds (plus a count)."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.interval = interval
+        self._last = 0.0
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def report(self, exc: BaseException) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self.interval:
+                self._suppressed += 1
+                return
+            extra = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
+            self._last, self._suppressed = now, 0
+        log.error("handler raised %s: %s%s", type(exc).__name__, exc, extra)
+
+
+def _timestamp_field(decoder: Decoder, requested: str | None) -> str | None:
+    if requested is not None:
+        return requested or None
+    for name in TIMESTAMP_FIELDS:
+        if name in decoder.fields:
+            return name
+    return None
+
+
+class Pipeline:
+    """Runs ``handler`` on every event of ``sources``, concurrently and bounded.
+
+    ``sources``: readers (``RingBuffer``/``PerfBuffer``) or loaded ``BpfObject`` s
+    (all their event buffers). Use ``start()``/``stop()``, ``with``, or in asyncio
+    ``async with`` / ``async for event in pipeline.events()``. ``stats`` is live;
+    ``stop()`` returns the final snapshot. Not restartable.
+    """
+
+    def __init__(
+        self,
+        sources: Reader | BpfObject | Sequence[Reader | BpfObject],
+        handler: Callable[[Any], Any] | None = None,
+        *,
+        executor: str = "thread",
+        workers: int = 4,
+        max_inflight: int = 1024,
+        queue_size: int = 65536,
+        policy: str = "block",
+        key: str | Callable[[Any], Hashable] | None = None,
+        batch: bool = False,
+        fatal_errors: bool = False,
+        sample_every: int = 10,
+        shutdown_timeout: float = 5.0,
+        read_timeout: float = 0.1,
+        timestamp_field: str | None = None,
+    ) -> None:
+        if executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {executor!r}; choose one of {EXECUTORS}")
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; choose one of {POLICIES}")
+        if executor == "process" and key is not None and not isinstance(key, str):
+            raise ValueError("the process executor takes key= as a field name")
+        if workers < 1 or max_inflight < 1 or queue_size < 1:
+            raise ValueError("workers, max_inflight and queue_size must be at least 1")
+        self.readers = _readers(sources)
+        if not self.readers:
+            raise ValueError("the pipeline has no event buffers to read")
+        self.handler = handler
+        self.executor = executor
+        self.workers = workers
+        self.max_inflight = max_inflight
+        self.queue_size = queue_size
+        self.policy = policy
+        self.batch = batch
+        self.fatal_errors = fatal_errors
+        self.sample_every = sample_every
+        self.shutdown_timeout = shutdown_timeout
+        self.read_timeout = read_timeout
+        self.key_name = key if isinstance(key, str) else None
+        self.key: Callable[[Any], Hashable] | None = (
+            operator.attrgetter(key) if isinstance(key, str) else key
+        )
+        self.stats = PipelineStats()
+        self.error: BaseException | None = None
+        self._errors = _ErrorLog()
+        self._ts_fields = {
+            id(r): _timestamp_field(r.decoder, timestamp_field) for r in self.readers
+        }
+        self._owners: list[BpfObject] = []
+        for r in self.readers:
+            if isinstance(r.owner, BpfObject) and r.owner not in self._owners:
+                self._owners.append(r.owner)
+        self._drops_at_start: dict[int, int] = {}
+        self._lost_at_start: dict[int, int] = {}
+        self._stop_reading = threading.Event()
+        self._done = threading.Event()
+        self._reader_threads: list[threading.Thread] = []
+        self._started = False
+        self._stopping = threading.Lock()
+        self._runner: _Executor | None = None
+
+    # --- handler calls (shared by every executor) ------------------------------------
+
+    def _fail(self, exc: BaseException) -> None:
+        self.stats.add(handler_errors=0)
+        self._errors.report(exc)
+        if self.fatal_errors and self.error is None:
+            self.error = exc
+            self._stop_reading.set()
+
+    def call(self, item: Any) -> None:
+        """Run the (synchronous) handler on one event or batch, with accounting."""
+        n = len(item) if self.batch else 1
+        self.stats.enter_handler(n)
+        errors = 0
+        t0 = time.perf_counter_ns()
+        try:
+            if self.handler is not None:
+                self.handler(item)
+        except Exception as exc:
+            errors = n
+            self._fail(exc)
+        finally:
+            self.stats.handler_latency.add(time.perf_counter_ns() - t0)
+            self._record_e2e(item)
+            self.stats.leave_handler(n, errors)
+
+    async def acall(self, item: Any) -> None:
+        """Run a handler that may be a coroutine function, with accounting."""
+        n = len(item) if self.batch else 1
+        self.stats.enter_handler(n)
+        errors = 0
+        t0 = time.perf_counter_ns()
+        try:
+            if self.handler is not None:
+                result = self.handler(item)
+                if inspect.isawaitable(result):
+                    await result
+        except Exception as exc:
+            errors = n
+            self._fail(exc)
+        finally:
+            self.stats.handler_latency.add(time.perf_counter_ns() - t0)
+            self._record_e2e(item)
+            self.stats.leave_handler(n, errors)
+
+    def _record_e2e(self, item: Any) -> None:
+        field = self._e2e_field
+        if field is None:
+            return
+        now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC
+        if isinstance(item, Batch):
+            if len(item) == 0:
+                return
+            ts = item.numpy()[field][-_SAMPLE_CAP:].astype(np.int64)
+            self.stats.end_to_end_latency.extend((now - ts).tolist())
+        else:
+            ts_value = getattr(item, field, None)
+            if isinstance(ts_value, int) and 0 < ts_value <= now:
+                self.stats.end_to_end_latency.add(now - ts_value)
+
+    @property
+    def _e2e_field(self) -> str | None:
+        fields = set(self._ts_fields.values())
+        return fields.pop() if len(fields) == 1 else None
+
+    # --- reading -----------------------------------------------------------------
+
+    def _read_loop(self, reader: Reader) -> None:
+        runner = self._runner
+        assert runner is not None
+        try:
+            while not self._stop_reading.is_set():
+                batch = reader.read(timeout=self.read_timeout)
+                self._take(reader, batch, runner)
+            # Programs are detached: drain what is already in the buffer, then stop.
+            while self.error is None:
+                batch = reader.poll()
+                if not batch and not batch.lost:
+                    break
+                self._take(reader, batch, runner)
+        except ClosedError:
+            pass
+        except Exception as exc:  # a reader failure ends the pipeline, loudly
+            log.error("reader of %s failed: %s", reader.name, exc)
+            if self.error is None:
+                self.error = exc
+            self._stop_reading.set()
+
+    def _take(self, reader: Reader, batch: Batch, runner: _Executor) -> None:
+        if batch.lost:
+            self.stats.add(dropped_kernel=batch.lost)
+        if batch:
+            self.stats.add(received=len(batch))
+            runner.submit(batch)
+
+    # --- life cycle ----------------------------------------------------------------
+
+    def _begin(self, runner: _Executor) -> None:
+        if self._started:
+            raise BpfloomError("a pipeline can be started once")
+        self._started = True
+        for obj in self._owners:
+            self._drops_at_start[id(obj)] = obj.dropped_kernel()
+        self._runner = runner
+        runner.start()
+        for reader in self.readers:
+            t = threading.Thread(
+                target=self._read_loop, args=(reader,), name=f"bpfloom-read-{reader.name}"
+            )
+            t.start()
+            self._reader_threads.append(t)
+
+    def start(self) -> Pipeline:
+        """Start reading and handling in background threads; returns immediately."""
+        self._begin(_make_executor(self, loop=None))
+        return self
+
+    def _detach(self) -> None:
+        for obj in self._owners:
+            for link in obj.links:
+                link.close()
+
+    def _finish(self) -> None:
+        """Wait for readers, then the executor (bounded by ``shutdown_timeout``)."""
+        deadline = time.monotonic() + self.shutdown_timeout
+        self._stop_reading.set()
+        self._detach()
+        for t in self._reader_threads:
+            t.join(max(deadline - time.monotonic(), 0.1))
+        assert self._runner is not None
+        self._runner.finish(deadline)
+        kernel = 0
+        for obj in self._owners:
+            kernel += obj.dropped_kernel() - self._drops_at_start.get(id(obj), 0)
+        self.stats.add(dropped_kernel=kernel)
+        self._done.set()
+
+    def stop(self, timeout: float | None = None) -> dict[str, Any]:
+        """Detach, drain, finish in-flight work, and return the final stats.
+
+        Idempotent. Raises ``PipelineError`` if a handler failed with
+        ``fatal_errors=True``.
+        """
+        if timeout is not None:
+            self.shutdown_timeout = timeout
+        with self._stopping:
+            if self._started and not self._done.is_set():
+                self._finish()
+        self._raise_fatal()
+        return self.stats.snapshot()
+
+    def _raise_fatal(self) -> None:
+        if self.error is not None and self.fatal_errors:
+            raise PipelineError(
+                f"handler failed: {type(self.error).__name__}: {self.error}"
+            ) from self.error
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until a fatal error or a ``stop()`` from elsewhere; True if stopped."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._stop_reading.is_set():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self._stop_reading.wait(0.2 if left is None else min(left, 0.2))
+        return True
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._stop_reading.is_set()
+
+    def __enter__(self) -> Pipeline:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- asyncio -------------------------------------------------------------------
+
+    async def astart(self) -> Pipeline:
+        """Start with the ``async`` executor on the running event loop."""
+        if self.executor != "async":
+            raise BpfloomError("astart() needs executor='async'")
+        self._begin(_make_executor(self, loop=asyncio.get_running_loop()))
+        return self
+
+    async def astop(self) -> dict[str, Any]:
+        """``stop()`` for asyncio: readers are joined off the loop; handlers keep running
+        on it until they finish or ``shutdown_timeout`` passes."""
+        runner = self._runner
+        if isinstance(runner, _AsyncRunner):
+            runner.closing = True
+        await asyncio.get_running_loop().run_in_executor(None, self._stop_readers_only)
+        if isinstance(runner, _AsyncRunner):
+            await runner.adrain(time.monotonic() + self.shutdown_timeout)
+        return await asyncio.get_running_loop().run_in_executor(None, self.stop)
+
+    def _stop_readers_only(self) -> None:
+        deadline = time.monotonic() + self.shutdown_timeout
+        self._stop_reading.set()
+        self._detach()
+        for t in self._reader_threads:
+            t.join(max(deadline - time.monotonic(), 0.1))
+
+    async def __aenter__(self) -> Pipeline:
+        return await self.astart()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.astop()
+
+    async def events(self) -> AsyncIterator[Any]:
+        """``async for event in pipeline.events()``: events (or batches) as they come.
+
+        The consumer is the handler: at most ``max_inflight`` events wait for it, and
+        an event counts as handled when the loop body asks for the next one. Ends when
+        the pipeline is stopped; leaving the loop stops it.
+        """
+        if self.handler is not None:
+            raise BpfloomError("events() is for pipelines without a handler")
+        inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.max_inflight)
+        end = object()
+
+        async def deliver(item: Any) -> None:
+            await inbox.put(item)
+
+        self.handler = deliver
+        self.executor = "async"
+        await self.astart()
+        runner = self._runner
+        assert isinstance(runner, _AsyncRunner)
+        runner.on_finished = lambda: inbox.put_nowait(end)
+        try:
+            while True:
+                item = await inbox.get()
+                if item is end:
+                    return
+                yield item
+        finally:
+            if not self._done.is_set():
+                # Leaving early: whatever the consumer did not take is dropped, counted.
+                runner.discard = True
+                while not inbox.empty():
+                    leftover = inbox.get_nowait()
+                    if leftover is not end:
+                        self.stats.add(dropped_queue=len(leftover) if self.batch else 1)
+                await self.astop()
+
+
+def _readers(sources: Reader | BpfObject | Sequence[Reader | BpfObject]) -> list[Reader]:
+    items: Iterable[Reader | BpfObject]
+    items = [sources] if isinstance(sources, (RingBuffer, PerfBuffer, BpfObject)) else sources
+    readers: list[Reader] = []
+    for s in items:
+        if isinstance(s, BpfObject):
+            readers.extend(s.open_reader(m.name) for m in s.event_buffers())
+        else:
+            readers.append(s)
+    return readers
+
+
+# --- executors ----------------------------------------------------------------------
+
+
+class _Executor:
+    """Runs the handler for batches handed over by the reader threads."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.p = pipeline
+
+    def start(self) -> None:
+        """Start workers (called before the readers start)."""
+
+    def submit(self, batch: Batch) -> None:
+        """Take one batch from a reader thread (may block under the ``block`` policy)."""
+        raise NotImplementedError
+
+    def finish(self, deadline: float) -> None:
+        """Readers are done: handle what is queued, wait for workers until ``deadline``,
+        then drop (and count) what is left."""
+
+
+class _Inline(_Executor):
+    def submit(self, batch: Batch) -> None:
+        if self.p.batch:
+            self.p.call(batch)
+        else:
+            for ev in batch:
+                self.p.call(ev)
+
+
+def _shard(key: Hashable, n: int) -> int:
+    return hash(key) % n
+
+
+class _Threads(_Executor):
+    """A pool of threads; with a key, one queue per thread and events sharded by key."""
+
+    def start(self) -> None:
+        p = self.p
+        n = p.workers
+        shards = n if p.key is not None else 1
+        self.queues = [
+            BoundedQueue(
+                max(p.queue_size // shards, 1), p.policy, p.stats, sample_every=p.sample_every
+            )
+            for _ in range(shards)
+        ]
+        self.threads = []
+        for i in range(n):
+            q = self.queues[i % shards]
+            t = threading.Thread(target=self._work, args=(q,), name=f"bpfloom-worker-{i}")
+            t.start()
+            self.threads.append(t)
+
+    def _work(self, q: BoundedQueue) -> None:
+        while True:
+            item = q.get()
+            if item is CLOSED:
+                return
+            if item is not None:
+                self.p.call(item)
+
+    def submit(self, batch: Batch) -> None:
+        p = self.p
+        stop = p._stop_reading if p.error is not None else None
+        if p.batch:
+            self.queues[0].put_many([batch], weight=len(batch), stop=stop)
+            return
+        if p.key is None:
+            self.queues[0].put_many(batch, stop=stop)
+            return
+        n = len(self.queues)
+        buckets: list[list[Any]] = [[] for _ in range(n)]
+        key = p.key
+        for ev in batch:
+            buckets[_shard(key(ev), n)].append(ev)
+        for q, items in zip(self.queues, buckets, strict=True):
+            if items:
+                q.put_many(items, stop=stop)
+
+    def finish(self, deadline: float) -> None:
+        for q in self.queues:
+            q.close()
+        for t in self.threads:
+            t.join(max(deadline - time.monotonic(), 0.0))
+        for q in self.queues:
+            q.abandon()  # counted as dropped; workers stop at their next get()
+
+
+class _AsyncRunner(_Executor):
+    """One task per event on an event loop, at most ``max_inflight`` at a time.
+
+    With a key, events of one key run one after the other in a chain task; chains of
+    different keys run concurrently. The loop is the caller's (``astart``) or a private
+    one in a thread (``start``).
+    """
+
+    def __init__(self, pipeline: Pipeline, loop: asyncio.AbstractEventLoop | None) -> None:
+        super().__init__(pipeline)
+        self.own_loop = loop is None
+        self.loop = loop or asyncio.new_event_loop()
+        self.closing = False
+        self.discard = False
+        self.on_finished: Callable[[], None] | None = None
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self.queue = BoundedQueue(
+            pipeline.queue_size,
+            pipeline.policy,
+            pipeline.stats,
+            sample_every=pipeline.sample_every,
+            on_ready=self._ready,
+        )
+        self._thread: threading.Thread | None = None
+        self._dispatcher: asyncio.Future[None] | None = None
+
+    def _ready(self) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop has nothing to wake
+            self.loop.call_soon_threadsafe(self._wake.set)
+
+    def start(self) -> None:
+        if self.own_loop:
+            started = threading.Event()
+
+            def run_loop() -> None:
+                asyncio.set_event_loop(self.loop)
+                self._dispatcher = self.loop.create_task(self._dispatch())
+                self.loop.call_soon(started.set)
+                self.loop.run_until_complete(self._dispatcher)
+
+            self._thread = threading.Thread(target=run_loop, name="bpfloom-async")
+            self._thread.start()
+            started.wait()
+        else:
+            self._dispatcher = self.loop.create_task(self._dispatch())
+
+    async def _dispatch(self) -> None:
+        p = self.p
+        sem = asyncio.Semaphore(p.max_inflight)
+        tasks: set[asyncio.Task[None]] = set()
+        chains: dict[Hashable, deque[Any]] = {}
+
+        async def run_one(item: Any) -> None:
+            try:
+                await p.acall(item)
+            finally:
+                sem.release()
+
+        async def run_chain(k: Hashable) -> None:
+            pending = chains[k]
+            while pending:
+                item = pending.popleft()
+                try:
+                    await p.acall(item)
+                finally:
+                    sem.release()
+            del chains[k]
+
+        def spawn(coro: Any) -> None:
+            task = asyncio.ensure_future(coro)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        while True:
+            items = self.queue.get_nowait_many(p.max_inflight)
+            if not items:
+                if self.queue.closed_and_empty:
+                    break
+                self._wake.clear()
+                if self.queue.depth == 0 and not self.queue.closed_and_empty:
+                    await self._wake.wait()
+                continue
+            for item in items:
+                await sem.acquire()
+                if self.discard:
+                    sem.release()
+                    p.stats.add(dropped_queue=len(item) if p.batch else 1)
+                    continue
+                if p.key is None:
+                    spawn(run_one(item))
+                    continue
+                k = p.key(item)
+                pending = chains.get(k)
+                if pending is None:
+                    chains[k] = deque([item])
+                    spawn(run_chain(k))
+                else:
+                    pending.append(item)
+        if tasks:
+            await asyncio.wait(set(tasks))
+        if self.on_finished is not None:
+            self.on_finished()
+
+    def submit(self, batch: Batch) -> None:
+        p = self.p
+        stop = p._stop_reading if p.error is not None else None
+        if p.batch:
+            self.queue.put_many([batch], weight=len(batch), stop=stop)
+        else:
+            self.queue.put_many(batch, stop=stop)
+
+    async def adrain(self, deadline: float) -> None:
+        """On the loop: close the queue and wait for the dispatcher until ``deadline``."""
+        self.queue.close()
+        if self._dispatcher is None:
+            return
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(self._dispatcher), max(deadline - time.monotonic(), 0.0)
+            )
+        except TimeoutError:
+            self.discard = True
+
+    def finish(self, deadline: float) -> None:
+        self.queue.close()
+        if self.own_loop:
+            assert self._thread is not None
+            self._thread.join(max(deadline - time.monotonic(), 0.0))
+            if self._thread.is_alive():
+                self.discard = True
+                self.queue.abandon()
+                self.loop.call_soon_threadsafe(self._cancel_all)
+                self._thread.join(1.0)
+            if not self._thread.is_alive():
+                self.loop.close()
+        self.queue.abandon()
+
+    def _cancel_all(self) -> None:
+        for task in asyncio.all_tasks(self.loop):
+            task.cancel()
+
+
+def _process_worker(
+    inbox: Any,
+    outbox: Any,
+    record_type: Type,
+    handler: Callable[[Any], Any],
+    batch_mode: bool,
+    ts_field: str | None,
+) -> None:
+    """A worker process: decode batches of raw records and run the handler on them."""
+    decoder = Decoder(record_type)
+    while True:
+        records = inbox.get()
+        if records is None:
+            return
+        batch = Batch(records, decoder, "process")
+        n = len(batch)
+        errors = 0
+        latencies: list[int] = []
+        error_text = ""
+        if batch_mode:
+            t0 = time.perf_counter_ns()
+            try:
+                handler(batch)
+            except Exception as exc:
+                errors, error_text = n, f"{type(exc).__name__}: {exc}"
+            latencies.append(time.perf_counter_ns() - t0)
+        else:
+            for ev in batch:
+                t0 = time.perf_counter_ns()
+                try:
+                    handler(ev)
+                except Exception as exc:
+                    errors += 1
+                    error_text = f"{type(exc).__name__}: {exc}"
+                if len(latencies) < _SAMPLE_CAP:
+                    latencies.append(time.perf_counter_ns() - t0)
+        e2e: list[int] = []
+        if ts_field is not None and n:
+            now = time.monotonic_ns()
+            e2e = (now - batch.numpy()[ts_field][-_SAMPLE_CAP:].astype(np.int64)).tolist()
+        outbox.put((n, errors, error_text, latencies, e2e))
+
+
+class _Processes(_Executor):
+    """Worker processes fed with numpy batches; with a key, batches split by key."""
+
+    IN_FLIGHT_BATCHES = 4  # per worker: bounds memory on the worker side
+
+    def start(self) -> None:
+        p = self.p
+        types = {id(r.decoder.type): r.decoder.type for r in p.readers}
+        if len(types) != 1:
+            raise BpfloomError("the process executor needs one record type for all readers")
+        record_type = next(iter(types.values()))
+        ts_field = p._e2e_field
+        ctx = multiprocessing.get_context("spawn")  # never fork a process with threads
+        self.outbox = ctx.Queue()
+        self.inboxes = [ctx.Queue(self.IN_FLIGHT_BATCHES) for _ in range(p.workers)]
+        self.procs = [
+            ctx.Process(
+                target=_process_worker,
+                args=(box, self.outbox, record_type, p.handler, p.batch, ts_field),
+                daemon=True,
+                name=f"bpfloom-process-{i}",
+            )
+            for i, box in enumerate(self.inboxes)
+        ]
+        for proc in self.procs:
+            proc.start()
+        self.queue = BoundedQueue(p.queue_size, p.policy, p.stats, sample_every=p.sample_every)
+        self.sent = 0
+        self.returned = 0
+        self._count_lock = threading.Lock()
+        self._next = 0
+        self.feeder = threading.Thread(target=self._feed, name="bpfloom-feeder")
+        self.collector = threading.Thread(target=self._collect, name="bpfloom-collector")
+        self.feeder.start()
+        self.collector.start()
+
+    def submit(self, batch: Batch) -> None:
+        p = self.p
+        stop = p._stop_reading if p.error is not None else None
+        records = np.ascontiguousarray(batch.records)
+        if p.key_name is None:
+            self.queue.put_many([(None, records)], weight=len(batch), stop=stop)
+            return
+        keys = batch.numpy()[p.key_name]
+        shard = np.asarray(keys).astype(np.uint64) % np.uint64(p.workers)
+        for i in range(p.workers):
+            part = records[shard == i]
+            if len(part):
+                self.queue.put_many([(i, part)], weight=len(part), stop=stop)
+
+    def _feed(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is CLOSED:
+                break
+            if item is None:
+                continue
+            target, records = item
+            if target is None:
+                target = self._next
+                self._next = (self._next + 1) % len(self.inboxes)
+            with self._count_lock:
+                self.sent += 1
+                self.p.stats.enter_handler(len(records))
+            self.inboxes[target].put(records)
+        for box in self.inboxes:
+            box.put(None)
+
+    def _collect(self) -> None:
+        p = self.p
+        while True:
+            msg = self.outbox.get()
+            if msg is None:
+                return
+            n, errors, error_text, latencies, e2e = msg
+            p.stats.handler_latency.extend(latencies)
+            p.stats.end_to_end_latency.extend(e2e)
+            p.stats.leave_handler(n, errors)
+            if errors:
+                p._fail(PipelineError(error_text))
+            with self._count_lock:
+                self.returned += 1
+
+    def finish(self, deadline: float) -> None:
+        self.queue.close()
+        self.feeder.join(max(deadline - time.monotonic(), 0.0))
+        for proc in self.procs:
+            proc.join(max(deadline - time.monotonic(), 0.0))
+        late = [proc for proc in self.procs if proc.is_alive()]
+        for proc in late:
+            proc.terminate()
+            proc.join(1.0)
+        self.outbox.put(None)
+        self.collector.join(5.0)
+        self.queue.abandon()
+        # Batches sent to a worker that was terminated never came back: dropped.
+        lost = self.p.stats.inflight
+        if lost:
+            self.p.stats.add(inflight=-lost, dropped_queue=lost)
+        for box in self.inboxes:
+            box.cancel_join_thread()
+            box.close()
+
+
+def _make_executor(p: Pipeline, loop: asyncio.AbstractEventLoop | None) -> _Executor:
+    if p.executor == "inline":
+        return _Inline(p)
+    if p.executor == "thread":
+        return _Threads(p)
+    if p.executor == "async":
+        return _AsyncRunner(p, loop)
+    if p.handler is None:
+        raise BpfloomError("the process executor needs a handler")
+    return _Processes(p)
+
+
+__all__ = ["EXECUTORS", "POLICIES", "Pipeline", "PipelineError"]

@@ -1,0 +1,112 @@
+"""Pipeline accounting: counters that add up, and latency percentiles.
+
+Drops are data, not exceptions (DESIGN.md §4). After a pipeline stops,
+``produced == handled + dropped_kernel + dropped_queue`` holds exactly, where
+``produced = received + dropped_kernel``: every event the kernel tried to emit was
+either handled (successfully or not: ``handler_errors`` counts the failures among
+them), lost in the kernel (ring full, perf lost samples), or dropped by the queue
+policy (including events still queued when a shutdown deadline expired).
+
+Counters are updated under one lock by the pipeline's threads; latency samples go
+into bounded reservoirs (the most recent ``RESERVOIR`` samples), so memory stays
+bounded under any load.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+RESERVOIR = 1 << 16
+PERCENTILES = (50, 90, 99, 99.9)
+
+
+class Latencies:
+    """Recent latency samples in nanoseconds (thread-safe appends; bounded)."""
+
+    def __init__(self) -> None:
+        self._samples: deque[int] = deque(maxlen=RESERVOIR)
+        self.count = 0
+
+    def add(self, ns: int) -> None:
+        self._samples.append(ns)
+        self.count += 1
+
+    def extend(self, samples: list[int]) -> None:
+        self._samples.extend(samples)
+        self.count += len(samples)
+
+    def summary(self) -> dict[str, float] | None:
+        """Percentiles in microseconds (``p50_us`` …) and the sample count, or None."""
+        if not self._samples:
+            return None
+        arr = np.fromiter(self._samples, dtype=np.int64, count=len(self._samples))
+        values = np.percentile(arr, PERCENTILES)
+        out: dict[str, float] = {"samples": float(self.count)}
+        for p, v in zip(PERCENTILES, values, strict=True):
+            out[f"p{p:g}_us".replace(".", "_")] = round(float(v) / 1000, 3)
+        out["max_us"] = round(float(arr.max()) / 1000, 3)
+        return out
+
+
+class PipelineStats:
+    """Live counters of one pipeline; ``snapshot()`` gives a consistent dict."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.received = 0
+        self.handled = 0
+        self.handler_errors = 0
+        self.dropped_queue = 0
+        self.dropped_kernel = 0
+        self.queue_depth = 0
+        self.queue_depth_max = 0
+        self.inflight = 0
+        self.inflight_max = 0
+        self.handler_latency = Latencies()
+        self.end_to_end_latency = Latencies()
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
+
+    def set_queue_depth(self, depth: int) -> None:
+        self.queue_depth = depth
+        if depth > self.queue_depth_max:
+            self.queue_depth_max = depth
+
+    def enter_handler(self, n: int = 1) -> None:
+        with self._lock:
+            self.inflight += n
+            if self.inflight > self.inflight_max:
+                self.inflight_max = self.inflight
+
+    def leave_handler(self, n: int = 1, errors: int = 0) -> None:
+        with self._lock:
+            self.inflight -= n
+            self.handled += n
+            self.handler_errors += errors
+
+    @property
+    def produced(self) -> int:
+        return self.received + self.dropped_kernel
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            out: dict[str, Any] = {
+                "produced": self.received + self.dropped_kernel,
+                "received": self.received,
+                "handled": self.handled,
+                "handler_errors": self.handler_errors,
+                "dropped_kernel": self.dropped_kernel,
+                "dropped_queue": self.dropped_queue,
+                "queue_depth_max": self.queue_depth_max,
+                "inflight_max": self.inflight_max,
+            }
+        out["handler_latency"] = self.handler_latency.summary()
+        out["end_to_end_latency"] = self.end_to_end_latency.summary()
+        return out
