@@ -18,7 +18,7 @@ import socket
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import _env, _libbpf
 from ._exceptions import (
@@ -693,7 +693,7 @@ def _check_elf(path: str) -> None:
         raise ObjectFileError(f"{path}: not an ELF file (expected a compiled *.bpf.o)")
     if len(head) < 20:
         raise ObjectFileError(f"{path}: truncated ELF file")
-    order = "little" if head[5] == 1 else "big"
+    order: Literal["little", "big"] = "little" if head[5] == 1 else "big"
     machine = int.from_bytes(head[18:20], order)
     if machine != EM_BPF:
         raise ObjectFileError(
