@@ -29,6 +29,7 @@ from .decode import Decoder
 from .maps import Map
 from .object import BpfObject, Globals, GlobalVar, Link, Program, load
 from .perfbuf import PerfBuffer
+from .pipeline import Pipeline, PipelineError
 from .ringbuf import RingBuffer
 
 __all__ = [
@@ -49,6 +50,8 @@ __all__ = [
     "MapError",
     "ObjectFileError",
     "PerfBuffer",
+    "Pipeline",
+    "PipelineError",
     "Program",
     "RingBuffer",
     "TypeInfoError",

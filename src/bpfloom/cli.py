@@ -13,41 +13,33 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from types import FrameType
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
 import click
 
 from . import decode
 from ._exceptions import BpfloomError, TypeInfoError
+from .batch import Batch
 from .decode import Decoder
 from .histogram import format_log2_hist, is_log2_hist
 from .object import BpfObject, GlobalVar
 from .perfbuf import PerfBuffer
+from .pipeline import Pipeline, StopSignals
 from .ringbuf import RingBuffer
 from .types import Array, Enum, Int, Pointer, Type, strip
 
 EXIT_ERROR = 1
-RUN_OPTIONS = ("json", "duration", "event_type", "interval", "help")
+RUN_OPTIONS = ("json", "duration", "event_type", "interval", "stats", "help")
 
 
 def _fail(message: str) -> NoReturn:
     click.echo(f"bpfloom: error: {message}", err=True)
     sys.exit(EXIT_ERROR)
-
-
-class _Stop(Exception):
-    """Raised from a signal handler to end the event loop cleanly."""
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    raise _Stop(signal.Signals(signum).name)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -133,6 +125,12 @@ def _run_options() -> list[click.Parameter]:
             default=None,
             metavar="NAME",
             help="Struct the ring/perf buffer records hold (default: found automatically).",
+        ),
+        click.Option(
+            ["--stats"],
+            is_flag=True,
+            help='At exit, print {"stats": {...}}: counts, drops, latencies (stdout with '
+            "--json, else stderr).",
         ),
         click.Option(
             ["--interval"],
@@ -231,11 +229,29 @@ def _field_width(name: str, t: Type | None) -> int:
 
 
 class _Printer:
-    """Prints events as a table or JSON lines; output is flushed per batch."""
+    """Prints events as a table or JSON lines; output is flushed per batch.
 
-    def __init__(self, as_json: bool) -> None:
+    Safe to call from several reader threads. When stdout's reader goes away (``| head``)
+    it stops printing and calls ``on_broken_pipe``.
+    """
+
+    def __init__(self, as_json: bool, on_broken_pipe: Callable[[], None] | None = None) -> None:
         self.as_json = as_json
         self.header_for: set[int] = set()
+        self.broken_pipe = False
+        self._on_broken_pipe = on_broken_pipe
+        self._lock = threading.Lock()
+
+    def print_batch(self, batch: Batch) -> None:
+        with self._lock:
+            if self.broken_pipe:
+                return
+            try:
+                self.batch(batch.decoder, batch)
+            except BrokenPipeError:
+                self.broken_pipe = True
+                if self._on_broken_pipe is not None:
+                    self._on_broken_pipe()
 
     def batch(self, decoder: Decoder, events: Iterable[Any]) -> None:
         out: list[str] = []
@@ -313,72 +329,70 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
     ]
     has_hist = any(is_log2_hist(m.value_type) for m in obj.maps.values())
     as_json = bool(opts["as_json"])
-    printer = _Printer(as_json)
-    duration = opts["duration"]
-    deadline = None if duration is None else time.monotonic() + duration
-    interval = float(opts["interval"])
-    next_hist = time.monotonic() + interval
     if not readers and not has_hist:
         click.echo(
             "bpfloom: note: the object has no ring/perf buffer or histogram map; "
             "programs stay attached until the end",
             err=True,
         )
-    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        _event_loop(obj, readers, printer, deadline, has_hist, as_json, next_hist, interval)
-    except _Stop:
-        pass
-    except BrokenPipeError:
+    with StopSignals() as signals:
+        printer = _Printer(as_json, on_broken_pipe=signals.stop.set)
+        pipeline = (
+            Pipeline(readers, printer.print_batch, executor="inline", batch=True)
+            if readers
+            else None
+        )
+        if pipeline is not None:
+            pipeline.start()
+        try:
+            _wait(obj, signals.stop, pipeline, opts, has_hist)
+        finally:
+            stats = pipeline.stop() if pipeline is not None else None
+    if printer.broken_pipe:
         _quiet_stdout()
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-    try:
-        if has_hist:
-            _print_histograms(obj, as_json)
-    except BrokenPipeError:
-        _quiet_stdout()
-    received = sum(r.received for r in readers)
-    lost_kernel = obj.dropped_kernel() + sum(
-        r.lost_samples for r in readers if isinstance(r, PerfBuffer)
-    )
-    click.echo(
-        f"bpfloom: {received} events received; lost: {lost_kernel} in the kernel, 0 in user space",
-        err=True,
-    )
+    elif has_hist:
+        _print_histograms(obj, as_json)
+    _summary(obj, stats, bool(opts["stats"]), as_json)
 
 
-def _event_loop(
+def _wait(
     obj: BpfObject,
-    readers: list[RingBuffer | PerfBuffer],
-    printer: _Printer,
-    deadline: float | None,
+    stop: threading.Event,
+    pipeline: Pipeline | None,
+    opts: dict[str, Any],
     has_hist: bool,
-    as_json: bool,
-    next_hist: float,
-    interval: float,
 ) -> None:
-    while True:
+    """Sleep until the duration ends, a signal comes, or the pipeline fails; print
+    histograms every interval meanwhile."""
+    duration = opts["duration"]
+    deadline = None if duration is None else time.monotonic() + duration
+    interval = float(opts["interval"])
+    next_hist = time.monotonic() + interval
+    while not stop.is_set():
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             return
+        if pipeline is not None and not pipeline.running:
+            return
         if has_hist and now >= next_hist:
-            _print_histograms(obj, as_json)
+            _print_histograms(obj, bool(opts["as_json"]))
             next_hist = now + interval
-        wait = 0.5
+        wait = 0.2
         if deadline is not None:
-            wait = min(wait, max(deadline - now, 0.0))
-        if has_hist:
-            wait = min(wait, max(next_hist - now, 0.0))
-        if not readers:
-            time.sleep(wait)
-            continue
-        share = wait / len(readers)
-        for r in readers:
-            batch = r.read(timeout=share)
-            if batch:
-                printer.batch(r.decoder, batch)
+            wait = min(wait, deadline - now)
+        stop.wait(max(wait, 0.0))
+
+
+def _summary(obj: BpfObject, stats: dict[str, Any] | None, show_stats: bool, as_json: bool) -> None:
+    if stats is None:
+        stats = {"received": 0, "dropped_kernel": obj.dropped_kernel(), "dropped_queue": 0}
+    click.echo(
+        f"bpfloom: {stats['received']} events received; lost: {stats['dropped_kernel']} in "
+        f"the kernel, {stats['dropped_queue']} in user space",
+        err=True,
+    )
+    if show_stats:
+        click.echo(json.dumps({"stats": stats}), err=not as_json)
 
 
 def _quiet_stdout() -> None:

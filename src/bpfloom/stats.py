@@ -45,7 +45,7 @@ class Latencies:
             return None
         arr = np.fromiter(self._samples, dtype=np.int64, count=len(self._samples))
         values = np.percentile(arr, PERCENTILES)
-        out: dict[str, float] = {"samples": float(self.count)}
+        out: dict[str, float] = {"samples": self.count}
         for p, v in zip(PERCENTILES, values, strict=True):
             out[f"p{p:g}_us".replace(".", "_")] = round(float(v) / 1000, 3)
         out["max_us"] = round(float(arr.max()) / 1000, 3)
