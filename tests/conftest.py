@@ -6,7 +6,9 @@ tests exercise real compiler output (BTF, DWARF) instead of hand-made fixtures.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -128,3 +130,56 @@ def kernel_map_ids() -> set[int]:
         ["bpftool", "-j", "map", "show"], capture_output=True, text=True, check=True
     ).stdout
     return {int(p["id"]) for p in json.loads(out or "[]")}
+
+
+_FD_KINDS = {
+    "anon_inode:bpf-prog": "prog",
+    "anon_inode:bpf-map": "map",
+    "anon_inode:bpf_link": "link",
+    "anon_inode:btf": "btf",
+}
+
+
+def own_bpf_ids() -> dict[str, set[int]]:
+    """Kernel ids of the BPF programs, maps, links and BTF objects this process holds
+    file descriptors for (from /proc/self/fdinfo)."""
+    ids: dict[str, set[int]] = {kind: set() for kind in _FD_KINDS.values()}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            kind = _FD_KINDS.get(os.readlink(f"/proc/self/fd/{fd}"))
+            if kind is None:
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith(f"{kind}_id:"):
+                        ids[kind].add(int(line.split()[1]))
+        except OSError:
+            continue  # the fd was closed while we looked (the listing's own fd, too)
+    return ids
+
+
+def kernel_ids() -> dict[str, set[int]]:
+    return {"prog": kernel_prog_ids(), "map": kernel_map_ids(), "link": kernel_link_ids()}
+
+
+def new_ids(before: dict[str, set[int]]) -> dict[str, set[int]]:
+    now = own_bpf_ids()
+    return {kind: now[kind] - before[kind] for kind in now}
+
+
+def assert_gone_from_kernel(ids: dict[str, set[int]], deadline: float = 10.0) -> None:
+    """Assert that none of ``ids`` (prog/map/link) stays in the kernel.
+
+    Closing the last fd only drops the last reference: the kernel frees programs and
+    maps after an RCU grace period or from a workqueue (``bpf_map_put`` ->
+    ``bpf_map_free_deferred``), so a freed id can still be listed for a moment. Poll
+    until it is gone; the deadline only bounds a real leak, it measures nothing.
+    """
+    end = time.monotonic() + deadline
+    while True:
+        now = kernel_ids()
+        left = {kind: ids.get(kind, set()) & now[kind] for kind in now}
+        if not any(left.values()) or time.monotonic() > end:
+            break
+        time.sleep(0.05)
+    assert not any(left.values()), f"still in the kernel after close(): {left}"

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 import bpfloom
-from conftest import bpf_object, kernel_link_ids, kernel_prog_ids
+from conftest import assert_gone_from_kernel, bpf_object, new_ids, own_bpf_ids
 
 pytestmark = pytest.mark.kernel
 
@@ -59,10 +59,12 @@ def _tc(*args: str) -> str:
 
 def test_xdp_and_tc_count_real_packets_and_leave_nothing(veth: tuple[str, str]) -> None:
     local, ns = veth
-    progs_before, links_before = kernel_prog_ids(), kernel_link_ids()
+    before = own_bpf_ids()
     with bpfloom.load(bpf_object("net")) as obj:
         xdp = obj.program("count_xdp").attach_xdp(local)
         tc = obj.program("count_tc").attach_tc(local, "ingress")
+        ours = new_ids(before)
+        assert ours["prog"] and ours["link"]
         assert "xdp" in json.loads(_ip("-j", "link", "show", local))[0]
         assert "count_tc" in _tc("filter", "show", "dev", local, "ingress")
         _ping_from(ns, 5)
@@ -79,8 +81,7 @@ def test_xdp_and_tc_count_real_packets_and_leave_nothing(veth: tuple[str, str]) 
         seen = packets[0]
         _ping_from(ns, 2)
         assert packets[0] == seen  # detached: no more counting
-    assert not (kernel_prog_ids() - progs_before)
-    assert not (kernel_link_ids() - links_before)
+    assert_gone_from_kernel(ours)
 
 
 def test_tc_and_xdp_released_by_object_close(veth: tuple[str, str]) -> None:
