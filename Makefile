@@ -37,7 +37,7 @@ $(BUILD)/drain_c: bench/drain_c.c
 	$(CC) -O2 -Wall -o $@ $< -lbpf
 
 demo: setup
-	$(VENV)/bin/python -m bpfloom.demo
+	$(VENV)/bin/bpfloom demo
 
 test: setup
 	CI=$${CI:-} $(VENV)/bin/python -m pytest -q
