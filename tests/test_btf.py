@@ -7,7 +7,6 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import compile_bpf
 
 from bpfloom import _libbpf
 from bpfloom._exceptions import TypeInfoError
@@ -34,6 +33,7 @@ from bpfloom.types import (
     sizeof,
     strip,
 )
+from conftest import compile_bpf
 
 SOURCE = r"""
 #include <linux/types.h>

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import compile_bpf
 
 from bpfloom._exceptions import TypeInfoError
 from bpfloom.btf import btf_from_elf
@@ -29,6 +28,7 @@ from bpfloom.types import (
     describe,
     sizeof,
 )
+from conftest import compile_bpf
 
 HEADER = r"""
 typedef unsigned int u32;

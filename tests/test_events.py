@@ -9,23 +9,23 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import (
-    ROOT,
-    bpf_object,
-    compile_bpf,
-    kernel_link_ids,
-    kernel_map_ids,
-    kernel_prog_ids,
-)
 
 import bpfloom
 from bpfloom import BpfObject, ClosedError, PerfBuffer, RingBuffer, TypeInfoError
+from conftest import (
+    ROOT,
+    assert_gone_from_kernel,
+    bpf_object,
+    compile_bpf,
+    kernel_prog_ids,
+    own_bpf_ids,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -470,36 +470,9 @@ def test_ring_buffer_mixed_record_sizes(tmp_path: Path) -> None:
 # --- close ------------------------------------------------------------------------------
 
 
-def _bpf_fd_ids(kind: str) -> set[int]:
-    """Ids of the BPF objects of ``kind`` (prog, map, link) this process holds fds of."""
-    anon = {"prog": "anon_inode:bpf-prog", "map": "anon_inode:bpf-map", "link": "anon_inode:bpf_link"}
-    ids = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") != anon[kind]:
-                continue
-            with open(f"/proc/self/fdinfo/{fd}") as f:
-                info = f.read()
-        except OSError:
-            continue  # closed meanwhile (the listing's own fd, another thread's)
-        for line in info.splitlines():
-            if line.startswith(f"{kind}_id:"):
-                ids.add(int(line.split()[1]))
-    return ids
-
-
-def _still_there(ids: set[int], current: Callable[[], set[int]], patience: float = 10) -> set[int]:
-    """Which of ``ids`` the kernel still lists; the last references to maps go with
-    RCU-deferred program frees, so wait (generously) until they are gone."""
-    deadline = time.monotonic() + patience
-    while True:
-        left = ids & current()
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.05)
-
-
-def _blocked_reader(reader: RingBuffer | PerfBuffer) -> tuple[threading.Thread, list[BaseException]]:
+def _blocked_reader(
+    reader: RingBuffer | PerfBuffer,
+) -> tuple[threading.Thread, list[BaseException]]:
     """A thread blocked in ``reader.read(timeout=None)``; what it raised goes in the list."""
     raised: list[BaseException] = []
     started = threading.Event()
@@ -556,7 +529,7 @@ def test_object_close_unblocks_reader_and_leaves_nothing_in_the_kernel(buffer: s
         links = obj.attach_all()
         assert len(links) == 1
         reader = _open(obj, buffer)
-        ours = {kind: _bpf_fd_ids(kind) for kind in ("prog", "map", "link")}
+        ours = own_bpf_ids()
         assert ours["prog"] and ours["map"] and ours["link"]
         assert ours["prog"] <= kernel_prog_ids()
         thread, raised = _blocked_reader(reader)
@@ -569,7 +542,6 @@ def test_object_close_unblocks_reader_and_leaves_nothing_in_the_kernel(buffer: s
     with pytest.raises(ClosedError):
         reader.read(timeout=None)
     obj.close()  # idempotent
-    assert _bpf_fd_ids("prog") == _bpf_fd_ids("map") == _bpf_fd_ids("link") == set()
-    assert _still_there(ours["link"], kernel_link_ids) == set()
-    assert _still_there(ours["prog"], kernel_prog_ids) == set()
-    assert _still_there(ours["map"], kernel_map_ids) == set()
+    left = own_bpf_ids()
+    assert left["prog"] == left["map"] == left["link"] == set()
+    assert_gone_from_kernel(ours)

@@ -11,7 +11,6 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
-from conftest import compile_bpf
 from elftools.elf.elffile import ELFFile
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +18,7 @@ from hypothesis import strategies as st
 from bpfloom._exceptions import TypeInfoError
 from bpfloom.btf import parse_btf
 from bpfloom.dwarf import dwarf_types
+from conftest import compile_bpf
 
 SOURCE = r"""
 #include <linux/types.h>

@@ -316,26 +316,29 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
     for var in settable_globals(obj):
         if ctx.get_parameter_source(var.name) == click.core.ParameterSource.COMMANDLINE:
             obj.globals[var.name] = opts[var.name]
-    obj.load()
-    obj.attach_all()
-    for prog in getattr(obj, "skipped_programs", []):
-        click.echo(
-            f"bpfloom: note: program {prog.name!r} (SEC {prog.section!r}) names no attach "
-            "target and was not attached",
-            err=True,
-        )
-    readers: list[RingBuffer | PerfBuffer] = [
-        obj.open_reader(m.name, opts["event_type"]) for m in obj.event_buffers()
-    ]
     has_hist = any(is_log2_hist(m.value_type) for m in obj.maps.values())
     as_json = bool(opts["as_json"])
-    if not readers and not has_hist:
-        click.echo(
-            "bpfloom: note: the object has no ring/perf buffer or histogram map; "
-            "programs stay attached until the end",
-            err=True,
-        )
+    # Take SIGINT/SIGTERM over before anything is attached: from then on the programs
+    # trace, and Ctrl-C must be the clean stop with a summary. A signal during set-up
+    # only sets `stop`; _wait() then returns at once.
     with StopSignals() as signals:
+        obj.load()
+        obj.attach_all()
+        for prog in getattr(obj, "skipped_programs", []):
+            click.echo(
+                f"bpfloom: note: program {prog.name!r} (SEC {prog.section!r}) names no "
+                "attach target and was not attached",
+                err=True,
+            )
+        readers: list[RingBuffer | PerfBuffer] = [
+            obj.open_reader(m.name, opts["event_type"]) for m in obj.event_buffers()
+        ]
+        if not readers and not has_hist:
+            click.echo(
+                "bpfloom: note: the object has no ring/perf buffer or histogram map; "
+                "programs stay attached until the end",
+                err=True,
+            )
         printer = _Printer(as_json, on_broken_pipe=signals.stop.set)
         pipeline = (
             Pipeline(readers, printer.print_batch, executor="inline", batch=True)

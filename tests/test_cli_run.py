@@ -1,0 +1,752 @@
+"""``bpfloom run`` end to end: the ecli-style objects run unmodified as a subprocess
+while the test drives real activity (exec, signals, exits, a Go program, scheduling),
+their events come out as a table or JSON lines, signals stop it cleanly, and bad input
+gets one line of error, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bpfloom.perfbuf import online_cpus
+from conftest import assert_gone_from_kernel, bpf_object
+
+BPFLOOM = [sys.executable, "-m", "bpfloom"]
+TIMEOUT = 60  # seconds any one bpfloom process may take, far above what it needs
+SUMMARY = re.compile(
+    r"^bpfloom: (\d+) events received; lost: (\d+) in the kernel, (\d+) in user space$",
+    re.MULTILINE,
+)
+HIST_LINE = re.compile(r"\d+ -> \d+\s*: \d+\s*\|\**\s*\|")
+GOROUTINE_STATES = {
+    "IDLE",
+    "RUNNABLE",
+    "RUNNING",
+    "SYSCALL",
+    "WAITING",
+    "MORIBUND_UNUSED",
+    "DEAD",
+    "ENQUEUE_UNUSED",
+    "COPYSTACK",
+    "PREEMPTED",
+}
+SIGUSR1, SIGUSR2 = int(signal.SIGUSR1), int(signal.SIGUSR2)
+ESRCH = 3
+
+needs_objects = pytest.mark.skipif(
+    not bpf_object("ecli/sigsnoop").exists(), reason="test BPF objects not built (make bpf)"
+)
+
+
+# --- running bpfloom --------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def summary(self) -> tuple[int, int, int]:
+        """(received, lost in the kernel, lost in user space) from the exit summary."""
+        found = SUMMARY.findall(self.stderr)
+        assert len(found) == 1, f"no single exit summary in stderr:\n{self.stderr}"
+        received, kernel, user = found[0]
+        return int(received), int(kernel), int(user)
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+
+class Run:
+    """``bpfloom run ARGS`` in the background, stdout to a file (it may print a lot
+    before the test reads it: a pipe could fill up and stall it)."""
+
+    def __init__(self, args: Sequence[str], tmp_path: Path, cwd: Path | None = None) -> None:
+        self._out = tmp_path / f"stdout.{time.monotonic_ns()}"
+        self._err = tmp_path / f"stderr.{time.monotonic_ns()}"
+        with open(self._out, "w") as out, open(self._err, "w") as err:
+            self.proc = subprocess.Popen(
+                [*BPFLOOM, "run", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                cwd=cwd,
+            )
+
+    def stderr_now(self) -> str:
+        return self._err.read_text()
+
+    def bpf_ids(self) -> dict[str, set[int]]:
+        """Ids of the BPF programs, maps and links the process holds fds of."""
+        return _bpf_fd_ids(self.proc.pid)
+
+    def perf_event_fds(self) -> int:
+        return _count_fds(self.proc.pid, "anon_inode:[perf_event]")
+
+    def wait_attached(self, links: int, perf_rings: int = 0) -> dict[str, set[int]]:
+        """Wait until the process holds ``links`` BPF links (and, for perf buffers, one
+        perf event per CPU on top of those of the links): then it is tracing."""
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"bpfloom exited early ({self.proc.returncode}):\n{self.stderr_now()}")
+            ids = self.bpf_ids()
+            if len(ids["link"]) >= links and self.perf_event_fds() >= links + perf_rings:
+                return ids
+            time.sleep(0.01)
+        self.proc.kill()
+        pytest.fail(f"bpfloom did not attach {links} links in {TIMEOUT} s")
+
+    def finish(self) -> Result:
+        try:
+            self.proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"bpfloom did not end within {TIMEOUT} s:\n{self.stderr_now()}")
+        return Result(self.proc.returncode, self._out.read_text(), self._err.read_text())
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., Run]]:
+    """``start(args, cwd=None)`` starts ``bpfloom run args``; whatever a failed test
+    left running is killed afterwards."""
+    runs: list[Run] = []
+
+    def make(args: Sequence[str], cwd: Path | None = None) -> Run:
+        run = Run(args, tmp_path, cwd=cwd)
+        runs.append(run)
+        return run
+
+    yield make
+    for run in runs:
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait()
+
+
+def bpfloom_run(*args: str) -> Result:
+    """``bpfloom run ARGS`` to completion (for quick failures and --help)."""
+    proc = subprocess.run(
+        [*BPFLOOM, "run", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def _fd_targets(pid: int) -> list[tuple[str, str]]:
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append((fd, os.readlink(f"/proc/{pid}/fd/{fd}")))
+        except OSError:
+            continue
+    return out
+
+
+def _count_fds(pid: int, target: str) -> int:
+    try:
+        return sum(1 for _, t in _fd_targets(pid) if t == target)
+    except FileNotFoundError:
+        return 0
+
+
+def _bpf_fd_ids(pid: int) -> dict[str, set[int]]:
+    kinds = {
+        "anon_inode:bpf-prog": "prog",
+        "anon_inode:bpf-map": "map",
+        "anon_inode:bpf_link": "link",
+    }
+    ids: dict[str, set[int]] = {"prog": set(), "map": set(), "link": set()}
+    try:
+        targets = _fd_targets(pid)
+    except FileNotFoundError:
+        return ids
+    for fd, target in targets:
+        kind = kinds.get(target)
+        if kind is None:
+            continue
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                info = f.read()
+        except OSError:
+            continue
+        for line in info.splitlines():
+            if line.startswith(f"{kind}_id:"):
+                ids[kind].add(int(line.split()[1]))
+    return ids
+
+
+def _my_comm() -> str:
+    with open("/proc/self/comm") as f:
+        return f.read().strip()
+
+
+def _no_traceback(result: Result) -> None:
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def _table(stdout: str) -> tuple[list[str], list[list[str]]]:
+    """The header's column names and the rows' cells of a table (split on whitespace)."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    assert lines, "no output"
+    return lines[0].split(), [line.split() for line in lines[1:]]
+
+
+# --- execsnoop (perf buffer) ------------------------------------------------------------
+
+
+def _run_true_children(count: int) -> list[int]:
+    """Run /bin/true ``count`` times; their pids."""
+    pids = []
+    for _ in range(count):
+        child = subprocess.Popen(["/bin/true"], stdin=subprocess.DEVNULL)
+        pids.append(child.pid)
+        assert child.wait(timeout=TIMEOUT) == 0
+    return pids
+
+
+@needs_objects
+@pytest.mark.kernel
+def test_execsnoop_json(start: Callable[..., Run]) -> None:
+    run = start([str(bpf_object("ecli/execsnoop")), "--duration", "3", "--json"])
+    run.wait_attached(links=1, perf_rings=len(online_cpus()))
+    children = _run_true_children(3)
+    result = run.finish()
+    assert result.returncode == 0, result.stderr
+    _no_traceback(result)
+    events = result.json_lines()
+    for ev in events:
+        assert set(ev) == {"pid", "ppid", "uid", "retval", "is_exit", "comm"}
+    ours = [ev for ev in events if ev["pid"] in children]
+    # One execve() each, seen on entry: the comm is still ours (the new image is not
+    # loaded yet), retval is 0 and is_exit false by construction of the program.
+    assert sorted(ev["pid"] for ev in ours) == sorted(children)
+    for ev in ours:
+        assert ev["ppid"] == os.getpid()
+        assert ev["uid"] == os.getuid()
+        assert ev["retval"] == 0
+        assert ev["is_exit"] is False
+        assert ev["comm"] == _my_comm()
+    received, _, lost_user = result.summary()
+    assert received == len(events)  # every received event is printed
+    assert lost_user == 0
+
+
+@needs_objects
+@pytest.mark.kernel
+def test_execsnoop_table(start: Callable[..., Run]) -> None:
+    run = start([str(bpf_object("ecli/execsnoop")), "--duration", "3"])
+    run.wait_attached(links=1, perf_rings=len(online_cpus()))
+    children = _run_true_children(2)
+    result = run.finish()
+    assert result.returncode == 0, result.stderr
+    _no_traceback(result)
+    first = result.stdout.splitlines()[0]
+    assert first.rstrip() == "TIME     PID     PPID    UID     RETVAL  IS_EXIT COMM"
+    header, rows = _table(result.stdout)
+    assert header == ["TIME", "PID", "PPID", "UID", "RETVAL", "IS_EXIT", "COMM"]
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d", row[0]) for row in rows)
+    ours = {int(row[1]): row for row in rows if row[1].isdigit() and int(row[1]) in children}
+    assert set(ours) == set(children)
+    for row in ours.values():
+        assert row[2:] == [str(os.getpid()), str(os.getuid()), "0", "False", _my_comm()]
+    received, _, _ = result.summary()
+    assert received == len(rows)
+
+
+# --- sigsnoop (ring buffer, globals) ----------------------------------------------------
+
+
+def _sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
+
+
+def _reap(child: subprocess.Popen[bytes]) -> int:
+    if child.poll() is None:
+        child.kill()
+    return child.wait(timeout=TIMEOUT)
+
+
+def _pid_that_cannot_exist() -> int:
+    with open("/proc/sys/kernel/pid_max") as f:
+        return int(f.read()) + 1
+
+
+@needs_objects
+@pytest.mark.kernel
+def test_sigsnoop_json(start: Callable[..., Run]) -> None:
+    run = start([str(bpf_object("ecli/sigsnoop")), "--duration", "3", "--json"])
+    run.wait_attached(links=6)
+    child = _sleeper()
+    try:
+        os.kill(child.pid, 0)
+        os.kill(child.pid, signal.SIGUSR1)  # ends `sleep`
+        assert child.wait(timeout=TIMEOUT) == -SIGUSR1
+    finally:
+        _reap(child)
+    result = run.finish()
+    assert result.returncode == 0, result.stderr
+    _no_traceback(result)
+    events = result.json_lines()
+    for ev in events:
+        assert set(ev) == {"pid", "tpid", "sig", "ret", "comm"}
+    ours = [ev for ev in events if ev["pid"] == os.getpid() and ev["tpid"] == child.pid]
+    assert [ev["sig"] for ev in ours] == [0, SIGUSR1]
+    for ev in ours:
+        assert ev["ret"] == 0
+        assert ev["comm"] == _my_comm()
+    received, _, lost_user = result.summary()
+    assert received == len(events)
+    assert lost_user == 0
+
+
+@needs_objects
+@pytest.mark.kernel
+def test_sigsnoop_table_with_target_signal(start: Callable[..., Run]) -> None:
+    args = [str(bpf_object("ecli/sigsnoop")), "--duration", "3", "--target_signal", "10"]
+    run = start(args)
+    run.wait_attached(links=6)
+    child = _sleeper()
+    try:
+        os.kill(child.pid, 0)
+        os.kill(child.pid, signal.SIGUSR2)  # filtered out in the kernel, but `sleep` ends
+        assert child.wait(timeout=TIMEOUT) == -SIGUSR2
+        other = _sleeper()
+        os.kill(other.pid, signal.SIGUSR1)
+        assert other.wait(timeout=TIMEOUT) == -SIGUSR1
+    finally:
+        _reap(child)
+    result = run.finish()
+    assert result.returncode == 0, result.stderr
+    _no_traceback(result)
+    header, rows = _table(result.stdout)
+    assert header == ["TIME", "PID", "TPID", "SIG", "RET", "COMM"]
+    assert rows, "SIGUSR1 was sent; the table has no rows"
+    assert {row[3] for row in rows} == {str(SIGUSR1)}  # only SIGUSR1, from anyone
+    ours = [row for row in rows if row[1] == str(os.getpid())]
+    assert [row[2] for row in ours] == [str(other.pid)]
+    assert ours[0][4:] == ["0", _my_comm()]
+    received, _, _ = result.summary()
+    assert received == len(rows)
+
+
+@needs_objects
+@pytest.mark.kernel
+def test_sigsnoop_failed_only_flag(start: Callable[..., Run]) -> None:
+    args = [str(bpf_object("ecli/sigsnoop")), "--duration", "3", "--json", "--failed_only"]
+    run = start(args)
+    run.wait_attached(links=6)
+    child = _sleeper()
+    nobody = _pid_that_cannot_exist()
+    try:
+        os.kill(child.pid, 0)  # succeeds: not shown
+        with pytest.raises(ProcessLookupError):
+            os.kill(nobody, 0)  # fails with ESRCH: shown
+    finally:
+        _reap(child)
+    result = run.finish()
+    assert result.returncode == 0, result.stderr
+    _no_traceback(result)
+    events = result.json_lines()
+    assert all(ev["ret"] < 0 for ev in events)
+    ours = [ev for ev in events if ev["pid"] == os.getpid()]
+    assert [(ev["tpid"], ev["sig"], ev["ret"]) for ev in ours] == [(nobody, 0, -ESRCH)]
+
+
+# --- exitsnoop (ring buffer) ------------------------------------------------------------
+
+
+@needs_objects
+@pytest.mark.kernel
+def test_exitsnoop_json(start: Callable[..., Run]) -> None:
+    run = start([str(bpf_object("ecli/exitsnoop")), "--duration", "3", "--json"])
+    run.wait_attached(links=1)
+    exits7 = subprocess.Popen(["sh", "-c", "exit 7"], stdin=subprocess.DEVNULL)
+    assert exits7.wait(timeout=TIMEOUT) == 7
+    killed = _sleeper()
+    os.kill(killed.pid, signal.SIGKILL)
+    assert killed.wait(timeout=TIMEOUT) == -signal.SIGKILL
+    result = run.finish()
+    assert result.returncode == 0, result.stderr
+    _no_traceback(result)
+    events = result.json_lines()
+    for ev in events:
+        assert set(ev) == {"pid", "ppid", "exit_code", "duration_ns", "comm"}
+    by_pid = {ev["pid"]: ev for ev in events if ev["ppid"] == os.getpid()}
+    assert by_pid[exits7.pid]["exit_code"] == 7
+    assert by_pid[exits7.pid]["comm"] == "sh"
+    # Killed by a signal: 128 + the signal number, as a shell's $? shows it.
+    assert by_pid[killed.pid]["exit_code"] == 128 + signal.SIGKILL
+    assert by_pid[killed.pid]["comm"] == "sleep"
+    assert by_pid[killed.pid]["duration_ns"] > 0
+    received, _, _ = result.summary()
+    assert received == len(events)
+
+
+# --- goroutine (uprobe on a Go binary) --------------------------------------------------
+
+GO_PROGRAM = """\
+package main
+
+import (
+	"sync"
+	"time"
+)
+
+// Goroutines that sleep and talk over channels, for about a second.
+func main() {
+	for round := 0; round < 40; round++ {
+		var wg sync.WaitGroup
+		ch := make(chan int)
+		for i := 0; i < 4; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				time.Sleep(time.Millisecond)
+				ch <- i
+			}(i)
+		}
+		for i := 0; i < 4; i++ {
+			<-ch
+		}
+		wg.Wait()
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+"""
+
+
+@pytest.fixture
+def go_server(tmp_path: Path) -> Path:
+    """A Go binary at tmp_path/go-server-http/main, where goroutine.bpf.o's section
+    name points relative to the working directory."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("go is not installed")
+    src = tmp_path / "go-server-http"
+    src.mkdir()
+    (src / "main.go").write_text(GO_PROGRAM)
+    env = {
+        **os.environ,
+        "GOCACHE": str(tmp_path / "gocache"),
+        "GOPATH": str(tmp_path / "gopath"),
+        "GO111MODULE": "off",  # one file, standard library only: no go.mod needed
+    }
+    subprocess.run(
+        [go, "build", "-o", "main", "main.go"],
+        cwd=src,
+        env=env,
+        check=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+    )
+    return src / "main"
+
+
+@needs_objects
+@pytest.mark.kernel
+def test_goroutine_json(start: Callable[..., Run], tmp_path: Path, go_server: Path) -> None:
+    run = start([str(bpf_object("ecli/goroutine")), "--duration", "3", "--json"], cwd=tmp_path)
+    run.wait_attached(links=1)
+    go = subprocess.Popen([str(go_server)], stdin=subprocess.DEVNULL)
+    assert go.wait(timeout=TIMEOUT) == 0
+    result = run.finish()
+    assert result.returncode == 0, result.stderr
+    _no_traceback(result)
+    events = result.json_lines()
+    for ev in events:
+        assert set(ev) == {"state", "goid", "pid", "tgid"}
+    ours = [ev for ev in events if ev["tgid"] == go.pid]
+    assert ours, f"no goroutine events of the Go process among {len(events)}"
+    states = {ev["state"] for ev in ours}
+    assert states <= GOROUTINE_STATES
+    assert {"RUNNABLE", "RUNNING", "WAITING"} <= states
+    assert all(ev["pid"] > 0 for ev in ours)  # thread ids of the Go process
+    received, _, _ = result.summary()
+    assert received == len(events)
+
+
+# --- runqlat (histogram map) ------------------------------------------------------------
+
+
+def _scheduling_activity(run: Run) -> None:
+    """Sleep and wake up many times until bpfloom ends: run queue latencies to measure."""
+    while run.proc.poll() is None:
+        time.sleep(0.001)
+
+
+@needs_objects
+@pytest.mark.kernel
+def test_runqlat_histogram(start: Callable[..., Run]) -> None:
+    args = [str(bpf_object("ecli/runqlat")), "--interval", "1", "--duration", "3"]
+    run = start(args)
+    run.wait_attached(links=3)
+    _scheduling_activity(run)
+    result = run.finish()
+    assert result.returncode == 0, result.stderr
+    _no_traceback(result)
+    lines = result.stdout.splitlines()
+    titles = [i for i, line in enumerate(lines) if line.startswith("hists key = ")]
+    # Printed every second and at exit: at least twice in three seconds.
+    assert len(titles) >= 2, result.stdout
+    for i in titles:
+        assert lines[i] == f"hists key = {2**32 - 1}"  # the system-wide histogram
+        assert lines[i + 1].split() == ["usecs", ":", "count", "distribution"]
+    bars = [line for line in lines if HIST_LINE.search(line)]
+    assert bars
+    assert sum(int(line.split(":")[1].split()[0]) for line in bars) > 0
+    assert result.summary() == (0, 0, 0)  # no event buffer: nothing received
+
+
+@needs_objects
+@pytest.mark.kernel
+def test_runqlat_json(start: Callable[..., Run]) -> None:
+    args = [str(bpf_object("ecli/runqlat")), "--interval", "1", "--duration", "3", "--json"]
+    run = start(args)
+    run.wait_attached(links=3)
+    _scheduling_activity(run)
+    result = run.finish()
+    assert result.returncode == 0, result.stderr
+    rows = result.json_lines()
+    assert len(rows) >= 2
+    for row in rows:
+        assert row["map"] == "hists"
+        assert row["key"] == 2**32 - 1
+        assert len(row["slots"]) == 26
+    assert sum(rows[-1]["slots"]) > 0
+
+
+# --- stopping with a signal -------------------------------------------------------------
+
+
+def _readers_open(run: Run, readers: int) -> None:
+    """Wait until bpfloom has opened its readers (each holds an eventfd to be woken
+    with on close): then it is in its event loop."""
+    deadline = time.monotonic() + TIMEOUT
+    while _count_fds(run.proc.pid, "anon_inode:[eventfd]") < readers:
+        if run.proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"bpfloom never opened its reader:\n{run.stderr_now()}")
+        time.sleep(0.01)
+
+
+@needs_objects
+@pytest.mark.kernel
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("name", ["ecli/exitsnoop", "ecli/execsnoop"])
+@pytest.mark.parametrize("when", ["attached", "reading"])
+def test_signal_stops_cleanly(
+    start: Callable[..., Run], signum: signal.Signals, name: str, when: str
+) -> None:
+    """A signal once the programs are attached (tracing has begun: a user may press
+    Ctrl-C), or once the event loop reads, ends bpfloom cleanly with its summary."""
+    perf = name == "ecli/execsnoop"
+    run = start([str(bpf_object(name)), "--json"])
+    ids = run.wait_attached(links=1)
+    assert ids["prog"] and ids["map"] and ids["link"]
+    if when == "reading":
+        run.wait_attached(links=1, perf_rings=len(online_cpus()) if perf else 0)
+        _readers_open(run, 1)
+        child = subprocess.Popen(["sh", "-c", "exit 3"], stdin=subprocess.DEVNULL)
+        assert child.wait(timeout=TIMEOUT) == 3
+    run.proc.send_signal(signum)
+    result = run.finish()
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    _no_traceback(result)
+    events = result.json_lines()
+    received, _, _ = result.summary()
+    assert received == len(events)
+    if when == "reading":
+        # Stopping drains first: the child's event, recorded before the signal, is out.
+        assert child.pid in {ev["pid"] for ev in events}
+    assert_gone_from_kernel(ids)
+
+
+# --- help -------------------------------------------------------------------------------
+
+
+def _option_block(help_text: str, option: str) -> str:
+    """The help of one option (its line and wrapped continuation lines), one line."""
+    lines = help_text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(f"  {option} ") or line.rstrip() == f"  {option}":
+            block = [line]
+            for more in lines[i + 1 :]:
+                if not more.startswith("    ") or more.lstrip().startswith("-"):
+                    break
+                block.append(more)
+            return " ".join(" ".join(block).split())
+    raise AssertionError(f"{option} is not in the help:\n{help_text}")
+
+
+@needs_objects
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (
+            "ecli/sigsnoop",
+            {
+                "--filtered_pid": ("pid_t", "0"),
+                "--target_signal": ("int", "0"),
+                "--failed_only": ("bool", None),  # a flag: off unless given
+            },
+        ),
+        (
+            "shapes",
+            {
+                "--g_s8": ("__s8", "-5"),
+                "--g_u8": ("__u8", "250"),
+                "--g_s16": ("__s16", "-300"),
+                "--g_u16": ("__u16", "60000"),
+                "--g_s32": ("__s32", "-70000"),
+                "--g_u32": ("__u32", "4000000000"),
+                "--g_s64": ("__s64", "-5000000000"),
+                "--g_u64": ("__u64", "18000000000000000000"),
+                "--g_bool": ("bool", None),
+                "--g_str": ("char[16]", "default"),
+                "--g_color": ("enum shape_color", "SHAPE_GREEN"),
+                "--target_pid": ("int", "0"),
+                "--data_value": ("__u64", str(0x1122334455667788)),
+                "--emit_count": ("__u64", "0"),
+                "--bpfloom_wakeup_flags": ("__u64", "0"),
+            },
+        ),
+    ],
+)
+def test_help_lists_every_global(name: str, expected: dict[str, tuple[str, str | None]]) -> None:
+    result = bpfloom_run(str(bpf_object(name)), "--help")
+    assert result.returncode == 0, result.stderr
+    _no_traceback(result)
+    for option, (c_type, default) in expected.items():
+        block = _option_block(result.stdout, option)
+        assert f"global {c_type} in" in block, block
+        if default is not None:
+            assert f"[default: {default}]" in block, block
+    options = set(re.findall(r"^  (--[\w-]+)", result.stdout, re.MULTILINE))
+    globals_shown = {o for o in options if " global " in f" {_option_block(result.stdout, o)}"}
+    assert globals_shown == set(expected)  # every global, and nothing else, as a global
+
+
+# --- bad input --------------------------------------------------------------------------
+
+
+def _one_error_line(result: Result, *needles: str) -> str:
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    _no_traceback(result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line of error, got:\n{result.stderr}"
+    assert lines[0].startswith("bpfloom: error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def _usage_error(result: Result, option: str) -> None:
+    """click's usage error: exit 1, no traceback, an `Error:` line naming the option."""
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    _no_traceback(result)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and option in errors[0], result.stderr
+    assert result.stdout == ""
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.bpf.o"
+    _one_error_line(bpfloom_run(str(missing)), str(missing), "no such file")
+
+
+def test_not_elf(tmp_path: Path) -> None:
+    text = tmp_path / "notes.bpf.o"
+    text.write_text("not an object\n")
+    _one_error_line(bpfloom_run(str(text)), "not an ELF file")
+
+
+@needs_objects
+@pytest.mark.parametrize("keep", [16, 1000, "half"])
+def test_truncated_object(tmp_path: Path, keep: int | str) -> None:
+    data = bpf_object("ecli/sigsnoop").read_bytes()
+    cut = tmp_path / "cut.bpf.o"
+    cut.write_bytes(data[: len(data) // 2 if keep == "half" else int(keep)])
+    line = _one_error_line(bpfloom_run(str(cut)), str(cut))
+    assert "truncated" in line
+
+
+def test_elf_for_another_machine() -> None:
+    _one_error_line(bpfloom_run("/bin/true"), "/bin/true", "not a BPF object")
+
+
+@needs_objects
+def test_object_without_programs() -> None:
+    _one_error_line(bpfloom_run(str(bpf_object("noprog"))), "no BPF programs")
+
+
+@needs_objects
+@pytest.mark.kernel
+def test_verifier_rejection_quotes_the_log() -> None:
+    result = bpfloom_run(str(bpf_object("bad_verifier")), "--duration", "1")
+    assert result.returncode == 1
+    _no_traceback(result)
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("bpfloom: error: the kernel refused to load")
+    assert "verifier log" in result.stderr
+    assert "R0 invalid mem access 'map_value_or_null'" in result.stderr
+    assert SUMMARY.search(result.stderr) is None  # it never ran
+
+
+@needs_objects
+@pytest.mark.kernel
+def test_kprobe_object_says_kprobes_are_missing() -> None:
+    result = bpfloom_run(str(bpf_object("kprobe")), "--duration", "1")
+    line = _one_error_line(result, "on_do_unlinkat", "kprobe")
+    assert "no kprobes" in line and "tracepoint" in line
+
+
+@needs_objects
+def test_unknown_global_lists_the_valid_ones() -> None:
+    result = bpfloom_run(str(bpf_object("ecli/sigsnoop")), "--no_such_global", "1")
+    _one_error_line(
+        result, "--no_such_global", "--filtered_pid", "--target_signal", "--failed_only"
+    )
+
+
+@needs_objects
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--filtered_pid", "99999999999"], "--filtered_pid"),
+        (["--target_signal", "SIGUSR1"], "--target_signal"),
+        (["--duration", "-1"], "--duration"),
+        (["--duration", "0"], "--duration"),
+        (["--interval", "soon"], "--interval"),
+    ],
+)
+def test_bad_option_value(args: list[str], option: str) -> None:
+    _usage_error(bpfloom_run(str(bpf_object("ecli/sigsnoop")), *args), option)
+
+
+def test_no_object() -> None:
+    _one_error_line(bpfloom_run(), "missing OBJECT")
+
+
+def test_run_help_without_object() -> None:
+    result = bpfloom_run("--help")
+    assert result.returncode == 0
+    assert "OBJECT" in result.stdout and "--duration" in result.stdout
