@@ -30,11 +30,11 @@ from .histogram import format_log2_hist, is_log2_hist
 from .object import BpfObject, GlobalVar
 from .perfbuf import PerfBuffer
 from .pipeline import Pipeline, StopSignals
-from .ringbuf import RingBuffer
+from .ringbuf import DEFAULT_POLL_INTERVAL, RingBuffer
 from .types import Array, Enum, Int, Pointer, Type, strip
 
 EXIT_ERROR = 1
-RUN_OPTIONS = ("json", "duration", "event_type", "interval", "stats", "help")
+RUN_OPTIONS = ("json", "duration", "event_type", "interval", "max_latency", "stats", "help")
 
 
 def _fail(message: str) -> NoReturn:
@@ -125,6 +125,15 @@ def _run_options() -> list[click.Parameter]:
             default=None,
             metavar="NAME",
             help="Struct the ring/perf buffer records hold (default: found automatically).",
+        ),
+        click.Option(
+            ["--max-latency", "max_latency"],
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            metavar="SECONDS",
+            help="Trade latency for overhead: programs built on bpfloom.h stop waking the "
+            "reader, which polls every SECONDS instead (default: adaptive wakeups, the "
+            "kernel wakes the reader only when it had caught up).",
         ),
         click.Option(
             ["--stats"],
@@ -321,6 +330,10 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
     # Take SIGINT/SIGTERM over before anything is attached: from then on the programs
     # trace, and Ctrl-C must be the clean stop with a summary. A signal during set-up
     # only sets `stop`; _wait() then returns at once.
+    poll_interval = DEFAULT_POLL_INTERVAL
+    if opts["max_latency"] is not None:
+        poll_interval = opts["max_latency"]
+        obj.use_polled_wakeups()
     with StopSignals() as signals:
         obj.load()
         obj.attach_all()
@@ -331,7 +344,8 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
                 err=True,
             )
         readers: list[RingBuffer | PerfBuffer] = [
-            obj.open_reader(m.name, opts["event_type"]) for m in obj.event_buffers()
+            obj.open_reader(m.name, opts["event_type"], poll_interval=poll_interval)
+            for m in obj.event_buffers()
         ]
         if not readers and not has_hist:
             click.echo(

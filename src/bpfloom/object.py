@@ -33,6 +33,7 @@ from ._exceptions import (
 from .btf import Btf, parse_btf
 from .decode import Decoder, encode
 from .maps import Map
+from .ringbuf import DEFAULT_POLL_INTERVAL
 from .typeinfo import TypeInfo
 from .types import Datasec, Struct, Type, Var, describe, sizeof, strip
 
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
 ELF_MAGIC = b"\x7fELF"
 EM_BPF = 247
 DROPS_MAP = "bpfloom_drops"
+WAKEUP_FLAGS_GLOBAL = "bpfloom_wakeup_flags"
+BPF_RB_NO_WAKEUP = 1
+BPF_RB_FORCE_WAKEUP = 2
 _NO_KPROBES = ("kprobe/", "kretprobe/", "ksyscall/", "kretsyscall/", "kprobe.multi/")
 _NO_TRAMPOLINE = ("fentry/", "fexit/", "fmod_ret/", "fentry.s/", "fexit.s/", "lsm/")
 
@@ -606,36 +610,84 @@ class BpfObject:
                     used_by_maps.add(s.name)
         return self.types.record_type(map_name, used_by_maps)
 
-    def ring_buffer(self, map_name: str | None = None, event_type: str | None = None) -> RingBuffer:
-        """A reader of ring buffer ``map_name`` (the only one when None)."""
+    def ring_buffer(
+        self,
+        map_name: str | None = None,
+        event_type: str | None = None,
+        *,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+    ) -> RingBuffer:
+        """A reader of ring buffer ``map_name`` (the only one when None).
+
+        ``poll_interval`` bounds how long records wait when the program does not wake
+        the reader (see ``use_polled_wakeups``).
+        """
         from .ringbuf import RingBuffer
 
         m = self._buffer_map(map_name, "ringbuf")
         decoder = Decoder(self.record_type(m.name, event_type))
-        reader = RingBuffer(m.fd, m.max_entries, decoder, name=m.name, owner=self)
+        reader = RingBuffer(
+            m.fd, m.max_entries, decoder, name=m.name, owner=self, poll_interval=poll_interval
+        )
         self._readers.append(reader)
         return reader
 
     def perf_buffer(
-        self, map_name: str | None = None, event_type: str | None = None, pages: int = 64
+        self,
+        map_name: str | None = None,
+        event_type: str | None = None,
+        *,
+        pages: int = 64,
+        wakeup_events: int = 1,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
     ) -> PerfBuffer:
-        """A reader of perf event array ``map_name``: one ring of ``pages`` pages per CPU."""
+        """A reader of perf event array ``map_name``: one ring of ``pages`` pages per CPU,
+        waking the reader every ``wakeup_events`` samples (and polling every
+        ``poll_interval`` seconds regardless)."""
         from .perfbuf import PerfBuffer
 
         m = self._buffer_map(map_name, "perf_event_array")
         decoder = Decoder(self.record_type(m.name, event_type))
-        reader = PerfBuffer(m, decoder, pages=pages, owner=self)
+        reader = PerfBuffer(
+            m,
+            decoder,
+            pages=pages,
+            wakeup_events=wakeup_events,
+            owner=self,
+            poll_interval=poll_interval,
+        )
         self._readers.append(reader)
         return reader
 
     def open_reader(
-        self, map_name: str | None = None, event_type: str | None = None
+        self,
+        map_name: str | None = None,
+        event_type: str | None = None,
+        *,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
     ) -> RingBuffer | PerfBuffer:
         """A reader of either kind, chosen by the map's type."""
         m = self._buffer_map(map_name, None)
         if m.type == "ringbuf":
-            return self.ring_buffer(m.name, event_type)
-        return self.perf_buffer(m.name, event_type)
+            return self.ring_buffer(m.name, event_type, poll_interval=poll_interval)
+        return self.perf_buffer(m.name, event_type, poll_interval=poll_interval)
+
+    def use_polled_wakeups(self) -> bool:
+        """Trade latency for overhead: our programs stop waking the reader.
+
+        By default (``bpfloom_wakeup_flags`` = 0) the kernel wakes the reader only when
+        it had caught up — adaptive wakeups, as ``bpf_ringbuf_submit`` does with no
+        flags. After this call (before ``load()``) programs built on bpfloom.h submit
+        with ``BPF_RB_NO_WAKEUP`` and readers find records by polling every
+        ``poll_interval``: no wakeup cost on the traced workload, up to
+        ``poll_interval`` of extra latency. Returns False for objects that do not use
+        bpfloom.h (their wakeups are the program's own choice).
+        """
+        self._require_open("use_polled_wakeups")
+        if WAKEUP_FLAGS_GLOBAL not in self.globals:
+            return False
+        self.globals[WAKEUP_FLAGS_GLOBAL] = BPF_RB_NO_WAKEUP
+        return True
 
     def _buffer_map(self, map_name: str | None, kind: str | None) -> Map:
         self._require_loaded("open a reader")
