@@ -67,16 +67,6 @@ def empty_batch(decoder: Decoder, source: str, lost: int = 0) -> Batch:
     return Batch(np.zeros((0, decoder.size), dtype=np.uint8), decoder, source, lost)
 
 
-def fit_records(rows: np.ndarray, length: int, size: int) -> np.ndarray:
-    """Records of ``length`` payload bytes as an ``(n, size)`` array: a view when they
-    are at least ``size`` bytes long, else zero-padded (short variable-size records)."""
-    if length >= size:
-        return rows[:, :size]
-    out = np.zeros((rows.shape[0], size), dtype=np.uint8)
-    out[:, :length] = rows[:, :length]
-    return out
-
-
 def concat(batches: list[Batch], decoder: Decoder, source: str) -> Batch:
     """One batch of several (same decoder); the records are copied once."""
     if len(batches) == 1:

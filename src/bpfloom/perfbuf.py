@@ -29,8 +29,8 @@ import numpy as np
 
 from . import _syscalls
 from ._exceptions import BpfloomError, ClosedError, MapError
-from .batch import Batch, concat, empty_batch, fit_records
-from .decode import Decoder
+from .batch import Batch, concat, empty_batch
+from .decode import Decoder, pad_records
 from .ringbuf import DEFAULT_POLL_INTERVAL, _require_tso
 
 if TYPE_CHECKING:
@@ -168,9 +168,7 @@ class PerfBuffer:
                 good = keys == keys[0]
                 k = n if good.all() else int(np.argmin(good))
                 payload = rows[:k, _SAMPLE_DATA : _SAMPLE_DATA + min(raw_len, rsize - 12)]
-                chunks.append(
-                    Batch(fit_records(payload, payload.shape[1], size), self.decoder, self.name)
-                )
+                chunks.append(Batch(pad_records(payload, size), self.decoder, self.name))
                 pos += k * rsize
                 continue
             if rtype == PERF_RECORD_LOST and rsize >= 24:

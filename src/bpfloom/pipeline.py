@@ -171,7 +171,6 @@ class Pipeline:
     # --- handler calls (shared by every executor) ------------------------------------
 
     def _fail(self, exc: BaseException) -> None:
-        self.stats.add(handler_errors=0)
         self._errors.report(exc)
         if self.fatal_errors and self.error is None:
             self.error = exc

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from ._exceptions import BpfloomError, ClosedError
-from .batch import Batch, concat, empty_batch, fit_records
-from .decode import Decoder
+from .batch import Batch, concat, empty_batch
+from .decode import Decoder, pad_records
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
@@ -155,7 +155,11 @@ class RingBuffer:
             # copies a 2-D view row by row, which is several times slower.
             run = data[off : off + k * stride].copy().reshape(k, stride)
             chunks.append(
-                Batch(fit_records(run[:, HEADER_SIZE:], length, size), self.decoder, self.name)
+                Batch(
+                    pad_records(run[:, HEADER_SIZE : HEADER_SIZE + length], size),
+                    self.decoder,
+                    self.name,
+                )
             )
             taken += k
             cons += k * stride
