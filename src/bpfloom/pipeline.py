@@ -152,9 +152,9 @@ class Pipeline:
         self.stats = PipelineStats()
         self.error: BaseException | None = None
         self._errors = _ErrorLog()
-        self._ts_fields = {
-            id(r): _timestamp_field(r.decoder, timestamp_field) for r in self.readers
-        }
+        ts_fields = {_timestamp_field(r.decoder, timestamp_field) for r in self.readers}
+        # End-to-end latency needs the same kernel timestamp field in every record type.
+        self._e2e_field = ts_fields.pop() if len(ts_fields) == 1 else None
         self._owners: list[BpfObject] = []
         for r in self.readers:
             if isinstance(r.owner, BpfObject) and r.owner not in self._owners:
@@ -227,10 +227,6 @@ class Pipeline:
             if isinstance(ts_value, int) and 0 < ts_value <= now:
                 self.stats.end_to_end_latency.add(now - ts_value)
 
-    @property
-    def _e2e_field(self) -> str | None:
-        fields = set(self._ts_fields.values())
-        return fields.pop() if len(fields) == 1 else None
 
     # --- reading -----------------------------------------------------------------
 
@@ -292,8 +288,8 @@ class Pipeline:
     def _finish(self) -> None:
         """Wait for readers, then the executor (bounded by ``shutdown_timeout``)."""
         deadline = time.monotonic() + self.shutdown_timeout
+        self._detach()  # first: whatever the programs emitted is in the buffers now
         self._stop_reading.set()
-        self._detach()
         for t in self._reader_threads:
             t.join(max(deadline - time.monotonic(), 0.1))
         assert self._runner is not None
@@ -389,8 +385,8 @@ class Pipeline:
 
     def _stop_readers_only(self) -> None:
         deadline = time.monotonic() + self.shutdown_timeout
-        self._stop_reading.set()
         self._detach()
+        self._stop_reading.set()
         for t in self._reader_threads:
             t.join(max(deadline - time.monotonic(), 0.1))
 
