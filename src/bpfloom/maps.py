@@ -116,6 +116,19 @@ class Map:
     def max_entries(self) -> int:
         return int(_libbpf.map_max_entries(self._ptr))
 
+    @max_entries.setter
+    def max_entries(self, value: int) -> None:
+        """Resize the map before ``load()`` (for a ring buffer: its size in bytes, a
+        power-of-two multiple of the page size), as ``bpf_map__set_max_entries``."""
+        self._obj._require_open(f"resize map {self.name!r}")
+        page = os.sysconf("SC_PAGE_SIZE")
+        if self.type == "ringbuf" and (value < page or value & (value - 1)):
+            raise MapError(
+                f"ring buffer {self.name!r}: size {value} is not a power of two of at least "
+                f"one page ({page} bytes)"
+            )
+        self._call("resize", lambda: _libbpf.map_set_max_entries(self._ptr, value))
+
     @property
     def fd(self) -> int:
         """The map's file descriptor (valid once the object is loaded)."""

@@ -15,6 +15,7 @@ CPU by CPU; order across CPUs is not the order of the events.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import mmap
 import os
@@ -122,6 +123,7 @@ class PerfBuffer:
         self._map = perf_map
         self.owner = owner
         self._lock = threading.Lock()
+        self._wake_lock = threading.Lock()  # orders wakeup() before close() frees the fd
         self._closed = False
         self._rings: list[_CpuRing] = []
         self._epoll = select.epoll()
@@ -209,7 +211,11 @@ class PerfBuffer:
                     if left <= 0:
                         return batch
                     wait = min(wait, left)
-                self._epoll.poll(wait)
+                events = self._epoll.poll(wait)
+                if not self._closed and any(fd == self._wake_fd for fd, _ in events):
+                    with contextlib.suppress(BlockingIOError):
+                        os.eventfd_read(self._wake_fd)  # woken by wakeup(): return now
+                    return self._drain()
 
     def poll(self) -> Batch:
         """Drain what is there now without waiting."""
@@ -232,6 +238,16 @@ class PerfBuffer:
         for batch in self.batches():
             yield from batch
 
+    def wakeup(self) -> None:
+        """Make a pending ``read`` return now, with what is there (maybe nothing).
+
+        Thread-safe; does nothing once closed. The pipeline calls it on ``stop()`` so
+        that its readers do not sit out the rest of their read timeout.
+        """
+        with self._wake_lock:
+            if not self._closed:
+                os.eventfd_write(self._wake_fd, 1)
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -250,10 +266,11 @@ class PerfBuffer:
         os.close(self._wake_fd)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        os.eventfd_write(self._wake_fd, 1)
+        with self._wake_lock:
+            if self._closed:
+                return
+            self._closed = True
+            os.eventfd_write(self._wake_fd, 1)
         with self._lock:
             self._release()
         if self.owner is not None:

@@ -21,6 +21,7 @@ Thread-safety: ``read`` may be called from several threads (reads are serialised
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import platform
@@ -87,6 +88,7 @@ class RingBuffer:
         self.owner = owner
         self._mask = size - 1
         self._lock = threading.Lock()
+        self._wake_lock = threading.Lock()  # orders wakeup() before close() frees the fd
         self._closed = False
         page = mmap.PAGESIZE
         self._consumer_map = mmap.mmap(
@@ -190,7 +192,11 @@ class RingBuffer:
                     if left <= 0:
                         return batch
                     wait = min(wait, left)
-                self._epoll.poll(wait)
+                events = self._epoll.poll(wait)
+                if not self._closed and any(fd == self._wake_fd for fd, _ in events):
+                    with contextlib.suppress(BlockingIOError):
+                        os.eventfd_read(self._wake_fd)  # woken by wakeup(): return now
+                    return self._drain(max_records)
 
     def poll(self, max_records: int | None = None) -> Batch:
         """Drain what is there now without waiting (possibly an empty batch)."""
@@ -217,16 +223,27 @@ class RingBuffer:
 
     # --- life cycle ----------------------------------------------------------------
 
+    def wakeup(self) -> None:
+        """Make a pending ``read`` return now, with what is there (maybe nothing).
+
+        Thread-safe; does nothing once closed. The pipeline calls it on ``stop()`` so
+        that its readers do not sit out the rest of their read timeout.
+        """
+        with self._wake_lock:
+            if not self._closed:
+                os.eventfd_write(self._wake_fd, 1)
+
     @property
     def closed(self) -> bool:
         return self._closed
 
     def close(self) -> None:
         """Release the mappings and unblock a pending ``read`` (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        os.eventfd_write(self._wake_fd, 1)
+        with self._wake_lock:
+            if self._closed:
+                return
+            self._closed = True
+            os.eventfd_write(self._wake_fd, 1)
         with self._lock:  # a pending read wakes up, sees closed, and returns
             del self._consumer_pos, self._producer_pos, self._data
             self._epoll.close()
