@@ -41,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -50,8 +50,6 @@ from ._queue import CLOSED, POLICIES, BoundedQueue
 from .batch import Batch
 from .decode import Decoder
 from .object import BpfObject
-from .perfbuf import PerfBuffer
-from .ringbuf import RingBuffer
 from .stats import PipelineStats
 from .types import Type
 
@@ -59,7 +57,23 @@ log = logging.getLogger("bpfloom.pipeline")
 
 EXECUTORS = ("inline", "async", "thread", "process")
 TIMESTAMP_FIELDS = ("ts_ns", "ts", "timestamp_ns", "timestamp", "time_ns")
-Reader = RingBuffer | PerfBuffer
+
+
+@runtime_checkable
+class EventSource(Protocol):
+    """What the pipeline needs of a source: ``RingBuffer`` and ``PerfBuffer`` are two;
+    a fake one lets pipeline logic be tested without a kernel."""
+
+    name: str
+    decoder: Decoder
+    owner: Any  # the BpfObject whose programs feed it (detached on stop), or None
+
+    def read(self, timeout: float | None = None) -> Batch: ...
+    def poll(self) -> Batch: ...
+    def wakeup(self) -> None: ...
+
+
+Reader = EventSource
 _SAMPLE_CAP = 256  # latency samples taken per batch at most
 
 
@@ -495,8 +509,7 @@ class StopSignals:
 
 
 def _readers(sources: Reader | BpfObject | Sequence[Reader | BpfObject]) -> list[Reader]:
-    items: Iterable[Reader | BpfObject]
-    items = [sources] if isinstance(sources, (RingBuffer, PerfBuffer, BpfObject)) else sources
+    items: Iterable[Reader | BpfObject] = sources if isinstance(sources, Sequence) else [sources]
     readers: list[Reader] = []
     for s in items:
         if isinstance(s, BpfObject):
