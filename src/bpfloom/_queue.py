@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 from typing import Any
 
 from .stats import PipelineStats
@@ -86,11 +86,18 @@ class BoundedQueue:
         """
         dropped = 0
         added = False
+        taken = 0
         with self._lock:
             for item in items:
                 if self._closed:
+                    # Count the rest without iterating it: iterating a Batch decodes
+                    # every event, which would hold up a shutdown for nothing.
+                    if isinstance(items, Sized):
+                        dropped += weight * (len(items) - taken)
+                        break
                     dropped += weight
                     continue
+                taken += 1
                 if not self._fits(weight):
                     if self.policy == "block":
                         while not self._fits(weight) and not self._closed:

@@ -336,13 +336,6 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
         obj.use_polled_wakeups()
     with StopSignals() as signals:
         obj.load()
-        obj.attach_all()
-        for prog in getattr(obj, "skipped_programs", []):
-            click.echo(
-                f"bpfloom: note: program {prog.name!r} (SEC {prog.section!r}) names no "
-                "attach target and was not attached",
-                err=True,
-            )
         readers: list[RingBuffer | PerfBuffer] = [
             obj.open_reader(m.name, opts["event_type"], poll_interval=poll_interval)
             for m in obj.event_buffers()
@@ -359,9 +352,18 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
             if readers
             else None
         )
+        # Start reading before attaching: the pipeline takes its baseline of kernel
+        # drops when it starts, so drops of the very first events count too.
         if pipeline is not None:
             pipeline.start()
         try:
+            obj.attach_all()
+            for prog in getattr(obj, "skipped_programs", []):
+                click.echo(
+                    f"bpfloom: note: program {prog.name!r} (SEC {prog.section!r}) names no "
+                    "attach target and was not attached",
+                    err=True,
+                )
             _wait(obj, signals.stop, pipeline, opts, has_hist)
         finally:
             stats = pipeline.stop() if pipeline is not None else None

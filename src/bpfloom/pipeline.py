@@ -35,11 +35,12 @@ import logging
 import multiprocessing
 import operator
 import os
+import queue
 import signal
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Hashable, Iterable, Sequence
 from types import FrameType
 from typing import Any, Protocol, runtime_checkable
 
@@ -75,6 +76,7 @@ class EventSource(Protocol):
 
 Reader = EventSource
 _SAMPLE_CAP = 256  # latency samples taken per batch at most
+DRAIN_GRACE = 2.0  # seconds readers get past the deadline to count what is left
 
 
 class PipelineError(BpfloomError):
@@ -143,6 +145,8 @@ class Pipeline:
             raise ValueError(f"unknown policy {policy!r}; choose one of {POLICIES}")
         if executor == "process" and key is not None and not isinstance(key, str):
             raise ValueError("the process executor takes key= as a field name")
+        if executor == "async" and batch and key is not None:
+            raise ValueError("key= orders events; the async executor cannot order batches")
         if workers < 1 or max_inflight < 1 or queue_size < 1:
             raise ValueError("workers, max_inflight and queue_size must be at least 1")
         self.readers = _readers(sources)
@@ -176,6 +180,8 @@ class Pipeline:
         self._drops_at_start: dict[int, int] = {}
         self._lost_at_start: dict[int, int] = {}
         self._stop_reading = threading.Event()
+        self._discard = threading.Event()  # past the deadline: count, do not hand over
+        self._stop_draining = threading.Event()
         self._done = threading.Event()
         self._reader_threads: list[threading.Thread] = []
         self._started = False
@@ -251,10 +257,13 @@ class Pipeline:
         except Exception as exc:
             errors = n
             self._fail(exc)
-        finally:
-            self.stats.handler_latency.add(time.perf_counter_ns() - t0)
-            self._record_e2e(item)
-            self.stats.leave_handler(n, errors)
+        except asyncio.CancelledError:
+            # Cut off at the shutdown deadline: not handled (the final accounting
+            # counts it as dropped).
+            raise
+        self.stats.handler_latency.add(time.perf_counter_ns() - t0)
+        self._record_e2e(item)
+        self.stats.leave_handler(n, errors)
 
     def _record_e2e(self, item: Any) -> None:
         field = self._e2e_field
@@ -281,7 +290,9 @@ class Pipeline:
                 batch = reader.read(timeout=self.read_timeout)
                 self._take(reader, batch, runner)
             # Programs are detached: drain what is already in the buffer, then stop.
-            while self.error is None:
+            # After a fatal error, or past the deadline, what is drained is counted as
+            # dropped (``_take``): it was produced, so it must be accounted for.
+            while not self._stop_draining.is_set():
                 batch = reader.poll()
                 if not batch and not batch.lost:
                     break
@@ -289,17 +300,23 @@ class Pipeline:
         except ClosedError:
             pass
         except Exception as exc:  # a reader failure ends the pipeline, loudly
-            log.error("reader of %s failed: %s", reader.name, exc)
-            if self.error is None:
-                self.error = exc
-            self._stop_reading.set()
+            self._failed_outside_handler(f"reader of {reader.name}", exc)
+
+    def _failed_outside_handler(self, what: str, exc: BaseException) -> None:
+        log.error("%s failed: %s", what, exc)
+        if self.error is None:
+            self.error = exc
+        self._stop_reading.set()
 
     def _take(self, reader: Reader, batch: Batch, runner: _Executor) -> None:
         if batch.lost:
             self.stats.add(dropped_kernel=batch.lost)
         if batch:
             self.stats.add(received=len(batch))
-            runner.submit(batch)
+            if self.error is not None or self._discard.is_set():
+                self.stats.add(dropped_queue=len(batch))
+            else:
+                runner.submit(batch)
 
     # --- life cycle ----------------------------------------------------------------
 
@@ -318,8 +335,13 @@ class Pipeline:
             t.start()
             self._reader_threads.append(t)
 
+    def _check_not_started(self) -> None:
+        if self._started:
+            raise BpfloomError("a pipeline can be started once")
+
     def start(self) -> Pipeline:
         """Start reading and handling in background threads; returns immediately."""
+        self._check_not_started()
         self._begin(_make_executor(self, loop=None))
         return self
 
@@ -335,15 +357,31 @@ class Pipeline:
         self._stop_reading.set()
         for reader in self.readers:
             reader.wakeup()  # a reader blocked in read() returns now, not at its timeout
-        for t in self._reader_threads:
-            t.join(max(deadline - time.monotonic(), 0.1))
+        self._join_readers(deadline)
+        # Past the deadline, readers still draining (say, blocked on a full queue)
+        # count the rest as dropped instead of handing it over.
+        self._discard.set()
         assert self._runner is not None
-        self._runner.finish(deadline)
+        self._runner.finish(deadline)  # closes the queues: a blocked reader moves on
+        # The readers only count now, and they may not outlive stop(): what they
+        # drained after the final snapshot would be missing from it. A handler stuck
+        # in an inline reader is the one thing that can hold them: wait a bounded
+        # time, then make them stop draining.
+        self._join_readers(time.monotonic() + DRAIN_GRACE)
+        self._stop_draining.set()
+        self._join_readers(time.monotonic() + DRAIN_GRACE)
         kernel = 0
         for obj in self._owners:
             kernel += obj.dropped_kernel() - self._drops_at_start.get(id(obj), 0)
         self.stats.add(dropped_kernel=kernel)
+        late = self.stats.seal()
+        if late:
+            log.warning("%d events were still being handled at the deadline: dropped", late)
         self._done.set()
+
+    def _join_readers(self, deadline: float) -> None:
+        for t in self._reader_threads:
+            t.join(max(deadline - time.monotonic(), 0.0))
 
     def stop(self, timeout: float | None = None) -> dict[str, Any]:
         """Detach, drain, finish in-flight work, and return the final stats.
@@ -414,6 +452,7 @@ class Pipeline:
         """Start with the ``async`` executor on the running event loop."""
         if self.executor != "async":
             raise BpfloomError("astart() needs executor='async'")
+        self._check_not_started()
         self._begin(_make_executor(self, loop=asyncio.get_running_loop()))
         return self
 
@@ -443,7 +482,7 @@ class Pipeline:
     async def __aexit__(self, *exc: object) -> None:
         await self.astop()
 
-    async def events(self) -> AsyncIterator[Any]:
+    async def events(self) -> AsyncGenerator[Any, None]:
         """``async for event in pipeline.events()``: events (or batches) as they come.
 
         The consumer is the handler: at most ``max_inflight`` events wait for it, and
@@ -463,7 +502,9 @@ class Pipeline:
         await self.astart()
         runner = self._runner
         assert isinstance(runner, _AsyncRunner)
-        runner.on_finished = lambda: inbox.put_nowait(end)
+        # The inbox may be full when the last handler finishes: wait for room.
+        ending: list[asyncio.Task[None]] = []
+        runner.on_finished = lambda: ending.append(asyncio.ensure_future(inbox.put(end)))
         try:
             while True:
                 item = await inbox.get()
@@ -477,7 +518,10 @@ class Pipeline:
                 while not inbox.empty():
                     leftover = inbox.get_nowait()
                     if leftover is not end:
-                        self.stats.add(dropped_queue=len(leftover) if self.batch else 1)
+                        # Counted as handled when it went into the inbox; the consumer
+                        # never saw it, so it was dropped instead.
+                        n = len(leftover) if self.batch else 1
+                        self.stats.add(handled=-n, dropped_queue=n)
                 await self.astop()
 
 
@@ -633,6 +677,7 @@ class _AsyncRunner(_Executor):
         )
         self._thread: threading.Thread | None = None
         self._dispatcher: asyncio.Future[None] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def _ready(self) -> None:
         with contextlib.suppress(RuntimeError):  # a closed loop has nothing to wake
@@ -646,7 +691,15 @@ class _AsyncRunner(_Executor):
                 asyncio.set_event_loop(self.loop)
                 self._dispatcher = self.loop.create_task(self._dispatch())
                 self.loop.call_soon(started.set)
-                self.loop.run_until_complete(self._dispatcher)
+                try:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        self.loop.run_until_complete(self._dispatcher)
+                    # Cancelled at the deadline: let the handlers' tasks see it too.
+                    rest = asyncio.all_tasks(self.loop)
+                    if rest:
+                        self.loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+                finally:
+                    self.loop.close()
 
             self._thread = threading.Thread(target=run_loop, name="bpfloom-async")
             self._thread.start()
@@ -657,7 +710,7 @@ class _AsyncRunner(_Executor):
     async def _dispatch(self) -> None:
         p = self.p
         sem = asyncio.Semaphore(p.max_inflight)
-        tasks: set[asyncio.Task[None]] = set()
+        tasks = self.tasks
         chains: dict[Hashable, deque[Any]] = {}
 
         async def run_one(item: Any) -> None:
@@ -699,7 +752,14 @@ class _AsyncRunner(_Executor):
                 if p.key is None:
                     spawn(run_one(item))
                     continue
-                k = p.key(item)
+                try:
+                    k = p.key(item)
+                except Exception as exc:  # as a reader failure: the pipeline ends, loudly
+                    sem.release()
+                    p.stats.add(dropped_queue=len(item) if p.batch else 1)
+                    p._failed_outside_handler("the key function", exc)
+                    self.discard = True
+                    continue
                 pending = chains.get(k)
                 if pending is None:
                     chains[k] = deque([item])
@@ -729,7 +789,13 @@ class _AsyncRunner(_Executor):
                 asyncio.shield(self._dispatcher), max(deadline - time.monotonic(), 0.0)
             )
         except TimeoutError:
+            # Past the deadline: nothing may keep running (and counting) after stop().
             self.discard = True
+            self.queue.abandon()
+            self._dispatcher.cancel()
+            for task in list(self.tasks):
+                task.cancel()
+            await asyncio.gather(self._dispatcher, *self.tasks, return_exceptions=True)
 
     def finish(self, deadline: float) -> None:
         self.queue.close()
@@ -739,10 +805,10 @@ class _AsyncRunner(_Executor):
             if self._thread.is_alive():
                 self.discard = True
                 self.queue.abandon()
-                self.loop.call_soon_threadsafe(self._cancel_all)
+                with contextlib.suppress(RuntimeError):  # the loop just closed
+                    self.loop.call_soon_threadsafe(self._cancel_all)
                 self._thread.join(1.0)
-            if not self._thread.is_alive():
-                self.loop.close()
+            # The loop's thread closes the loop itself when it ends.
         self.queue.abandon()
 
     def _cancel_all(self) -> None:
@@ -760,6 +826,11 @@ def _process_worker(
 ) -> None:
     """A worker process: decode batches of raw records and run the handler on them."""
     decoder = Decoder(record_type)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        # The pipeline's process may exit at once (a second signal) or die: then leave
+        # too, even from a half-received batch or a handler that is still running.
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     while True:
         records = inbox.get()
         if records is None:
@@ -793,6 +864,11 @@ def _process_worker(
         outbox.put((n, errors, error_text, latencies, e2e))
 
 
+def _exit_with(parent: Any) -> None:
+    parent.join()
+    os._exit(1)
+
+
 class _Processes(_Executor):
     """Worker processes fed with numpy batches; with a key, batches split by key."""
 
@@ -824,6 +900,7 @@ class _Processes(_Executor):
         self.returned = 0
         self._count_lock = threading.Lock()
         self._next = 0
+        self.abandoned = False
         self.feeder = threading.Thread(target=self._feed, name="bpfloom-feeder")
         self.collector = threading.Thread(target=self._collect, name="bpfloom-collector")
         self.feeder.start()
@@ -857,9 +934,23 @@ class _Processes(_Executor):
             with self._count_lock:
                 self.sent += 1
                 self.p.stats.enter_handler(len(records))
-            self.inboxes[target].put(records)
+            # A worker stuck past the deadline must not hold the feeder forever (the
+            # batch stays in flight; the final accounting counts it as dropped).
+            while not self._put(self.inboxes[target], records):
+                if self.abandoned:
+                    return
         for box in self.inboxes:
-            box.put(None)
+            while not self._put(box, None):
+                if self.abandoned:
+                    return
+
+    @staticmethod
+    def _put(box: Any, item: Any) -> bool:
+        try:
+            box.put(item, timeout=0.1)
+        except queue.Full:
+            return False
+        return True
 
     def _collect(self) -> None:
         p = self.p
@@ -885,6 +976,9 @@ class _Processes(_Executor):
         for proc in late:
             proc.terminate()
             proc.join(1.0)
+        self.abandoned = True
+        self.queue.abandon()
+        self.feeder.join(1.0)
         self.outbox.put(None)
         self.collector.join(5.0)
         self.queue.abandon()

@@ -68,9 +68,12 @@ class PipelineStats:
         self.inflight_max = 0
         self.handler_latency = Latencies()
         self.end_to_end_latency = Latencies()
+        self.sealed = False
 
     def add(self, **counts: int) -> None:
         with self._lock:
+            if self.sealed:
+                return
             for name, n in counts.items():
                 setattr(self, name, getattr(self, name) + n)
 
@@ -79,14 +82,32 @@ class PipelineStats:
         if depth > self.queue_depth_max:
             self.queue_depth_max = depth
 
+    def seal(self) -> int:
+        """Make the counters final, once the pipeline stopped: events received but
+        neither handled nor dropped by now (in handlers that outlived the shutdown
+        deadline) count as dropped, and what such handlers report later is ignored,
+        so the final snapshot adds up and stays final. Returns that number."""
+        with self._lock:
+            if self.sealed:
+                return 0
+            late = self.received - self.handled - self.dropped_queue
+            self.dropped_queue += late
+            self.inflight = 0
+            self.sealed = True
+            return late
+
     def enter_handler(self, n: int = 1) -> None:
         with self._lock:
+            if self.sealed:
+                return
             self.inflight += n
             if self.inflight > self.inflight_max:
                 self.inflight_max = self.inflight
 
     def leave_handler(self, n: int = 1, errors: int = 0) -> None:
         with self._lock:
+            if self.sealed:
+                return
             self.inflight -= n
             self.handled += n
             self.handler_errors += errors
