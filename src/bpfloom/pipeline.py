@@ -178,7 +178,6 @@ class Pipeline:
             if isinstance(r.owner, BpfObject) and r.owner not in self._owners:
                 self._owners.append(r.owner)
         self._drops_at_start: dict[int, int] = {}
-        self._lost_at_start: dict[int, int] = {}
         self._stop_reading = threading.Event()
         self._discard = threading.Event()  # past the deadline: count, do not hand over
         self._stop_draining = threading.Event()
@@ -460,8 +459,6 @@ class Pipeline:
         """``stop()`` for asyncio: readers are joined off the loop; handlers keep running
         on it until they finish or ``shutdown_timeout`` passes."""
         runner = self._runner
-        if isinstance(runner, _AsyncRunner):
-            runner.closing = True
         await asyncio.get_running_loop().run_in_executor(None, self._stop_readers_only)
         if isinstance(runner, _AsyncRunner):
             await runner.adrain(time.monotonic() + self.shutdown_timeout)
@@ -663,7 +660,6 @@ class _AsyncRunner(_Executor):
         super().__init__(pipeline)
         self.own_loop = loop is None
         self.loop = loop or asyncio.new_event_loop()
-        self.closing = False
         self.discard = False
         self.on_finished: Callable[[], None] | None = None
         self._wake = asyncio.Event()
@@ -896,9 +892,6 @@ class _Processes(_Executor):
         for proc in self.procs:
             proc.start()
         self.queue = BoundedQueue(p.queue_size, p.policy, p.stats, sample_every=p.sample_every)
-        self.sent = 0
-        self.returned = 0
-        self._count_lock = threading.Lock()
         self._next = 0
         self.abandoned = False
         self.feeder = threading.Thread(target=self._feed, name="bpfloom-feeder")
@@ -931,9 +924,7 @@ class _Processes(_Executor):
             if target is None:
                 target = self._next
                 self._next = (self._next + 1) % len(self.inboxes)
-            with self._count_lock:
-                self.sent += 1
-                self.p.stats.enter_handler(len(records))
+            self.p.stats.enter_handler(len(records))
             # A worker stuck past the deadline must not hold the feeder forever (the
             # batch stays in flight; the final accounting counts it as dropped).
             while not self._put(self.inboxes[target], records):
@@ -964,8 +955,6 @@ class _Processes(_Executor):
             p.stats.leave_handler(n, errors)
             if errors:
                 p._fail(PipelineError(error_text))
-            with self._count_lock:
-                self.returned += 1
 
     def finish(self, deadline: float) -> None:
         self.queue.close()
