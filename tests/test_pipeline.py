@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pipeline_handlers as handlers
 import pytest
 
 import bpfloom
+import pipeline_handlers as handlers
 from bpfloom import BpfObject, Pipeline, PipelineError, RingBuffer
 from bpfloom.pipeline import EXECUTORS, POLICIES
 from conftest import ROOT, bpf_object, kernel_link_ids, kernel_map_ids, kernel_prog_ids
@@ -58,8 +58,11 @@ STATS_KEYS = {
     "end_to_end_latency",
 }
 
+# Skipped on a developer machine without the object; in CI (BPFLOOM_REQUIRE_KERNEL) it runs
+# and fails loudly instead.
 needs_small = pytest.mark.skipif(
-    not SMALL.exists(), reason="tests/bpf/pipeline.bpf.o is not built (make bpf)"
+    not SMALL.exists() and not os.environ.get("BPFLOOM_REQUIRE_KERNEL"),
+    reason="tests/bpf/pipeline.bpf.o is not built (make bpf)",
 )
 
 
@@ -727,7 +730,9 @@ def test_sigterm_under_load_stops_cleanly(tmp_path: Path) -> None:
     assert_exact(stats, 1_000_000)  # the million events all accounted for
     assert 10_000 <= stats["handled"] < 1_000_000  # stopped mid-way, not after all
     assert report["distinct_seqs"] == report["handled_seqs"], "an event was handled twice"
-    assert report["handled_seqs"] == stats["handled"]
+    # A handler still running past the deadline (at most one per worker thread) did
+    # run, but the final stats, taken at the deadline, count its event as dropped.
+    assert stats["handled"] <= report["handled_seqs"] <= stats["handled"] + 4
     assert_released(ids)
 
 

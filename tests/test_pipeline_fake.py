@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pipeline_handlers as handlers
 import pytest
 
+import pipeline_handlers as handlers
 from bpfloom import Batch, BpfloomError, ClosedError, Decoder, Pipeline, PipelineError
 from bpfloom._queue import CLOSED, POLICIES, BoundedQueue
 from bpfloom.batch import empty_batch

@@ -77,6 +77,7 @@ class EventSource(Protocol):
 Reader = EventSource
 _SAMPLE_CAP = 256  # latency samples taken per batch at most
 DRAIN_GRACE = 2.0  # seconds readers get past the deadline to count what is left
+IN_FLIGHT_GRACE = 1.0  # seconds a handler running at the deadline gets to finish
 
 
 class PipelineError(BpfloomError):
@@ -646,6 +647,10 @@ class _Threads(_Executor):
             t.join(max(deadline - time.monotonic(), 0.0))
         for q in self.queues:
             q.abandon()  # counted as dropped; workers stop at their next get()
+        # Handlers already running when the deadline passed get a moment to finish
+        # (and count as handled); one still running after that counts as dropped.
+        for t in self.threads:
+            t.join(max(deadline + IN_FLIGHT_GRACE - time.monotonic(), 0.0))
 
 
 class _AsyncRunner(_Executor):
