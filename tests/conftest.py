@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -183,3 +185,33 @@ def assert_gone_from_kernel(ids: dict[str, set[int]], deadline: float = 10.0) ->
             break
         time.sleep(0.05)
     assert not any(left.values()), f"still in the kernel after close(): {left}"
+
+
+# --- pipeline tests -----------------------------------------------------------------------
+
+_threads_before: set[threading.Thread] = set()
+
+
+@pytest.fixture(autouse=True)
+def _threads_baseline() -> None:
+    """Threads alive before each test, so that a thread some earlier (failed) test left
+    behind is not blamed on this one (see ``pipeline_threads``)."""
+    _threads_before.clear()
+    _threads_before.update(threading.enumerate())
+
+
+def pipeline_threads() -> list[threading.Thread]:
+    """Pipeline threads (``bpfloom-*``) started by this test and still alive."""
+    return [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith("bpfloom-") and t not in _threads_before
+    ]
+
+
+def assert_exact(stats: dict[str, Any], produced: int) -> None:
+    """Everything produced was handled or dropped (counted), exactly:
+    produced == received + dropped_kernel == handled + dropped_kernel + dropped_queue."""
+    assert stats["produced"] == produced, stats
+    assert stats["received"] + stats["dropped_kernel"] == produced, stats
+    assert stats["handled"] + stats["dropped_kernel"] + stats["dropped_queue"] == produced, stats

@@ -35,7 +35,15 @@ import bpfloom
 import pipeline_handlers as handlers
 from bpfloom import BpfObject, Pipeline, PipelineError, RingBuffer
 from bpfloom.pipeline import EXECUTORS, POLICIES
-from conftest import ROOT, bpf_object, kernel_link_ids, kernel_map_ids, kernel_prog_ids
+from conftest import (
+    ROOT,
+    assert_exact,
+    bpf_object,
+    kernel_link_ids,
+    kernel_map_ids,
+    kernel_prog_ids,
+    pipeline_threads,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -88,33 +96,6 @@ def wait_for(cond: Callable[[], bool], timeout: float = WAIT, what: str = "the p
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.005)
-
-
-def assert_exact(stats: dict[str, Any], produced: int) -> None:
-    """Everything produced in the kernel was handled or dropped (counted), exactly."""
-    assert stats["produced"] == produced, stats
-    assert stats["received"] + stats["dropped_kernel"] == produced, stats
-    assert stats["handled"] + stats["dropped_kernel"] + stats["dropped_queue"] == produced, stats
-
-
-_threads_before: set[threading.Thread] = set()
-
-
-@pytest.fixture(autouse=True)
-def _threads_baseline() -> None:
-    """Threads alive before the test, so that a thread some earlier (failed) test left
-    behind is not blamed on this one."""
-    _threads_before.clear()
-    _threads_before.update(threading.enumerate())
-
-
-def pipeline_threads() -> list[str]:
-    """Names of pipeline threads (``bpfloom-*``) started by this test, still alive."""
-    return [
-        t.name
-        for t in threading.enumerate()
-        if t.name.startswith("bpfloom-") and t not in _threads_before
-    ]
 
 
 def handler_for(executor: str, batch: bool) -> Callable[[Any], Any]:

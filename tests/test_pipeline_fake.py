@@ -30,6 +30,7 @@ from bpfloom.batch import empty_batch
 from bpfloom.pipeline import EXECUTORS, EventSource, StopSignals
 from bpfloom.stats import PipelineStats
 from bpfloom.types import Int, Member, Struct
+from conftest import assert_exact, pipeline_threads
 
 U64 = Int("unsigned long long", 8, signed=False)
 U32 = Int("unsigned int", 4, signed=False)
@@ -133,32 +134,6 @@ def wait_for(cond: Callable[[], bool], timeout: float = WAIT) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting for the pipeline")
         time.sleep(0.005)
-
-
-def assert_exact(stats: dict[str, Any], produced: int) -> None:
-    """produced == handled + dropped_kernel + dropped_queue, exactly."""
-    assert stats["produced"] == produced, stats
-    assert stats["handled"] + stats["dropped_kernel"] + stats["dropped_queue"] == produced, stats
-
-
-_threads_before: set[threading.Thread] = set()
-
-
-@pytest.fixture(autouse=True)
-def _threads_baseline() -> None:
-    """Threads alive before the test, so that a thread some earlier (failed) test left
-    behind is not blamed on this one."""
-    _threads_before.clear()
-    _threads_before.update(threading.enumerate())
-
-
-def pipeline_threads() -> list[threading.Thread]:
-    """Pipeline threads (``bpfloom-*``) started by this test and still alive."""
-    return [
-        t
-        for t in threading.enumerate()
-        if t.name.startswith("bpfloom-") and t not in _threads_before
-    ]
 
 
 @pytest.fixture
