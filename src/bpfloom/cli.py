@@ -463,6 +463,16 @@ def demo_command(duration: float, as_json: bool) -> None:
         worker.join(timeout=2)
 
 
+def _add_tool_commands() -> None:
+    from .tools import commands
+
+    for command in commands():
+        main.add_command(command)
+
+
+_add_tool_commands()
+
+
 def entry() -> None:
     """Console entry point: turns any unexpected exception into one line, exit 1."""
     try:

@@ -1,0 +1,117 @@
+"""exitsnoop: process exits with their lifetime and exit code, or the killing signal.
+
+Columns as libbpf-tools' exitsnoop: ``[TIME] PCOMM PID PPID TID AGE(s) EXIT_CODE``.
+EXIT_CODE shows ``0``, ``code N``, or ``signal N (SIGNAME)``; the JSON record carries
+``exit_code`` (the status, 0 when killed) and ``signal`` (0 when it exited) as numbers,
+``age`` in seconds, ``cgroup`` as a path. Hook: tracepoint sched/sched_process_exit.
+"""
+
+from __future__ import annotations
+
+import signal as _signal
+from typing import Any
+
+import click
+
+from .cgroups import CgroupPaths
+from .tool import Column, Record, Tool, common_options, run_tool, wall_time
+
+
+def describe_status(exit_code: int, sig: int) -> str:
+    """``0``, ``code N`` or ``signal N (SIGNAME)``, as libbpf-tools prints it."""
+    if sig:
+        try:
+            return f"signal {sig} ({_signal.Signals(sig).name})"
+        except ValueError:
+            return f"signal {sig}"
+    return "0" if exit_code == 0 else f"code {exit_code}"
+
+
+class ExitSnoop(Tool):
+    """Traces process exits. Filters run in the kernel: ``pid`` (thread group),
+    ``comm`` (exact, at most 15 bytes), ``failed_only`` (non-zero status or killed by
+    a signal), ``threads`` (report every thread's exit, not only the process's)."""
+
+    name = "exitsnoop"
+    object_name = "exitsnoop"
+
+    def __init__(
+        self,
+        *,
+        pid: int = 0,
+        comm: str = "",
+        failed_only: bool = False,
+        threads: bool = False,
+        timestamps: bool = False,
+    ) -> None:
+        self.pid, self.comm = pid, comm
+        self.failed_only, self.threads = failed_only, threads
+        self.cgroups = CgroupPaths()
+        time_col = (Column("TIME", 8),) if timestamps else ()
+        self.columns = (
+            *time_col,
+            Column("PCOMM", 16),
+            Column("PID", 7),
+            Column("PPID", 7),
+            Column("TID", 7),
+            Column("AGE(s)", 7, key="age", right=True),
+            Column("EXIT_CODE", 0, key="status"),
+        )
+        super().__init__()
+
+    def configure(self) -> None:
+        g = self.obj.globals
+        g["targ_pid"] = self.pid
+        g["targ_comm"] = self.comm
+        g["trace_failed_only"] = self.failed_only
+        g["trace_threads"] = self.threads
+
+    def record(self, event: Any) -> Record:
+        status = event.exit_status
+        sig = status & 0x7F
+        code = (status >> 8) & 0xFF
+        return {
+            "event": "exit",
+            "time": wall_time(event.ts_ns),
+            "pcomm": event.comm,
+            "comm": event.comm,
+            "pid": event.pid,
+            "ppid": event.ppid,
+            "tid": event.tid,
+            "age": round((event.ts_ns - event.start_ns) / 1e9, 3),
+            "exit_code": 0 if sig else code,
+            "signal": sig,
+            "status": describe_status(code, sig),
+            "cgroup": self.cgroups.path(event.cgroup_id),
+        }
+
+
+@click.command("exitsnoop")
+@click.option("-p", "--pid", type=click.IntRange(min=1), default=None, help="Only this process.")
+@click.option("-c", "--comm", default="", metavar="COMM", help="Only processes named COMM.")
+@click.option("-x", "--failed", is_flag=True, help="Only exits with a non-zero code or a signal.")
+@click.option("-T", "--threads", is_flag=True, help="Report thread exits too.")
+@click.option("-t", "--timestamp", is_flag=True, help="Print a TIME column.")
+@common_options
+def cli(
+    pid: int | None,
+    comm: str,
+    failed: bool,
+    threads: bool,
+    timestamp: bool,
+    as_json: bool,
+    duration: float | None,
+) -> None:
+    """Trace process exits: PCOMM PID PPID TID AGE(s) EXIT_CODE.
+
+    EXIT_CODE is the status a process exited with, or the signal that killed it.
+    """
+    if len(comm.encode()) > 15:
+        raise click.BadParameter("at most 15 bytes (the kernel's comm length)", param_hint="-c")
+    run_tool(
+        lambda: ExitSnoop(
+            pid=pid or 0, comm=comm, failed_only=failed, threads=threads, timestamps=timestamp
+        ),
+        as_json=as_json,
+        duration=duration,
+    )
