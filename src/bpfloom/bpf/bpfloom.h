@@ -38,6 +38,15 @@ struct {
  */
 const volatile __u64 bpfloom_wakeup_flags = 0;
 
+/*
+ * BPFLOOM_RECORD(exit_event) puts `struct exit_event` into the object's BTF.
+ * clang emits BTF only for types that globals, maps or CO-RE relocations use,
+ * so a record type used only through bpfloom_reserve() would be in DWARF alone,
+ * and parsing DWARF costs seconds for objects that use big kernel types
+ * (task_struct). The runtime then finds the record type by name in BTF.
+ */
+#define BPFLOOM_RECORD(name) struct name *bpfloom_record_##name __attribute__((unused))
+
 /* Counts one lost record on this CPU. */
 static __always_inline void bpfloom_count_drop(void)
 {

@@ -21,6 +21,7 @@ struct exit_event {
 	__u64 cgroup_id;
 	char comm[TASK_COMM_LEN];
 };
+BPFLOOM_RECORD(exit_event);
 
 const volatile __u32 targ_pid = 0;		/* 0: every process */
 const volatile bool trace_threads = false;	/* also report non-leader threads */

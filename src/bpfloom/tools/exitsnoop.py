@@ -34,6 +34,7 @@ class ExitSnoop(Tool):
 
     name = "exitsnoop"
     object_name = "exitsnoop"
+    event_type = "exit_event"
 
     def __init__(
         self,

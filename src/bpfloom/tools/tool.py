@@ -65,7 +65,7 @@ class Column:
 
 class Tool:
     """Base of the ready tools. Subclasses set ``object_name`` (a program in
-    ``bpfloom/bpf``), ``columns``, override ``configure()`` (globals, before load) and
+    ``bpfloom/bpf``), ``event_type``, ``columns``, override ``configure()`` (globals, before load) and
     ``record()`` (one raw event → one output record, or None to skip it).
 
     The constructor opens and loads the object (``LoadError`` and friends propagate)
@@ -75,6 +75,9 @@ class Tool:
 
     name: ClassVar[str]
     object_name: ClassVar[str]
+    #: The struct the object's buffers hold, named so it is found in BTF (declare it
+    #: with BPFLOOM_RECORD in the BPF source) rather than searched for in DWARF.
+    event_type: ClassVar[str | None] = None
     columns: tuple[Column, ...] = ()
 
     def __init__(self) -> None:
@@ -83,7 +86,7 @@ class Tool:
         try:
             self.configure()
             self.obj.load()
-            self.readers = [self.obj.open_reader(m.name) for m in self.obj.event_buffers()]
+            self.readers = [self.obj.open_reader(m.name, self.event_type) for m in self.obj.event_buffers()]
         except BaseException:
             self.obj.close()
             raise
