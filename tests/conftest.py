@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 
+# Fixtures of toolrun.py (start_tool) are available to every test module.
+pytest_plugins = ["toolrun"]
+
 CLANG = "clang-16"
 BPF_CFLAGS = (
     "-g",

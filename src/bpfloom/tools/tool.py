@@ -298,6 +298,8 @@ def run_tool(
                 pipeline.start()
             try:
                 tool.attach()
+                # Tells people (and scripts, tests) that tracing has begun.
+                click.echo(f"bpfloom {tool.name}: tracing; Ctrl-C to stop", err=True)
                 on_tick = lambda: _tick(tick, tool, printer)  # noqa: E731
                 _wait(signals.stop, pipeline, duration, on_tick, interval)
             finally:
