@@ -65,8 +65,9 @@ class Column:
 
 class Tool:
     """Base of the ready tools. Subclasses set ``object_name`` (a program in
-    ``bpfloom/bpf``), ``event_type``, ``columns``, override ``configure()`` (globals, before load) and
-    ``record()`` (one raw event → one output record, or None to skip it).
+    ``bpfloom/bpf``), ``event_type`` and ``columns``, and override ``configure()``
+    (globals, before load) and ``record()`` (one raw event → one output record, or
+    None to skip it).
 
     The constructor opens and loads the object (``LoadError`` and friends propagate)
     and opens its readers; ``attach()`` starts tracing; ``close()`` releases every
@@ -86,7 +87,9 @@ class Tool:
         try:
             self.configure()
             self.obj.load()
-            self.readers = [self.obj.open_reader(m.name, self.event_type) for m in self.obj.event_buffers()]
+            self.readers = [
+                self.obj.open_reader(m.name, self.event_type) for m in self.obj.event_buffers()
+            ]
         except BaseException:
             self.obj.close()
             raise
@@ -221,6 +224,8 @@ class Printer:
             except BrokenPipeError:
                 self.broken_pipe = True
                 _quiet_stdout()
+                if self._on_broken_pipe is not None:
+                    self._on_broken_pipe()
 
 
 def _quiet_stdout() -> None:
@@ -301,7 +306,7 @@ def run_tool(
                 # Tells people (and scripts, tests) that tracing has begun.
                 click.echo(f"bpfloom {tool.name}: tracing; Ctrl-C to stop", err=True)
                 on_tick = lambda: _tick(tick, tool, printer)  # noqa: E731
-                _wait(signals.stop, pipeline, duration, on_tick, interval)
+                wait_for_stop(signals.stop, pipeline, duration, on_tick, interval)
             finally:
                 stats = pipeline.stop() if pipeline is not None else _no_stats(tool)
             if tick is not None:
@@ -331,13 +336,15 @@ def _no_stats(tool: Tool) -> dict[str, Any]:
     return {"received": 0, "dropped_kernel": tool.dropped_kernel(), "dropped_queue": 0}
 
 
-def _wait(
+def wait_for_stop(
     stop: threading.Event,
     pipeline: Pipeline | None,
     duration: float | None,
-    tick: Callable[[], None],
-    interval: float | None,
+    tick: Callable[[], None] | None = None,
+    interval: float | None = None,
 ) -> None:
+    """Sleep until ``stop`` is set, ``duration`` passes or the pipeline stops running;
+    call ``tick`` every ``interval`` seconds meanwhile."""
     deadline = None if duration is None else time.monotonic() + duration
     next_tick = None if interval is None else time.monotonic() + interval
     while not stop.is_set():
@@ -346,7 +353,7 @@ def _wait(
             return
         if pipeline is not None and not pipeline.running:
             return
-        if next_tick is not None and interval is not None and now >= next_tick:
+        if tick is not None and next_tick is not None and interval is not None and now >= next_tick:
             tick()
             next_tick = now + interval
         wait = 0.2
