@@ -51,12 +51,14 @@ def wall_time(ktime_ns: int) -> float:
 @dataclass(frozen=True)
 class Column:
     """One table column: its header, width, and the record key it shows (the
-    lower-case header unless given)."""
+    lower-case header unless given). ``text``, when given, makes the cell's text from
+    the whole record instead (a table-only rendering the JSON record does not carry)."""
 
     header: str
     width: int
     key: str = ""
     right: bool = False
+    text: Callable[[Record], str] | None = None
 
     @property
     def field(self) -> str:
@@ -124,6 +126,13 @@ class Tool:
     def dropped_kernel(self) -> int:
         return self.obj.dropped_kernel()
 
+    def exit_line(self, stats: dict[str, Any]) -> str:
+        """The line ``run_tool`` prints on stderr at exit, from the pipeline's stats."""
+        return (
+            f"bpfloom {self.name}: {stats['received']} events; lost "
+            f"{stats['dropped_kernel']} in the kernel, {stats['dropped_queue']} in user space"
+        )
+
     def close(self) -> None:
         for reader in self.readers:
             reader.close()
@@ -190,6 +199,9 @@ class Printer:
         for r in records:
             cells = []
             for c in self.columns:
+                if c.text is not None:
+                    cells.append((c.text(r), c))
+                    continue
                 value = r.get(c.field, "")
                 if c.field == "time" and isinstance(value, float):
                     value = time.strftime("%H:%M:%S", time.localtime(value))
@@ -314,11 +326,7 @@ def run_tool(
             summary = tool.summary()
             if summary:
                 printer.text(summary)
-            click.echo(
-                f"bpfloom {tool.name}: {stats['received']} events; lost "
-                f"{stats['dropped_kernel']} in the kernel, {stats['dropped_queue']} in user space",
-                err=True,
-            )
+            click.echo(tool.exit_line(stats), err=True)
             return stats
         except BpfloomError as exc:
             fail(str(exc))
