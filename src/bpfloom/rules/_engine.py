@@ -1,0 +1,269 @@
+"""The rule engine: a compiled rule set that turns events into alerts.
+
+Rules are indexed by event kind when the set is built, so ``evaluate`` does one dict
+lookup and then runs only the closures of the rules that apply to the event's kind.
+Conditions are pure functions of the event and run without a lock; the state of
+``threshold`` windows and ``rate_limit`` histories (and the suppressed counts) is
+touched under one lock, only for rules that have such state and matched.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._expr import Event, RuleError
+from ._loader import CompiledRule, RateLimit, Rule, Schema, Threshold, load_sources
+
+DEFAULT_SCHEMA: Schema = {
+    "exec": {
+        "event": str,
+        "time": float,
+        "pid": int,
+        "ppid": int,
+        "uid": int,
+        "comm": str,
+        "parent_comm": str,
+        "path": str,
+        "args": list,
+        "ret": int,
+        "cgroup": str,
+    },
+    "open": {
+        "event": str,
+        "time": float,
+        "pid": int,
+        "tid": int,
+        "uid": int,
+        "comm": str,
+        "fd": int,
+        "err": int,
+        "flags": int,
+        "path": str,
+    },
+    "exit": {
+        "event": str,
+        "time": float,
+        "pid": int,
+        "ppid": int,
+        "tid": int,
+        "comm": str,
+        "age": float,
+        "exit_code": int,
+        "signal": int,
+    },
+}
+"""The events of ``bpfloom detect``: kind -> field -> type (``list`` is a list of str)."""
+
+DEFAULT_RULES = Path(__file__).with_name("default.yaml")
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One firing of a rule: ``time`` is the event's ``time`` field, or the clock's
+    reading when the event has none; ``fields`` is a copy of the event."""
+
+    rule: str
+    priority: str
+    time: float
+    output: str
+    tags: tuple[str, ...]
+    fields: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """The alert as a JSON-ready dict: rule, priority, time, output, tags, fields."""
+        return {
+            "rule": self.rule,
+            "priority": self.priority,
+            "time": self.time,
+            "output": self.output,
+            "tags": list(self.tags),
+            "fields": dict(self.fields),
+        }
+
+
+class _ThresholdState:
+    """Recent match times per ``by`` key; fires on the count-th match within the window.
+
+    Each key keeps only its last ``count`` times (a bounded deque), so the oldest
+    kept time tells whether ``count`` matches fit in ``within`` seconds. After firing,
+    the key's window restarts. Keys whose newest match is older than the window are
+    dropped, at most once per window, so keys (pids) do not accumulate forever.
+    """
+
+    def __init__(self, threshold: Threshold) -> None:
+        self.count = threshold.count
+        self.within = threshold.within
+        self.by = threshold.by
+        self.windows: dict[object, deque[float]] = {}
+        self.last_sweep = float("-inf")
+
+    def reached(self, event: Event, now: float) -> bool:
+        key = event.get(self.by) if self.by is not None else None
+        window = self.windows.get(key)
+        if window is None:
+            window = self.windows[key] = deque(maxlen=self.count)
+        window.append(now)
+        self.sweep(now)
+        if len(window) < self.count or now - window[0] > self.within:
+            return False
+        del self.windows[key]
+        return True
+
+    def sweep(self, now: float) -> None:
+        if now - self.last_sweep < self.within:
+            return
+        self.last_sweep = now
+        stale = [key for key, w in self.windows.items() if now - w[-1] > self.within]
+        for key in stale:
+            del self.windows[key]
+
+
+class _RateLimitState:
+    """Times of the last ``count`` alerts: a new one passes if fewer than ``count``
+    fall within the last ``period`` seconds (a sliding window, so never more than
+    ``count`` alerts in any ``period``)."""
+
+    def __init__(self, limit: RateLimit) -> None:
+        self.count = limit.count
+        self.period = limit.period
+        self.sent: deque[float] = deque(maxlen=limit.count)
+        self.suppressed = 0
+
+    def admit(self, now: float) -> bool:
+        if len(self.sent) == self.count and now - self.sent[0] < self.period:
+            self.suppressed += 1
+            return False
+        self.sent.append(now)
+        return True
+
+
+class _Entry:
+    """A compiled rule with its mutable state; the state is guarded by the set's lock."""
+
+    __slots__ = ("limit", "match", "render", "rule", "stateful", "threshold")
+
+    def __init__(self, compiled: CompiledRule) -> None:
+        self.rule = compiled.rule
+        self.match = compiled.match
+        self.render = compiled.render
+        rule = compiled.rule
+        self.threshold = _ThresholdState(rule.threshold) if rule.threshold else None
+        self.limit = _RateLimitState(rule.rate_limit) if rule.rate_limit else None
+        self.stateful = self.threshold is not None or self.limit is not None
+
+    def admit(self, event: Event, now: float) -> bool:
+        """Whether a match becomes an alert (threshold reached, rate limit not hit)."""
+        if self.threshold is not None and not self.threshold.reached(event, now):
+            return False
+        return self.limit is None or self.limit.admit(now)
+
+
+class RuleSet:
+    """Compiled rules that turn events into alerts; ``evaluate`` is thread-safe.
+
+    Build one with ``load_rules`` or ``RuleSet.from_text``. ``clock`` gives the time
+    (unix seconds) for events without a ``time`` field; thresholds and rate limits
+    count in event time, so a replayed or batched stream is judged by when things
+    happened, and tests can pass a fake clock instead of sleeping.
+    """
+
+    def __init__(
+        self, compiled: Sequence[CompiledRule], *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._entries = [_Entry(c) for c in compiled]
+        self._clock = clock
+        self._lock = threading.Lock()
+        by_kind: dict[str, list[_Entry]] = {}
+        for entry in self._entries:
+            if entry.rule.enabled:
+                for kind in sorted(entry.rule.applies_to):
+                    by_kind.setdefault(kind, []).append(entry)
+        self._by_kind = {kind: tuple(entries) for kind, entries in by_kind.items()}
+
+    @classmethod
+    def from_text(
+        cls,
+        text: str,
+        name: str = "<string>",
+        *,
+        schema: Schema = DEFAULT_SCHEMA,
+        clock: Callable[[], float] = time.time,
+    ) -> RuleSet:
+        """Rules from YAML text; ``name`` stands for the file in error messages.
+
+        Raises ``RuleError``.
+        """
+        return cls(load_sources([(name, text)], schema), clock=clock)
+
+    @property
+    def rules(self) -> list[Rule]:
+        """Every rule loaded, disabled ones included, in file order."""
+        return [entry.rule for entry in self._entries]
+
+    @property
+    def event_kinds(self) -> frozenset[str]:
+        """The event kinds at least one enabled rule applies to (what to trace)."""
+        return frozenset(self._by_kind)
+
+    @property
+    def suppressed(self) -> dict[str, int]:
+        """Per rule with a ``rate_limit``: how many alerts the limit has cut so far."""
+        with self._lock:
+            return {e.rule.name: e.limit.suppressed for e in self._entries if e.limit is not None}
+
+    def evaluate(self, event: Event) -> list[Alert]:
+        """The alerts ``event`` raises, in rule order (thread-safe; never blocks long).
+
+        Only the rules that apply to the event's kind (its ``event`` field) run.
+        """
+        entries = self._by_kind.get(event.get("event", ""))
+        alerts: list[Alert] = []
+        if not entries:
+            return alerts
+        now: float | None = None
+        for entry in entries:
+            if not entry.match(event):
+                continue
+            if now is None:
+                now = self._event_time(event)
+            if entry.stateful:
+                with self._lock:
+                    if not entry.admit(event, now):
+                        continue
+            rule = entry.rule
+            output = entry.render(event)
+            alerts.append(Alert(rule.name, rule.priority, now, output, rule.tags, dict(event)))
+        return alerts
+
+    def _event_time(self, event: Event) -> float:
+        t = event.get("time")
+        if isinstance(t, int | float) and not isinstance(t, bool):
+            return float(t)
+        return self._clock()
+
+
+def load_rules(
+    paths: Sequence[str | Path] | None = None,
+    *,
+    schema: Schema = DEFAULT_SCHEMA,
+    clock: Callable[[], float] = time.time,
+) -> RuleSet:
+    """Rules from YAML files read in order as one set (None: the default rules).
+
+    Raises ``RuleError`` naming the file and line of the first problem, including a
+    file that cannot be read.
+    """
+    sources: list[tuple[str, str]] = []
+    for path in [DEFAULT_RULES] if paths is None else paths:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise RuleError(f"{path}: cannot read: {e}") from e
+        sources.append((str(path), text))
+    return RuleSet(load_sources(sources, schema), clock=clock)
