@@ -218,3 +218,47 @@ def assert_exact(stats: dict[str, Any], produced: int) -> None:
     assert stats["produced"] == produced, stats
     assert stats["received"] + stats["dropped_kernel"] == produced, stats
     assert stats["handled"] + stats["dropped_kernel"] + stats["dropped_queue"] == produced, stats
+
+
+# --- Go programs --------------------------------------------------------------------------
+
+TESTS_GO = ROOT / "tests" / "go"
+
+
+def go_build(source: Path, out: Path, *, cache: Path, ldflags: str = "") -> Path:
+    """Build the one-file Go program ``source`` into ``out`` with the installed ``go``.
+
+    Offline and independent of the user's Go set-up: GOPATH mode (standard library
+    only, no go.mod, no module downloads), no cgo (no C compiler needed), no go env file,
+    and ``cache`` for GOCACHE/GOPATH. ``ldflags`` go to ``-ldflags`` (``"-s -w"`` strips).
+    Skips the test when go is missing (fails it where BPFLOOM_REQUIRE_KERNEL is set) and
+    fails it with go's message when the build fails.
+    """
+    import shutil
+
+    go = shutil.which("go")
+    if go is None:
+        if os.environ.get("BPFLOOM_REQUIRE_KERNEL"):
+            pytest.fail("go is not installed (scripts/setup.sh installs golang-go)")
+        pytest.skip("go is not installed")
+    env = {
+        **os.environ,
+        "GOCACHE": str(cache / "cache"),
+        "GOPATH": str(cache / "gopath"),
+        "GO111MODULE": "off",
+        "GOFLAGS": "",
+        "GOENV": "off",
+        "GOPROXY": "off",
+        "GOTOOLCHAIN": "local",
+        "CGO_ENABLED": "0",
+    }
+    cmd = [go, "build", "-o", str(out)]
+    if ldflags:
+        cmd.append(f"-ldflags={ldflags}")
+    cmd.append(str(source))
+    proc = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed:\n{proc.stderr}", pytrace=False)
+    return out
