@@ -130,3 +130,78 @@ def run_tool_cli(tool: str, *args: str) -> Result:
         check=False,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+# The child's own imports and helpers; ``gate()`` waits for the test's go-ahead.
+_CHILD_PRELUDE = """\
+import ctypes, json, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+def gate():
+    sys.stdin.readline()
+"""
+
+
+class GatedChild:
+    """A Python child process whose ``code`` starts only at the test's go-ahead, so that
+    a tool can be started first — filtered on the child's pid or name — and see all of
+    it. ``code`` runs after one ``gate()`` and may call ``gate()`` again to wait for the
+    next ``go()``; it has ``os``, ``sys``, ``json``, ``time``, ``ctypes`` and ``libc``.
+
+    ``comm`` renames the child before the first gate; ``user`` runs it as that uid
+    (with the system's python3, which any user can read).
+    """
+
+    def __init__(self, code: str, *, comm: str | None = None, user: int | None = None) -> None:
+        rename = f"open('/proc/self/comm', 'w').write({comm!r})\n" if comm else ""
+        script = _CHILD_PRELUDE + rename + "gate()\n" + code
+        python = sys.executable if user is None else "/usr/bin/python3"
+        self.proc = subprocess.Popen(
+            [python, "-c", script],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            user=user,
+        )
+        self.pid = self.proc.pid
+
+    def go(self) -> None:
+        """Let the child pass its next ``gate()``."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def finish(self) -> str:
+        """Let it run to its end (past every gate); its stdout. Fails the test if the
+        child failed."""
+        try:
+            out, err = self.proc.communicate("go\n" * 8, timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"child {self.pid} did not end within {TIMEOUT} s")
+        assert self.proc.returncode == 0, f"child {self.pid} failed:\n{err}"
+        return out
+
+    def kill(self) -> None:
+        """Kill it if it still runs, and close its pipes."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            self.proc.communicate()
+
+
+@pytest.fixture
+def gated_child() -> Iterator[Any]:
+    """``gated_child(code, comm=None, user=None)`` starts a ``GatedChild``; whatever a
+    failed test left waiting is killed afterwards."""
+    children: list[GatedChild] = []
+
+    def make(code: str, *, comm: str | None = None, user: int | None = None) -> GatedChild:
+        child = GatedChild(code, comm=comm, user=user)
+        children.append(child)
+        return child
+
+    yield make
+    for child in children:
+        child.kill()

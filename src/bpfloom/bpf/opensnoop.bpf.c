@@ -1,0 +1,188 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * opensnoop: one record per open(2), openat(2) or openat2(2) call, with its
+ * result, as libbpf-tools' opensnoop.
+ *
+ * The enter tracepoint remembers the user pointers (path, and for openat2 the
+ * struct open_how) and the flags per thread; the exit tracepoint reads the
+ * path (and openat2's how->flags) and emits the record with the return value.
+ * Reading user memory at exit, not at enter, is deliberate (libbpf-tools does
+ * the same): the kernel has copied the path and `how` by then, so their pages
+ * are present, whereas at enter a not-yet-faulted page would make the
+ * non-sleepable bpf_probe_read_user*() fail.
+ *
+ * Programs whose tracepoint this kernel lacks (arm64 has no open(2)) get
+ * autoload = false from user space before load.
+ */
+#include "bpfloom.h"
+
+#define TASK_COMM_LEN 16
+#define PATH_LEN 256		/* as libbpf-tools' NAME_MAX-sized buffer */
+
+struct open_event {
+	__u64 ts_ns;
+	__u64 flags;		/* open flags; openat2: how->flags */
+	__s64 ret;		/* fd, or -errno */
+	__u32 pid;		/* thread group id */
+	__u32 tid;
+	__u32 uid;
+	__u32 path_truncated;	/* the path was longer than PATH_LEN - 1 bytes */
+	char comm[TASK_COMM_LEN];
+	char path[PATH_LEN];
+};
+BPFLOOM_RECORD(open_event);
+
+/* What sys_enter_* saw, kept per thread until sys_exit_*. */
+struct open_args {
+	__u64 path;		/* const char __user * */
+	__u64 how;		/* const struct open_how __user *, openat2 only */
+	__u64 flags;		/* open/openat flags (openat2: read from `how` at exit) */
+};
+
+const volatile __u32 targ_tgid = 0;		/* 0: every process */
+const volatile __u32 targ_tid = 0;		/* 0: every thread */
+const volatile bool filter_uid = false;
+const volatile __u32 targ_uid = 0;
+const volatile bool targ_failed = false;	/* only failed opens */
+const volatile char targ_comm[TASK_COMM_LEN] = {};	/* substring; "" : any */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 10240);
+	__type(key, __u32);
+	__type(value, struct open_args);
+} start SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} events SEC(".maps");
+
+/* Whether targ_comm occurs in the caller's comm (libbpf-tools' strstr() of -n). */
+static __always_inline bool comm_allowed(void)
+{
+	char comm[TASK_COMM_LEN];
+
+	if (!targ_comm[0])
+		return true;
+	bpf_get_current_comm(comm, sizeof(comm));
+	for (int start = 0; start < TASK_COMM_LEN; start++) {
+		for (int i = 0; start + i < TASK_COMM_LEN; i++) {
+			if (!targ_comm[i])
+				return true;
+			if (comm[start + i] != targ_comm[i])
+				break;
+		}
+		if (!comm[start])
+			break;
+	}
+	return false;
+}
+
+static __always_inline bool trace_allowed(__u32 tgid, __u32 tid)
+{
+	if (targ_tgid && targ_tgid != tgid)
+		return false;
+	if (targ_tid && targ_tid != tid)
+		return false;
+	if (filter_uid && (__u32)bpf_get_current_uid_gid() != targ_uid)
+		return false;
+	return comm_allowed();
+}
+
+static __always_inline int trace_enter(__u64 path, __u64 how, __u64 flags)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	struct open_args args = { .path = path, .how = how, .flags = flags };
+
+	if (!trace_allowed(id >> 32, tid))
+		return 0;
+	bpf_map_update_elem(&start, &tid, &args, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_open")
+int enter_open(struct syscall_trace_enter *ctx)
+{
+	/* open(path, flags, mode) */
+	return trace_enter(ctx->args[0], 0, ctx->args[1]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_openat")
+int enter_openat(struct syscall_trace_enter *ctx)
+{
+	/* openat(dfd, path, flags, mode) */
+	return trace_enter(ctx->args[1], 0, ctx->args[2]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_openat2")
+int enter_openat2(struct syscall_trace_enter *ctx)
+{
+	/* openat2(dfd, path, how, size) */
+	return trace_enter(ctx->args[1], ctx->args[2], 0);
+}
+
+static __always_inline int trace_exit(struct syscall_trace_exit *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	struct open_args *args;
+	struct open_event *e;
+	long len, ret = ctx->ret;
+	char last;
+
+	args = bpf_map_lookup_elem(&start, &tid);
+	if (!args)
+		return 0;
+	if (targ_failed && ret >= 0)
+		goto cleanup;
+
+	e = bpfloom_reserve(&events, sizeof(*e));
+	if (!e)
+		goto cleanup;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->flags = args->flags;
+	if (args->how &&
+	    bpf_probe_read_user(&e->flags, sizeof(e->flags),
+				&((struct open_how *)args->how)->flags))
+		e->flags = 0;
+	e->ret = ret;
+	e->pid = id >> 32;
+	e->tid = tid;
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	len = bpf_probe_read_user_str(e->path, sizeof(e->path), (void *)args->path);
+	if (len < 0)
+		e->path[0] = '\0';
+	/*
+	 * A full buffer holds PATH_LEN - 1 bytes and the NUL the helper put there;
+	 * the path was cut unless the user's byte at that place is its own NUL.
+	 */
+	e->path_truncated = len == PATH_LEN &&
+		(bpf_probe_read_user(&last, 1, (void *)(args->path + PATH_LEN - 1)) || last);
+	bpfloom_submit(e);
+cleanup:
+	bpf_map_delete_elem(&start, &tid);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_open")
+int exit_open(struct syscall_trace_exit *ctx)
+{
+	return trace_exit(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_exit_openat")
+int exit_openat(struct syscall_trace_exit *ctx)
+{
+	return trace_exit(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_exit_openat2")
+int exit_openat2(struct syscall_trace_exit *ctx)
+{
+	return trace_exit(ctx);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

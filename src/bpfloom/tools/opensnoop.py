@@ -1,0 +1,202 @@
+"""opensnoop: every open(2), openat(2) and openat2(2) with its result.
+
+Columns and options as libbpf-tools' opensnoop: ``[TIME] [UID] PID COMM FD ERR [FLAGS]
+PATH``. FD is the new descriptor or -1, ERR 0 or the errno of a failed open, FLAGS
+(``-e``) the open flags in octal as libbpf-tools prints them (for openat2, ``how->flags``
+of its ``struct open_how``).
+
+The JSON record (and the library's records) has the detection engine's keys: ``event``
+("open"), ``time`` (unix seconds), ``pid`` (the process, thread group id), ``tid``,
+``uid`` (real uid), ``comm``, ``fd``, ``err``, ``flags`` (an int) and ``path`` (as the
+caller gave it: relative paths stay relative to its directory or dirfd).
+
+Paths are copied up to 255 bytes (libbpf-tools' NAME_MAX buffer); a longer path is cut
+there and ends with ``...`` in the table and in ``path``. The table shows control
+characters of a path as escapes (``\\n``), so a file name cannot fake a row.
+
+Filters run in the kernel, when the call enters: ``-p`` (process), ``-t`` (thread),
+``-u`` (real uid) and ``-n`` — a substring of the 15-byte comm, as libbpf-tools' ``-n``
+(which matches it in user space) — and ``-x`` (failed opens only) when it returns.
+
+Hooks: tracepoints syscalls/sys_{enter,exit}_{open,openat,openat2}. A call this kernel
+has no tracepoint for (arm64 has no ``open``; openat2 is Linux 5.6+) is left out: its
+programs are not loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+from .. import _env
+from .._exceptions import AttachError
+from .tool import Column, Record, Tool, common_options, escape_control, run_tool, wall_time
+
+COMM_LEN = 15  # bytes of a task's comm, without the NUL
+ANY_UID = 0xFFFFFFFF  # (u32)-1 is no user id
+SYSCALLS = ("open", "openat", "openat2")
+
+
+def syscall_tracepoints() -> list[str]:
+    """The calls of ``SYSCALLS`` this kernel has tracepoints for (tracefs
+    ``events/syscalls/sys_{enter,exit}_NAME``); mounts tracefs if needed."""
+    _env.prepare()
+    roots = (_env.TRACEFS, "/sys/kernel/debug/tracing")
+
+    def exists(event: str) -> bool:
+        return any(os.path.isdir(f"{root}/events/syscalls/{event}") for root in roots)
+
+    return [n for n in SYSCALLS if exists(f"sys_enter_{n}") and exists(f"sys_exit_{n}")]
+
+
+class OpenSnoop(Tool):
+    """Traces file opens. Filters run in the kernel: ``pid`` (thread group), ``tid``,
+    ``uid`` (real uid; None: any), ``comm`` (a substring of the name, at most 15
+    bytes), ``failed_only``. ``extended`` adds the FLAGS column, ``timestamps`` TIME,
+    ``print_uid`` UID (the records always carry every key).
+
+    Raises ``ValueError`` for out-of-range arguments, ``AttachError`` when the kernel
+    has none of the open tracepoints (and load errors, as any tool).
+    """
+
+    name = "opensnoop"
+    object_name = "opensnoop"
+    event_type = "open_event"
+
+    def __init__(
+        self,
+        *,
+        pid: int = 0,
+        tid: int = 0,
+        uid: int | None = None,
+        comm: str = "",
+        failed_only: bool = False,
+        extended: bool = False,
+        timestamps: bool = False,
+        print_uid: bool = False,
+    ) -> None:
+        if pid < 0 or tid < 0:
+            raise ValueError("pid and tid must be positive (0: any)")
+        if uid is not None and not 0 <= uid < ANY_UID:
+            raise ValueError(f"uid {uid} is not a valid uid")
+        if len(comm.encode()) > COMM_LEN:
+            raise ValueError(f"comm {comm!r} is longer than {COMM_LEN} bytes")
+        self.pid, self.tid, self.uid, self.comm = pid, tid, uid, comm
+        self.failed_only = failed_only
+        self.columns = (
+            *((Column("TIME", 8),) if timestamps else ()),
+            *((Column("UID", 7),) if print_uid else ()),
+            Column("PID", 6),
+            Column("COMM", 16),
+            Column("FD", 3, right=True),
+            Column("ERR", 3, right=True),
+            *((Column("FLAGS", 8, text=lambda r: f"{r['flags']:08o}"),) if extended else ()),
+            Column("PATH", 0, text=lambda r: escape_control(r["path"])),
+        )
+        super().__init__()
+
+    def configure(self) -> None:
+        found = syscall_tracepoints()
+        if not found:
+            raise AttachError(
+                "this kernel has no tracepoints syscalls/sys_enter_open, sys_enter_openat "
+                "or sys_enter_openat2 (built without CONFIG_FTRACE_SYSCALLS?)",
+                hook="tracepoint/syscalls/sys_enter_openat",
+            )
+        for name in SYSCALLS:
+            if name not in found:
+                self.obj.programs[f"enter_{name}"].autoload = False
+                self.obj.programs[f"exit_{name}"].autoload = False
+        self.syscalls = found
+        g = self.obj.globals
+        g["targ_tgid"] = self.pid
+        g["targ_tid"] = self.tid
+        g["filter_uid"] = self.uid is not None
+        g["targ_uid"] = self.uid or 0
+        g["targ_comm"] = self.comm
+        g["targ_failed"] = self.failed_only
+
+    def record(self, event: Any) -> Record:
+        ret = event.ret
+        return {
+            "event": "open",
+            "time": wall_time(event.ts_ns),
+            "pid": event.pid,
+            "tid": event.tid,
+            "uid": event.uid,
+            "comm": event.comm,
+            "fd": ret if ret >= 0 else -1,
+            "err": -ret if ret < 0 else 0,
+            "flags": event.flags,
+            "path": event.path + "..." if event.path_truncated else event.path,
+        }
+
+
+@click.command("opensnoop")
+@click.option("-T", "--timestamp", is_flag=True, help="Print a TIME column (HH:MM:SS).")
+@click.option("-U", "--print-uid", is_flag=True, help="Print a UID column.")
+@click.option("-x", "--failed", is_flag=True, help="Only failed opens (FD -1, ERR > 0).")
+@click.option(
+    "-p", "--pid", type=click.IntRange(min=1), default=None, help="Only this process (tgid)."
+)
+@click.option(
+    "-t", "--tid", type=click.IntRange(min=1), default=None, help="Only this thread (tid)."
+)
+@click.option(
+    "-u",
+    "--uid",
+    type=click.IntRange(min=0, max=ANY_UID - 1),
+    default=None,
+    help="Only opens by this real user id.",
+)
+@click.option(
+    "-n",
+    "--name",
+    default="",
+    metavar="NAME",
+    help="Only processes whose name (comm, 15 bytes at most) contains NAME.",
+)
+@click.option(
+    "-e",
+    "--extended-fields",
+    is_flag=True,
+    help="Print a FLAGS column: the open flags in octal (O_WRONLY|O_CREAT is 00000101).",
+)
+@common_options
+def cli(
+    timestamp: bool,
+    print_uid: bool,
+    failed: bool,
+    pid: int | None,
+    tid: int | None,
+    uid: int | None,
+    name: str,
+    extended_fields: bool,
+    as_json: bool,
+    duration: float | None,
+) -> None:
+    """Trace open(), openat() and openat2(): [TIME] [UID] PID COMM FD ERR [FLAGS] PATH.
+
+    FD is the new file descriptor (-1 on failure), ERR the errno of a failed open.
+    With --json each record also has 'event', 'time', 'tid', 'uid' and 'flags' (an int).
+    """
+    if len(name.encode()) > COMM_LEN:
+        raise click.BadParameter(
+            f"at most {COMM_LEN} bytes (the kernel's comm length)", param_hint="-n"
+        )
+    run_tool(
+        lambda: OpenSnoop(
+            pid=pid or 0,
+            tid=tid or 0,
+            uid=uid,
+            comm=name,
+            failed_only=failed,
+            extended=extended_fields,
+            timestamps=timestamp,
+            print_uid=print_uid,
+        ),
+        as_json=as_json,
+        duration=duration,
+    )

@@ -1,0 +1,299 @@
+"""syscount: system calls counted in the kernel, per call or per process, with the time
+spent in them.
+
+Output and options as libbpf-tools' syscount: a ``[HH:MM:SS]`` line, then the top
+``-T N`` rows (default 10) ``SYSCALL COUNT`` — or ``PID COMM COUNT`` with ``-P`` —
+sorted by count; with ``-L`` a ``TIME (us)`` column (``TIME (ms)`` with ``-m``), the
+total time spent in the calls, and rows sorted by it. With ``-i SECONDS`` the counts
+are printed and reset every interval, otherwise once at exit (Ctrl-C or
+``--duration``).
+
+``--json`` prints one object per row: ``{"time": T, "syscall": "read", "count": N}``
+(``{"time": T, "pid": P, "comm": "...", "count": N}`` with ``-P``), plus ``time_us``
+(or ``time_ms``) with ``-L``. ``time`` is the wall-clock end of the interval the row
+counts (unix seconds): all rows of one interval share it, which marks the intervals.
+
+Counting happens in the kernel: tracepoint raw_syscalls/sys_exit adds to a hash map
+keyed by syscall number (or process id); user space only reads it, so there are no
+per-call events. A call is counted when it returns (``exit`` and ``exit_group`` never
+do); with ``-L`` raw_syscalls/sys_enter notes the entry time and calls already running
+when tracing began are left out, as in libbpf-tools. The kernel's counts only grow and
+an interval prints the differences to the previous read, so unlike libbpf-tools'
+read-then-delete no call is lost at an interval's end (with ``-P``, the keys of
+processes that /proc shows have exited are deleted once their counts are final). Names
+come from the x86_64/aarch64 tables of ``bpfloom.tools.syscalls`` (``syscall_<nr>``
+when unknown; a 32-bit compat process's calls are numbered by its own ABI and so
+misnamed, as in libbpf-tools).
+
+Filters run in the kernel: ``-p`` (process), ``-c`` (exact command name — our
+addition: libbpf-tools' ``-c`` takes a cgroup), ``-x`` (failed calls), ``-e`` (calls
+failing with that errno).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import time
+from typing import Any
+
+import click
+
+from .syscalls import syscall_name, syscall_table
+from .tool import Column, Printer, Record, Tool, common_options, run_tool
+
+COMM_LEN = 15  # bytes of a task's comm, without the NUL
+DEFAULT_TOP = 10
+
+
+def parse_errno(text: str) -> int:
+    """The errno ``text`` names: a number (``2``) or a name (``ENOENT``, any case).
+    Raises ``ValueError`` for anything else."""
+    if text.isdigit():
+        if int(text) in _errno.errorcode:
+            return int(text)
+    elif text.upper().startswith("E"):
+        named = getattr(_errno, text.upper(), None)
+        if isinstance(named, int):
+            return named
+    raise ValueError(f"{text!r} is not an errno (a name like ENOENT, or its number)")
+
+
+class SysCount(Tool):
+    """Counts system calls in the kernel, per syscall (or per process with
+    ``by_process``). Filters run in the kernel: ``pid`` (thread group), ``comm``
+    (exact, at most 15 bytes), ``failures_only`` (calls returning < 0), ``errno``
+    (only calls failing with it). ``latency`` also sums the time spent in the calls;
+    ``milliseconds`` shows it in ms instead of µs.
+
+    Read the counts with ``rows()``. Raises ``ValueError`` for out-of-range arguments
+    (and load errors, as any tool).
+    """
+
+    name = "syscount"
+    object_name = "syscount"
+
+    def __init__(
+        self,
+        *,
+        pid: int = 0,
+        comm: str = "",
+        by_process: bool = False,
+        failures_only: bool = False,
+        errno: int = 0,
+        latency: bool = False,
+        milliseconds: bool = False,
+    ) -> None:
+        if pid < 0:
+            raise ValueError("pid must be positive (0: any)")
+        if len(comm.encode()) > COMM_LEN:
+            raise ValueError(f"comm {comm!r} is longer than {COMM_LEN} bytes")
+        if errno < 0:
+            raise ValueError(f"errno {errno} is not an errno")
+        self.pid, self.comm = pid, comm
+        self.by_process, self.failures_only, self.errno = by_process, failures_only, errno
+        self.latency = latency
+        self.time_unit = "ms" if milliseconds else "us"
+        self.counted = 0  # calls reported (and reset) so far
+        self._last: dict[int, tuple[int, int]] = {}  # key: (count, total_ns) at the last reset
+        key_columns = (
+            (Column("PID", 6), Column("COMM", 15)) if by_process else (Column("SYSCALL", 22),)
+        )
+        time_column = Column(
+            f"TIME ({self.time_unit})", 16, key=f"time_{self.time_unit}", right=True
+        )
+        self.columns = (
+            *key_columns,
+            Column("COUNT", 8, right=True),
+            *((time_column,) if latency else ()),
+        )
+        super().__init__()
+
+    def configure(self) -> None:
+        # The entry timestamps are needed only for latency: no sys_enter otherwise.
+        self.obj.programs["sys_enter"].autoload = self.latency
+        g = self.obj.globals
+        g["targ_tgid"] = self.pid
+        g["targ_comm"] = self.comm
+        g["count_by_process"] = self.by_process
+        g["measure_latency"] = self.latency
+        g["filter_failed"] = self.failures_only
+        g["filter_errno"] = self.errno
+
+    def rows(self, *, top: int | None = None, reset: bool = True) -> list[Record]:
+        """The counts since the last reset as records, largest first (by time with
+        ``latency``, else by count), at most ``top`` of them; keys without calls since
+        then are left out. ``reset`` makes the next call count from now. Every row's
+        ``time`` is now (unix seconds).
+
+        The kernel's counts only grow; a reset remembers them and the next call reports
+        the differences, so no call is lost at an interval's end (deleting keys instead
+        would lose the calls counted between a key's read and its deletion). With
+        ``by_process``, a reset deletes the keys of processes that had exited before
+        the map was read: their counts are final.
+        """
+        counts = self.obj.maps["counts"]
+        # Before the read: a process gone by now made no call after it.
+        exited = (
+            {pid for pid in self._last if not os.path.exists(f"/proc/{pid}")}
+            if self.by_process
+            else set()
+        )
+        now = time.time()
+        current = {key: (value.count, value.total_ns, value.comm) for key, value in counts.items()}
+        ranked = []
+        for key, (count, total_ns, comm) in current.items():
+            last_count, last_ns = self._last.get(key, (0, 0))
+            count, total_ns = count - last_count, total_ns - last_ns
+            if count <= 0:
+                continue
+            row: Record = {"time": now}
+            if self.by_process:
+                row |= {"pid": key, "comm": comm}
+            else:
+                row["syscall"] = syscall_name(key)
+            row["count"] = count
+            if self.latency:
+                scale = 1e6 if self.time_unit == "ms" else 1e3
+                row[f"time_{self.time_unit}"] = round(total_ns / scale, 3)
+            ranked.append((total_ns if self.latency else count, row))
+        if reset:
+            self.counted += sum(row["count"] for _, row in ranked)
+            self._last = {key: (count, ns) for key, (count, ns, _) in current.items()}
+            if self.by_process:
+                for pid in exited & current.keys():
+                    counts.delete(pid)
+                    del self._last[pid]
+        ranked.sort(key=lambda item: item[0], reverse=True)
+        return [row for _, row in ranked[:top]]
+
+    def exit_line(self, stats: dict[str, Any]) -> str:
+        """Calls counted (no events: the kernel aggregates), and those the full map
+        could not take."""
+        return (
+            f"bpfloom {self.name}: {self.counted} system calls counted in the kernel; "
+            f"{self.dropped_kernel()} not counted (map full)"
+        )
+
+
+def print_rows(tool: SysCount, printer: Printer, top: int | None, first: bool = True) -> None:
+    """Print (and reset) the counts: JSON rows, or a ``[HH:MM:SS]`` line and a table
+    (after a blank line unless it is the ``first`` table)."""
+    rows = tool.rows(top=top)
+    if printer.as_json:
+        printer.print(rows)
+        return
+    table = Printer(tool.columns, as_json=False).lines(rows)
+    stamp = time.strftime("[%H:%M:%S]")
+    printer.text("\n".join([stamp, *table] if first else ["", stamp, *table]))
+
+
+def _errno_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int:
+    if value is None:
+        return 0
+    try:
+        return parse_errno(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command("syscount")
+@click.option("-p", "--pid", type=click.IntRange(min=1), default=None, help="Only this process.")
+@click.option(
+    "-c",
+    "--comm",
+    default="",
+    metavar="COMM",
+    help="Only processes named exactly COMM (15 bytes at most). Unlike libbpf-tools, "
+    "where -c takes a cgroup.",
+)
+@click.option(
+    "-P", "--process", "by_process", is_flag=True, help="Count per process, not per syscall."
+)
+@click.option(
+    "-T",
+    "--top",
+    type=click.IntRange(min=0),
+    default=DEFAULT_TOP,
+    show_default=True,
+    metavar="N",
+    help="Print only the N largest rows (0: all).",
+)
+@click.option(
+    "-i",
+    "--interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Print and reset the counts every SECONDS (default: print once, at exit).",
+)
+@click.option("-x", "--failures", is_flag=True, help="Count only failed calls (returning < 0).")
+@click.option(
+    "-e",
+    "--errno",
+    "errno",
+    default=None,
+    callback=_errno_option,
+    metavar="ERRNO",
+    help="Count only calls failing with this errno (ENOENT, or its number 2).",
+)
+@click.option(
+    "-L",
+    "--latency",
+    is_flag=True,
+    help="Add TIME: the total time spent in the calls (µs), and sort by it.",
+)
+@click.option("-m", "--milliseconds", is_flag=True, help="Show TIME in milliseconds (implies -L).")
+@click.option("-l", "--list", "list_only", is_flag=True, help="List the known syscalls; exit.")
+@common_options
+def cli(
+    pid: int | None,
+    comm: str,
+    by_process: bool,
+    top: int,
+    interval: float | None,
+    failures: bool,
+    errno: int,
+    latency: bool,
+    milliseconds: bool,
+    list_only: bool,
+    as_json: bool,
+    duration: float | None,
+) -> None:
+    """Count system calls in the kernel: SYSCALL COUNT (or PID COMM COUNT with -P).
+
+    Prints the top rows at exit, or every -i SECONDS (then the counts restart). With
+    --json, one object per row, whose 'time' is the end of the interval it counts.
+    """
+    if list_only:
+        for nr, name in sorted(syscall_table().items()):
+            click.echo(f"{nr:3d}: {name}")
+        return
+    if len(comm.encode()) > COMM_LEN:
+        raise click.BadParameter(
+            f"at most {COMM_LEN} bytes (the kernel's comm length)", param_hint="-c"
+        )
+
+    printed = 0
+
+    def tick(tool: Tool, printer: Printer) -> None:
+        nonlocal printed
+        assert isinstance(tool, SysCount)
+        print_rows(tool, printer, top or None, first=not printed)
+        printed += 1
+
+    run_tool(
+        lambda: SysCount(
+            pid=pid or 0,
+            comm=comm,
+            by_process=by_process,
+            failures_only=failures,
+            errno=errno,
+            latency=latency or milliseconds,
+            milliseconds=milliseconds,
+        ),
+        as_json=as_json,
+        duration=duration,
+        tick=tick,
+        interval=interval,
+    )
