@@ -1,0 +1,273 @@
+"""Detection benchmark: rule-evaluation throughput and syscall-to-alert latency.
+
+Two sections, one run:
+
+- ``throughput``: the default rules (``bpfloom/rules/default.yaml``) evaluated on one
+  core over a fixed mix of records shaped like the tools' (60% open, 25% exec, 15%
+  exit; paths, commands and parents drawn from realistic lists, a few of them
+  suspicious), against two baselines measured in the same process: a rule set of one
+  trivial rule, and the bare loop that only hands each record to a no-op. Events/s
+  per core = records evaluated per second of CPU time of this (single) thread.
+- ``latency``: ``bpfloom detect --json`` with a one-rule file (fires on an open of a
+  marker path, no rate limit) runs as a subprocess; this script opens the marker and
+  times until the alert line arrives on the pipe. The baseline is
+  ``bpfloom opensnoop --json -p <this pid>``: the same open, until its record
+  arrives. Ratios are medians against medians.
+
+Nothing here asserts a timing. ``--json`` prints one JSON object per line; the last
+line is the summary. The machine may be shared: the summary records the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import queue
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bpfloom.rules import RuleSet, load_rules
+
+BPFLOOM = [sys.executable, "-m", "bpfloom"]
+TRIVIAL_RULE = """
+- rule: never
+  condition: event == exec and comm == nothing-runs-under-this-name
+  output: "%comm"
+  priority: DEBUG
+"""
+MARKER_RULE = """
+- rule: marker opened
+  condition: event == open and path startswith "{prefix}"
+  output: "%comm opened %path"
+  priority: NOTICE
+"""
+
+COMMS = ["bash", "python3", "nginx", "postgres", "sshd", "cron", "make", "gcc", "cat", "sh"]
+PATHS = [
+    "/etc/ld.so.cache",
+    "/lib/x86_64-linux-gnu/libc.so.6",
+    "/usr/lib/python3.11/os.py",
+    "/proc/self/status",
+    "/etc/passwd",
+    "/var/log/syslog",
+    "/home/user/.bashrc",
+    "/etc/shadow",
+    "/tmp/build/output.o",
+    "/dev/null",
+]
+EXEC_PATHS = ["/usr/bin/ls", "/usr/bin/cat", "/bin/sh", "/usr/bin/python3", "/tmp/x/run"]
+
+
+def records(n: int, seed: int = 1) -> list[dict[str, Any]]:
+    """A deterministic mix of open, exec and exit records (the tools' schema)."""
+    rnd = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    now = time.time()
+    for i in range(n):
+        pid = rnd.randint(100, 40000)
+        comm = rnd.choice(COMMS)
+        kind = rnd.random()
+        if kind < 0.60:
+            err = 2 if rnd.random() < 0.2 else 0
+            out.append(
+                {
+                    "event": "open",
+                    "time": now,
+                    "pid": pid,
+                    "tid": pid,
+                    "uid": 0,
+                    "comm": comm,
+                    "fd": -1 if err else 3,
+                    "err": err,
+                    "flags": 0,
+                    "path": rnd.choice(PATHS),
+                }
+            )
+        elif kind < 0.85:
+            path = rnd.choice(EXEC_PATHS)
+            out.append(
+                {
+                    "event": "exec",
+                    "time": now,
+                    "pid": pid,
+                    "ppid": pid - 1,
+                    "uid": 0,
+                    "comm": os.path.basename(path)[:15],
+                    "pcomm": os.path.basename(path)[:15],
+                    "parent_comm": rnd.choice(COMMS),
+                    "path": path,
+                    "args": [path, "-l", f"arg{i}"],
+                    "ret": 0,
+                    "cgroup": "/",
+                }
+            )
+        else:
+            out.append(
+                {
+                    "event": "exit",
+                    "time": now,
+                    "pid": pid,
+                    "ppid": pid - 1,
+                    "tid": pid,
+                    "comm": comm,
+                    "pcomm": comm,
+                    "age": 1.5,
+                    "exit_code": 0,
+                    "signal": 0,
+                }
+            )
+    return out
+
+
+def _cpu_rate(
+    evaluate: Callable[[dict[str, Any]], Any], events: Sequence[dict[str, Any]], rounds: int
+) -> float:
+    """Best events per CPU-second of this thread over ``rounds`` passes."""
+    best = 0.0
+    for _ in range(rounds):
+        t0 = time.thread_time()
+        for ev in events:
+            evaluate(ev)
+        spent = time.thread_time() - t0
+        best = max(best, len(events) / spent)
+    return best
+
+
+def throughput(n: int, rounds: int) -> dict[str, Any]:
+    events = records(n)
+    default = load_rules()
+    default_rate = _cpu_rate(default.evaluate, events, rounds)
+    probe = load_rules()  # fresh rate-limit and threshold state
+    alerts = sum(len(probe.evaluate(ev)) for ev in events)
+    trivial = RuleSet.from_text(TRIVIAL_RULE, name="trivial")
+    trivial_rate = _cpu_rate(trivial.evaluate, events, rounds)
+    bare_rate = _cpu_rate(lambda ev: None, events, rounds)
+    return {
+        "section": "throughput",
+        "records": n,
+        "rules_default": len(default.rules),
+        "default_rules_events_per_s_per_core": round(default_rate),
+        "one_rule_events_per_s_per_core": round(trivial_rate),
+        "bare_loop_events_per_s": round(bare_rate),
+        "default_vs_one_rule": round(default_rate / trivial_rate, 3),
+        "alerts_in_sample": alerts,
+        "suppressed_in_sample": sum(probe.suppressed.values()),
+    }
+
+
+class _Lines:
+    """A subprocess's stdout lines, read by a thread, stamped with arrival time."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
+        self.ready = threading.Event()
+        threading.Thread(target=self._read_out, daemon=True).start()
+        threading.Thread(target=self._read_err, daemon=True).start()
+
+    def _read_out(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put((time.time(), line))
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            if ": tracing" in line:
+                self.ready.set()
+
+    def wait_line(self, text: str, timeout: float = 10.0) -> float:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no line with {text!r}")
+            arrived, line = self.lines.get(timeout=left)
+            if text in line:
+                return arrived
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def _latencies(args: list[str], prefix: str, samples: int) -> list[float]:
+    run = _Lines(args)
+    try:
+        if not run.ready.wait(60):
+            raise RuntimeError(f"{args[3]} did not start tracing")
+        out = []
+        for i in range(samples):
+            path = f"{prefix}{i}"
+            t0 = time.time()
+            with contextlib.suppress(FileNotFoundError):
+                os.close(os.open(path, os.O_RDONLY))
+            out.append(run.wait_line(path) - t0)
+            time.sleep(0.05)  # one event at a time: latency, not throughput
+        return out
+    finally:
+        run.stop()
+
+
+def latency(samples: int, tmp: Path) -> dict[str, Any]:
+    prefix = f"/tmp/bpfloom-bench-marker-{os.getpid()}-"
+    rules = tmp / "marker.yaml"
+    rules.write_text(MARKER_RULE.format(prefix=prefix))
+    detect = _latencies([*BPFLOOM, "detect", "--json", "--rules", str(rules)], prefix, samples)
+    snoop = _latencies([*BPFLOOM, "opensnoop", "--json", "-p", str(os.getpid())], prefix, samples)
+
+    def ms(values: list[float], q: float) -> float:
+        return round(statistics.quantiles(values, n=100)[int(q) - 1] * 1000, 3)
+
+    return {
+        "section": "latency",
+        "samples": samples,
+        "detect_ms_p50": round(statistics.median(detect) * 1000, 3),
+        "detect_ms_p90": ms(detect, 90),
+        "detect_ms_max": round(max(detect) * 1000, 3),
+        "opensnoop_ms_p50": round(statistics.median(snoop) * 1000, 3),
+        "opensnoop_ms_p90": ms(snoop, 90),
+        "detect_vs_opensnoop_p50": round(statistics.median(detect) / statistics.median(snoop), 3),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="JSON lines only")
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=50)
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    results = [throughput(args.records, args.rounds)]
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"bpfloom-bench-{os.getpid()}"
+    tmp.mkdir(exist_ok=True)
+    results.append(latency(args.samples, tmp))
+    summary: dict[str, Any] = {"section": "summary"}
+    for r in results:
+        summary.update({k: v for k, v in r.items() if k not in ("section",)})
+    summary["loadavg_before"] = [round(x, 2) for x in load_before]
+    summary["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    for r in [*results, summary]:
+        print(json.dumps(r), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
