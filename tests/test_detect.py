@@ -20,6 +20,7 @@ import pytest
 
 from bpfloom.rules import Alert, RuleSet
 from bpfloom.tools.detect import Detector
+from conftest import assert_gone_from_kernel, new_ids, own_bpf_ids
 from toolrun import run_tool_cli
 
 pytestmark = pytest.mark.kernel
@@ -173,15 +174,19 @@ def test_library_detector_with_process_alerts(tmp_path: Path) -> None:
         with lock:
             alerts.append(alert)
 
+    before = own_bpf_ids()
     with Detector(rules, collect) as detector:
         assert detector.kinds == ["exit", "open"]  # exec is never loaded: no rule needs it
         detector.start()
+        ours = new_ids(before)
+        assert ours["prog"] and ours["map"] and ours["link"]
         child = subprocess.Popen(["sh", "-c", f": > {target}; exit 9"])
         child.wait()
         deadline = time.monotonic() + 30
         while len({a.rule for a in alerts}) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         stats = detector.stop()
+    assert_gone_from_kernel(ours)
     mine = [a for a in alerts if a.fields["pid"] == child.pid]
     assert {a.rule for a in mine} == {"Target exited badly", "Target opened"}
     exited = next(a for a in mine if a.rule == "Target exited badly")

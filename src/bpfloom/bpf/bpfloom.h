@@ -98,4 +98,44 @@ static __always_inline long bpfloom_output(void *ringbuf, void *data, __u64 size
 	return err;
 }
 
+#define BPFLOOM_COMM_LEN 16	/* TASK_COMM_LEN */
+
+/*
+ * Whether `comm` equals `want` (a filter global; "" matches every comm). Both
+ * are NUL-terminated within BPFLOOM_COMM_LEN bytes.
+ */
+static __always_inline bool bpfloom_comm_equals(const char *comm, const volatile char *want)
+{
+	if (!want[0])
+		return true;
+	for (int i = 0; i < BPFLOOM_COMM_LEN; i++) {
+		if (comm[i] != want[i])
+			return false;
+		if (!comm[i])
+			return true;
+	}
+	return true;
+}
+
+/*
+ * Whether `want` occurs in `comm` (libbpf-tools' strstr() of -n, done in the
+ * kernel; "" matches every comm).
+ */
+static __always_inline bool bpfloom_comm_contains(const char *comm, const volatile char *want)
+{
+	if (!want[0])
+		return true;
+	for (int start = 0; start < BPFLOOM_COMM_LEN; start++) {
+		for (int i = 0; start + i < BPFLOOM_COMM_LEN; i++) {
+			if (!want[i])
+				return true;
+			if (comm[start + i] != want[i])
+				break;
+		}
+		if (!comm[start])
+			break;
+	}
+	return false;
+}
+
 #endif /* __BPFLOOM_H */

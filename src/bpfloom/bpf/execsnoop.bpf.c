@@ -81,24 +81,6 @@ struct {
 	__uint(max_entries, 1 << 22);
 } events SEC(".maps");
 
-/* Whether targ_comm occurs in comm (libbpf-tools' strstr() of -n, in the kernel). */
-static __always_inline bool comm_matches(const char *comm)
-{
-	if (!targ_comm[0])
-		return true;
-	for (int start = 0; start < TASK_COMM_LEN; start++) {
-		for (int i = 0; start + i < TASK_COMM_LEN; i++) {
-			if (!targ_comm[i])
-				return true;
-			if (comm[start + i] != targ_comm[i])
-				break;
-		}
-		if (!comm[start])
-			break;
-	}
-	return false;
-}
-
 /* Copies argv[0..max_args) into e->args, marking what could not be copied. */
 static __always_inline void read_args(struct event *e, const char *const *argv)
 {
@@ -171,7 +153,7 @@ static __always_inline int exit_exec(long ret)
 	if (ret < 0 && ignore_failed)
 		goto cleanup;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	if (!comm_matches(e->comm))
+	if (!bpfloom_comm_contains(e->comm, targ_comm))
 		goto cleanup;
 
 	task = (struct task_struct *)bpf_get_current_task();

@@ -33,19 +33,6 @@ struct {
 	__uint(max_entries, 1 << 20);
 } events SEC(".maps");
 
-static __always_inline bool comm_matches(const char *comm)
-{
-	if (!targ_comm[0])
-		return true;
-	for (int i = 0; i < TASK_COMM_LEN; i++) {
-		if (comm[i] != targ_comm[i])
-			return false;
-		if (!comm[i])
-			return true;
-	}
-	return true;
-}
-
 SEC("tracepoint/sched/sched_process_exit")
 int handle_exit(void *ctx)
 {
@@ -64,7 +51,7 @@ int handle_exit(void *ctx)
 	if (trace_failed_only && status == 0)
 		return 0;
 	bpf_get_current_comm(comm, sizeof(comm));
-	if (!comm_matches(comm))
+	if (!bpfloom_comm_equals(comm, targ_comm))
 		return 0;
 
 	e = bpfloom_reserve(&events, sizeof(*e));

@@ -58,36 +58,20 @@ struct {
 	__uint(max_entries, 1 << 22);
 } events SEC(".maps");
 
-/* Whether targ_comm occurs in the caller's comm (libbpf-tools' strstr() of -n). */
-static __always_inline bool comm_allowed(void)
+static __always_inline bool trace_allowed(__u32 tgid, __u32 tid)
 {
 	char comm[TASK_COMM_LEN];
 
-	if (!targ_comm[0])
-		return true;
-	bpf_get_current_comm(comm, sizeof(comm));
-	for (int start = 0; start < TASK_COMM_LEN; start++) {
-		for (int i = 0; start + i < TASK_COMM_LEN; i++) {
-			if (!targ_comm[i])
-				return true;
-			if (comm[start + i] != targ_comm[i])
-				break;
-		}
-		if (!comm[start])
-			break;
-	}
-	return false;
-}
-
-static __always_inline bool trace_allowed(__u32 tgid, __u32 tid)
-{
 	if (targ_tgid && targ_tgid != tgid)
 		return false;
 	if (targ_tid && targ_tid != tid)
 		return false;
 	if (filter_uid && (__u32)bpf_get_current_uid_gid() != targ_uid)
 		return false;
-	return comm_allowed();
+	if (!targ_comm[0])
+		return true;
+	bpf_get_current_comm(comm, sizeof(comm));
+	return bpfloom_comm_contains(comm, targ_comm);
 }
 
 static __always_inline int trace_enter(__u64 path, __u64 how, __u64 flags)

@@ -44,27 +44,16 @@ struct {
 	__type(value, struct syscount_value);
 } counts SEC(".maps");
 
-static __always_inline bool comm_allowed(void)
+static __always_inline bool trace_allowed(__u32 tgid)
 {
 	char comm[TASK_COMM_LEN];
 
+	if (targ_tgid && tgid != targ_tgid)
+		return false;
 	if (!targ_comm[0])
 		return true;
 	bpf_get_current_comm(comm, sizeof(comm));
-	for (int i = 0; i < TASK_COMM_LEN; i++) {
-		if (comm[i] != targ_comm[i])
-			return false;
-		if (!comm[i])
-			return true;
-	}
-	return true;
-}
-
-static __always_inline bool trace_allowed(__u32 tgid)
-{
-	if (targ_tgid && tgid != targ_tgid)
-		return false;
-	return comm_allowed();
+	return bpfloom_comm_equals(comm, targ_comm);
 }
 
 /* Attached only with measure_latency (autoload is switched off otherwise). */

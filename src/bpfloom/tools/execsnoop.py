@@ -42,20 +42,12 @@ import click
 
 from .._exceptions import BpfloomError, MapError
 from .cgroups import CgroupPaths, cgroup2_mount
-from .tool import Column, Record, Tool, common_options, run_tool, wall_time
+from .tool import Column, Record, Tool, common_options, escape_control, run_tool, wall_time
 
 DEFAULT_MAX_ARGS = 20  # libbpf-tools' DEFAULT_MAXARGS
 TOTAL_MAX_ARGS = 60  # argv slots of the BPF record (TOTAL_MAX_ARGS in execsnoop.bpf.c)
 COMM_LEN = 15  # bytes of a task's comm, without the NUL
 ANY_UID = 0xFFFFFFFF  # (u32)-1: every user
-
-# Control characters would break a table row in two; show them as escapes.
-_ESCAPES = {c: f"\\x{c:02x}" for c in range(32)} | {
-    ord("\n"): "\\n",
-    ord("\t"): "\\t",
-    ord("\r"): "\\r",
-    0x7F: "\\x7f",
-}
 
 
 def format_args(args: list[str], truncated: bool, quote: bool = False) -> str:
@@ -63,7 +55,7 @@ def format_args(args: list[str], truncated: bool, quote: bool = False) -> str:
     escaped when ``quote``, as libbpf-tools' ``-q``), `` ...`` when it was cut."""
     if quote:
         args = ['"' + a.replace('"', '\\"') + '"' for a in args]
-    text = " ".join(args).translate(_ESCAPES)
+    text = escape_control(" ".join(args))
     return text + " ..." if truncated else text
 
 
