@@ -103,8 +103,12 @@ def bench_ctypes(obj: bpfloom.BpfObject, events: int, rounds: int) -> dict[str, 
             elapsed += time.perf_counter() - t0
     finally:
         lib.ring_buffer__free(rb)
-    return {"consumer": "ctypes_callback_decode", "events": count, "seconds": elapsed,
-            "events_per_s": count / elapsed}
+    return {
+        "consumer": "ctypes_callback_decode",
+        "events": count,
+        "seconds": elapsed,
+        "events_per_s": count / elapsed,
+    }
 
 
 def _drain_all(rb: bpfloom.RingBuffer, handle: Any) -> int:
@@ -137,8 +141,12 @@ def bench_bpfloom(
         t0 = time.perf_counter()
         total += _drain_all(rb, handle)
         elapsed += time.perf_counter() - t0
-    return {"consumer": f"bpfloom_{mode}", "events": total, "seconds": elapsed,
-            "events_per_s": total / elapsed}
+    return {
+        "consumer": f"bpfloom_{mode}",
+        "events": total,
+        "seconds": elapsed,
+        "events_per_s": total / elapsed,
+    }
 
 
 def bench_first_event() -> dict[str, Any]:
@@ -211,8 +219,11 @@ def main() -> int:
         if args.json:
             print(json.dumps(r))
         else:
-            print("  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                            for k, v in r.items()))
+            print(
+                "  ".join(
+                    f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
+                )
+            )
     return 0
 
 
