@@ -31,6 +31,7 @@ from .object import BpfObject, GlobalVar
 from .perfbuf import PerfBuffer
 from .pipeline import Pipeline, StopSignals
 from .ringbuf import DEFAULT_POLL_INTERVAL, RingBuffer
+from .tools.tool import quiet_stdout, wait_for_stop
 from .types import Array, Enum, Int, Pointer, Type, strip
 
 EXIT_ERROR = 1
@@ -329,7 +330,7 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
     as_json = bool(opts["as_json"])
     # Take SIGINT/SIGTERM over before anything is attached: from then on the programs
     # trace, and Ctrl-C must be the clean stop with a summary. A signal during set-up
-    # only sets `stop`; _wait() then returns at once.
+    # only sets `stop`; wait_for_stop() then returns at once.
     poll_interval = DEFAULT_POLL_INTERVAL
     if opts["max_latency"] is not None:
         poll_interval = opts["max_latency"]
@@ -364,42 +365,20 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
                     "attach target and was not attached",
                     err=True,
                 )
-            _wait(obj, signals.stop, pipeline, opts, has_hist)
+            wait_for_stop(
+                signals.stop,
+                pipeline,
+                opts["duration"],
+                (lambda: _print_histograms(obj, as_json)) if has_hist else None,
+                float(opts["interval"]),
+            )
         finally:
             stats = pipeline.stop() if pipeline is not None else None
     if printer.broken_pipe:
-        _quiet_stdout()
+        quiet_stdout()
     elif has_hist:
         _print_histograms(obj, as_json)
     _summary(obj, stats, bool(opts["stats"]), as_json)
-
-
-def _wait(
-    obj: BpfObject,
-    stop: threading.Event,
-    pipeline: Pipeline | None,
-    opts: dict[str, Any],
-    has_hist: bool,
-) -> None:
-    """Sleep until the duration ends, a signal comes, or the pipeline fails; print
-    histograms every interval meanwhile."""
-    duration = opts["duration"]
-    deadline = None if duration is None else time.monotonic() + duration
-    interval = float(opts["interval"])
-    next_hist = time.monotonic() + interval
-    while not stop.is_set():
-        now = time.monotonic()
-        if deadline is not None and now >= deadline:
-            return
-        if pipeline is not None and not pipeline.running:
-            return
-        if has_hist and now >= next_hist:
-            _print_histograms(obj, bool(opts["as_json"]))
-            next_hist = now + interval
-        wait = 0.2
-        if deadline is not None:
-            wait = min(wait, deadline - now)
-        stop.wait(max(wait, 0.0))
 
 
 def _summary(obj: BpfObject, stats: dict[str, Any] | None, show_stats: bool, as_json: bool) -> None:
@@ -412,12 +391,6 @@ def _summary(obj: BpfObject, stats: dict[str, Any] | None, show_stats: bool, as_
     )
     if show_stats:
         click.echo(json.dumps({"stats": stats}), err=not as_json)
-
-
-def _quiet_stdout() -> None:
-    # The reader of our output went away (e.g. `| head`): stop writing, exit quietly.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
 
 
 # --- bpfloom demo -----------------------------------------------------------------------

@@ -225,37 +225,30 @@ class Printer:
 
     def print(self, records: Sequence[Record]) -> None:
         with self._lock:
-            if self.broken_pipe:
-                return
-            out = self.lines(records)
-            if not out:
-                return
-            try:
-                sys.stdout.write("\n".join(out) + "\n")
-                sys.stdout.flush()
-            except BrokenPipeError:
-                self.broken_pipe = True
-                _quiet_stdout()
-                if self._on_broken_pipe is not None:
-                    self._on_broken_pipe()
+            if not self.broken_pipe:
+                self._write(self.lines(records))
 
     def text(self, text: str) -> None:
         """Free text (a summary) on stdout, unless the pipe is gone."""
         with self._lock:
-            if self.broken_pipe or not text:
-                return
-            try:
-                sys.stdout.write(text.rstrip("\n") + "\n")
-                sys.stdout.flush()
-            except BrokenPipeError:
-                self.broken_pipe = True
-                _quiet_stdout()
-                if self._on_broken_pipe is not None:
-                    self._on_broken_pipe()
+            if not self.broken_pipe and text:
+                self._write([text.rstrip("\n")])
+
+    def _write(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        try:
+            sys.stdout.write("\n".join(lines) + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            self.broken_pipe = True
+            quiet_stdout()
+            if self._on_broken_pipe is not None:
+                self._on_broken_pipe()
 
 
-def _quiet_stdout() -> None:
-    # The reader of our output went away: stop writing, exit quietly.
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null: its reader went away (``| head``); exit quietly."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
 
