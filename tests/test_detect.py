@@ -222,3 +222,11 @@ def test_missing_rule_file_and_list() -> None:
     assert result.returncode == 0
     assert "Read of shadow password file" in result.stdout
     assert "WARNING" in result.stdout
+
+
+def test_detector_refuses_the_process_executor() -> None:
+    rules = RuleSet.from_text(
+        "- rule: r\n  condition: event == exit\n  output: o\n  priority: DEBUG\n"
+    )
+    with pytest.raises(ValueError, match="not processes"):
+        Detector(rules, print, executor="process")

@@ -50,6 +50,8 @@ class Detector:
     failure, with everything already opened released); ``start()`` attaches them and
     starts the pipeline; ``stop()`` detaches, drains, and returns the pipeline's stats.
     ``on_alert`` is called from the pipeline's worker threads, serialised by a lock.
+    ``executor``, ``workers``, ``queue_size`` and ``policy`` are the pipeline's (the
+    process executor is refused: rule state is shared in memory).
     """
 
     def __init__(
@@ -62,6 +64,10 @@ class Detector:
         queue_size: int = 65536,
         policy: str = "block",
     ) -> None:
+        if executor == "process":
+            # The handler holds the rule set's shared state (rate limits, thresholds)
+            # and the tools; neither crosses to another process.
+            raise ValueError("detect runs rules in threads, inline or async, not processes")
         self.rules = rules
         self.on_alert = on_alert
         self.alerts: dict[str, int] = {}
