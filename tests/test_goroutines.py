@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,14 +30,13 @@ from bpfloom.tools.gobinary import (
 )
 from bpfloom.tools.goroutines import STATES, GoroutineTracer, StateTimes, state_name
 from conftest import TESTS_GO, go_build
+from toolrun import Result, run_tool_cli
 
-BPFLOOM = [sys.executable, "-m", "bpfloom", "goroutines"]
 SOURCE = TESTS_GO / "goroutines" / "main.go"
 WORKERS = 10  # goroutines the program starts, besides main and the pipe reader
 TIMEOUT = 60  # seconds any one process may take, far above what it needs
 STATE_NAMES = set(STATES.values())
 RECORD_KEYS = {"time", "state", "old_state", "goid", "pid", "tgid"}
-STATS = re.compile(r"^bpfloom goroutines: (\d+) events; lost (\d+) in the kernel, (\d+) in user")
 # The goid offset of runtime.g as Go's own sources lay it out, for the versions we
 # have checked; other versions are still read from DWARF, just not compared.
 KNOWN_GOID_OFFSETS = {(1, 17): 152, (1, 18): 152, (1, 19): 152}
@@ -419,83 +416,14 @@ def test_library_traces_one_process(builds: GoBuilds, go_programs: list[GoProgra
 # --- the CLI ------------------------------------------------------------------------------
 
 
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def stats(self) -> tuple[int, int, int]:
-        """(events received, lost in the kernel, lost in user space) from stderr."""
-        found = [m.groups() for m in map(STATS.match, self.stderr.splitlines()) if m]
-        assert len(found) == 1, self.stderr
-        received, kernel, user = found[0]
-        return int(received), int(kernel), int(user)
-
-
-class Cli:
-    """``bpfloom goroutines ARGS`` in the background, output to files (a pipe could
-    fill up and stall it)."""
-
-    def __init__(self, args: list[str], tmp_path: Path) -> None:
-        self._out = tmp_path / f"stdout.{time.monotonic_ns()}"
-        self._err = tmp_path / f"stderr.{time.monotonic_ns()}"
-        with open(self._out, "w") as out, open(self._err, "w") as err:
-            self.proc = subprocess.Popen(
-                [*BPFLOOM, *args], stdin=subprocess.DEVNULL, stdout=out, stderr=err
-            )
-
-    def wait_tracing(self) -> None:
-        """Wait for the line run_tool prints once the probes are attached."""
-        deadline = time.monotonic() + TIMEOUT
-        while "bpfloom goroutines: tracing" not in self._err.read_text():
-            if self.proc.poll() is not None:
-                pytest.fail(f"bpfloom exited early:\n{self._err.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"bpfloom did not start tracing in {TIMEOUT} s")
-            time.sleep(0.02)
-
-    def stop(self) -> Result:
-        """Ctrl-C, as a user would; the exit drains what is left and prints the summary."""
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"bpfloom did not stop within {TIMEOUT} s")
-        return Result(self.proc.returncode, self._out.read_text(), self._err.read_text())
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@pytest.fixture
-def clis() -> Iterator[list[Cli]]:
-    started: list[Cli] = []
-    yield started
-    for cli in started:
-        cli.kill()
-
-
-def start_cli(args: list[str], tmp_path: Path, started: list[Cli]) -> Cli:
-    cli = Cli(args, tmp_path)
-    started.append(cli)
-    return cli
-
-
 def no_traceback(result: Result) -> None:
     assert "Traceback" not in result.stderr, result.stderr
 
 
 @pytest.mark.kernel
-def test_cli_json(
-    builds: GoBuilds, tmp_path: Path, clis: list[Cli], go_programs: list[GoProgram]
-) -> None:
+def test_cli_json(builds: GoBuilds, start_tool: Any, go_programs: list[GoProgram]) -> None:
     start_wall, start = time.time(), time.monotonic()
-    cli = start_cli(["--binary", str(builds.program), "--json"], tmp_path, clis)
-    cli.wait_tracing()
+    cli = start_tool("goroutines", "--binary", str(builds.program), "--json")
     program = start_program(builds.program, go_programs)  # started under the uprobe
     program.release()
     program.finish()
@@ -510,21 +438,20 @@ def test_cli_json(
     assert all(set(r) == RECORD_KEYS for r in records)
     assert all(start_wall - 1 <= r["time"] <= time.time() + 1 for r in records)
     check_trace(records, summaries, program.pid, wall)
-    received, lost_kernel, lost_user = result.stats()
+    received, lost_kernel, lost_user = result.lost()
     assert (lost_kernel, lost_user) == (0, 0)
     assert received == len(records) + 1  # and the one process exit event
 
 
 @pytest.mark.kernel
 def test_cli_pid_traces_only_that_process(
-    builds: GoBuilds, tmp_path: Path, clis: list[Cli], go_programs: list[GoProgram]
+    builds: GoBuilds, start_tool: Any, go_programs: list[GoProgram]
 ) -> None:
     """--pid alone traces the executable of that process, and only that process: a
     second copy of the same binary, released at the same time, is not reported."""
     traced = start_program(builds.program, go_programs)
     other = start_program(builds.program, go_programs)
-    cli = start_cli(["--pid", str(traced.pid)], tmp_path, clis)
-    cli.wait_tracing()
+    cli = start_tool("goroutines", "--pid", str(traced.pid))
     traced.release()
     other.release()
     traced.finish()
@@ -573,7 +500,7 @@ def test_cli_errors_are_one_line(
     builds: GoBuilds, tmp_path: Path, target: str, message: str
 ) -> None:
     path = _error_target(builds, tmp_path, target)
-    result = _run_cli(["--binary", path])
+    result = run_tool_cli("goroutines", "--binary", path)
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.startswith("bpfloom: error: " + message.format(path=path))
@@ -583,10 +510,10 @@ def test_cli_errors_are_one_line(
 def test_cli_pid_errors(builds: GoBuilds) -> None:
     gone = subprocess.Popen(["true"])
     gone.wait()
-    result = _run_cli(["--pid", str(gone.pid)])
+    result = run_tool_cli("goroutines", "--pid", str(gone.pid))
     assert (result.returncode, result.stderr) == (1, f"bpfloom: error: no process {gone.pid}\n")
     # This Python process does not run the Go binary.
-    result = _run_cli(["--binary", str(builds.program), "--pid", str(os.getpid())])
+    result = run_tool_cli("goroutines", "--binary", str(builds.program), "--pid", str(os.getpid()))
     assert result.returncode == 1
     assert result.stderr == (
         f"bpfloom: error: process {os.getpid()} does not run {builds.program}\n"
@@ -594,26 +521,14 @@ def test_cli_pid_errors(builds: GoBuilds) -> None:
 
 
 def test_cli_needs_a_binary_or_a_pid() -> None:
-    result = _run_cli([])
+    result = run_tool_cli("goroutines")
     assert result.returncode == 2
     assert "give --binary PATH, --pid N, or both" in result.stderr
     no_traceback(result)
 
 
 def test_cli_help_explains_every_option() -> None:
-    result = _run_cli(["--help"])
+    result = run_tool_cli("goroutines", "--help")
     assert result.returncode == 0
     for option in ("--binary", "--pid", "--goid-offset", "--json", "--duration"):
         assert option in result.stdout
-
-
-def _run_cli(args: list[str]) -> Result:
-    proc = subprocess.run(
-        [*BPFLOOM, *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
