@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bpfloom.rules import RuleSet, load_rules
+from bpfloom.tools.detect import Detector
 
 BPFLOOM = [sys.executable, "-m", "bpfloom"]
 TRIVIAL_RULE = """
@@ -164,6 +165,49 @@ def throughput(n: int, rounds: int) -> dict[str, Any]:
     }
 
 
+# A child that fails to open `n` missing files as fast as it can: opens to detect.
+FAILED_OPENS = """
+import os, sys
+for i in range(int(sys.argv[1])):
+    try:
+        os.open(f"/nonexistent-bpfloom-bench/{i}", os.O_RDONLY)
+    except FileNotFoundError:
+        pass
+"""
+
+
+def live(opens: int) -> dict[str, Any]:
+    """The whole detector in this process (default rules; readers, decoding, records,
+    rules on one worker thread) under a burst of ``opens`` failed opens from a child:
+    events handled per CPU-second of this process, and what was dropped."""
+    alerts = []
+    with Detector(load_rules(), alerts.append, workers=1) as detector:
+        detector.start()
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        subprocess.run([sys.executable, "-c", FAILED_OPENS, str(opens)], check=True)
+        child_done = time.monotonic() - wall0
+        last, still = -1, 0
+        while still < 3:  # until nothing new arrived for 0.3 s
+            time.sleep(0.1)
+            now = detector.pipeline.stats.snapshot()["received"]
+            still = still + 1 if now == last else 0
+            last = now
+        stats = detector.stop()
+        cpu = time.process_time() - cpu0
+        wall = time.monotonic() - wall0 - 0.3
+    return {
+        "section": "live",
+        "offered_opens": opens,
+        "offered_opens_per_s": round(opens / child_done),
+        "handled": stats["handled"],
+        "dropped_kernel": stats["dropped_kernel"],
+        "dropped_queue": stats["dropped_queue"],
+        "live_events_per_cpu_s": round(stats["handled"] / cpu),
+        "live_events_per_wall_s": round(stats["handled"] / wall),
+        "alerts": len(alerts),
+    }
+
+
 class _Lines:
     """A subprocess's stdout lines, read by a thread, stamped with arrival time."""
 
@@ -253,11 +297,13 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--samples", type=int, default=50)
+    parser.add_argument("--opens", type=int, default=300_000)
     args = parser.parse_args()
     load_before = os.getloadavg()
     results = [throughput(args.records, args.rounds)]
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"bpfloom-bench-{os.getpid()}"
     tmp.mkdir(exist_ok=True)
+    results.append(live(args.opens))
     results.append(latency(args.samples, tmp))
     summary: dict[str, Any] = {"section": "summary"}
     for r in results:

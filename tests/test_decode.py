@@ -173,6 +173,19 @@ def test_value_as_struct_member_in_a_batch(t: Type, data: bytes, expected: Any) 
     assert [ev.pre for ev in events] == [0xBEEF] * 3
 
 
+@pytest.mark.parametrize("length", [4, 16, 95, 96, 256])
+@pytest.mark.parametrize("rows", [1, 32, 33, 200])
+def test_strings_decode_the_same_one_by_one_and_packed(length: int, rows: int) -> None:
+    """Few or long strings are decoded one by one, many short ones packed: the two
+    ways agree, on full buffers (no NUL), empty ones and invalid or cut UTF-8 alike."""
+    samples = [b"", b"a", "héllo".encode(), b"x\xffy", b"ab\xe2\x82", b"z" * length]
+    s = struct_of("holder", length, member("s", Array(CHAR, length), 0))
+    datas = [(samples[i % len(samples)] + b"\0" * length)[:length] for i in range(rows)]
+    events = Decoder(s).decode_batch(rows_of(*datas))
+    expected = [d.split(b"\0", 1)[0].decode("utf-8", "replace") for d in datas]
+    assert [ev.s for ev in events] == expected
+
+
 # --------------------------------------------------------------------------- aggregates
 
 POINT = struct_of("point", 8, member("x", S32, 0), member("y", S32, 4))
