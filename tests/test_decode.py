@@ -186,6 +186,23 @@ def test_strings_decode_the_same_one_by_one_and_packed(length: int, rows: int) -
     assert [ev.s for ev in events] == expected
 
 
+@pytest.mark.parametrize(("t", "data", "expected"), table(SCALARS))
+def test_small_and_large_batches_decode_alike(t: Type, data: bytes, expected: Any) -> None:
+    """A few rows read plain numbers with one struct.unpack, many rows through numpy
+    views: the same values and types either way, at an odd offset among other fields."""
+    size = 3 + len(data) + 9
+    s = struct_of(
+        "holder", size, member("pre", U16, 0), member("v", t, 3), member("post", U64, size - 8)
+    )
+    record = struct.pack("<H", 0xBEEF) + b"\xaa" + data + b"\xcc" + struct.pack("<Q", 7)
+    decoder = Decoder(s)
+    few = decoder.decode_batch(rows_of(*[record] * 2))
+    many = decoder.decode_batch(rows_of(*[record] * 40))
+    assert few == many[:2]
+    assert [type(v) for v in few[0]] == [type(v) for v in many[0]]
+    assert (few[0].pre, few[0].v, few[0].post) == (0xBEEF, expected, 7)
+
+
 # --------------------------------------------------------------------------- aggregates
 
 POINT = struct_of("point", 8, member("x", S32, 0), member("y", S32, 4))

@@ -59,6 +59,7 @@ import gc
 import keyword
 import math
 import struct
+import sys
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
@@ -285,12 +286,25 @@ class _Node:
         return rows[:, off : off + dtype.itemsize * count].view(dtype)
 
 
+_STRUCT_CODES = {
+    ("u", 1): "B", ("u", 2): "H", ("u", 4): "I", ("u", 8): "Q",
+    ("i", 1): "b", ("i", 2): "h", ("i", 4): "i", ("i", 8): "q",
+    ("f", 2): "e", ("f", 4): "f", ("f", 8): "d",
+}  # fmt: skip
+# At most this many rows: a struct's number members are read by one struct.iter_unpack
+# instead of one numpy view each (whose fixed cost dominates a batch of a few records).
+_FEW_ROWS = 16
+
+
 class _NumberNode(_Node):
     """Integers of 1/2/4/8 bytes, floats, pointers: one numpy view, one ``tolist``."""
 
     def __init__(self, dtype: np.dtype[Any]):
         self.dtype = self.raw = dtype
         self.size = dtype.itemsize
+        little = dtype.byteorder == "<" or (dtype.byteorder in "=|" and sys.byteorder == "little")
+        #: The ``struct`` code of the same value (little-endian), for small batches.
+        self.struct_code = _STRUCT_CODES.get((dtype.kind, dtype.itemsize)) if little else None
 
     def column(self, rows: Rows, off: int) -> list[Any]:
         return self._view(rows, off, self.raw)[:, 0].tolist()  # type: ignore[no-any-return]
@@ -514,6 +528,7 @@ class _AggregateNode(_Node):
         self.dtype = np.dtype(
             {"names": names, "formats": formats, "offsets": offsets, "itemsize": t.size}
         )
+        self._numbers = _number_struct(self.columns, t.size) if isinstance(t, Struct) else None
         self.event_type = _event_class(
             _class_name(t),
             tuple(f.py_name for f in self.fields),
@@ -532,12 +547,45 @@ class _AggregateNode(_Node):
         return _BitfieldNode(f.bit_offset, f.bits, signed, build(base, depth + 1))
 
     def column(self, rows: Rows, off: int) -> list[Any]:
-        n = rows.shape[0]
         cls = self.event_type
         if not self.columns:
-            return [cls(())] * n
-        cols = [node.column(rows, off + rel) for node, rel in self.columns]
-        return list(map(cls, zip(*cols, strict=True)))
+            return [cls(())] * rows.shape[0]
+        return list(map(cls, zip(*self.field_columns(rows, off), strict=True)))
+
+    def field_columns(self, rows: Rows, off: int) -> list[Sequence[Any]]:
+        """One column of values per field, for every row."""
+        n = rows.shape[0]
+        if self._numbers is not None and 0 < n <= _FEW_ROWS:
+            layout, slots = self._numbers
+            raw = rows[:, off : off + self.size].tobytes()
+            numbers = dict(zip(slots, zip(*layout.iter_unpack(raw), strict=True), strict=True))
+            return [
+                numbers[i] if i in numbers else node.column(rows, off + rel)
+                for i, (node, rel) in enumerate(self.columns)
+            ]
+        return [node.column(rows, off + rel) for node, rel in self.columns]
+
+
+def _number_struct(
+    columns: list[tuple[_Node, int]], size: int
+) -> tuple[struct.Struct, list[int]] | None:
+    """One ``struct.Struct`` that reads every plain number member of a struct at once
+    (pad bytes over the rest), and the column index of each value it yields; None if
+    the struct has no such member."""
+    fmt, pos, slots = "<", 0, []
+    for i in sorted(range(len(columns)), key=lambda i: columns[i][1]):
+        node, rel = columns[i]
+        code = node.struct_code if isinstance(node, _NumberNode) else None
+        if code is None or rel < pos:
+            continue
+        fmt += f"{rel - pos}x{code}" if rel > pos else code
+        pos = rel + node.size
+        slots.append(i)
+    if not slots:
+        return None
+    if size > pos:
+        fmt += f"{size - pos}x"
+    return struct.Struct(fmt), slots
 
 
 class _Builder:
@@ -679,7 +727,7 @@ class Decoder:
         paused = gc.isenabled()
         gc.disable()
         try:
-            cols = [child.column(rows, rel) for child, rel in node.columns]
+            cols = node.field_columns(rows, 0)
         finally:
             if paused:
                 gc.enable()
