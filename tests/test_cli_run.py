@@ -22,6 +22,7 @@ import pytest
 
 from bpfloom.perfbuf import online_cpus
 from conftest import assert_gone_from_kernel, bpf_object
+from toolrun import run_tool_cli
 
 BPFLOOM = [sys.executable, "-m", "bpfloom"]
 TIMEOUT = 60  # seconds any one bpfloom process may take, far above what it needs
@@ -143,15 +144,8 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Run]]:
 
 def bpfloom_run(*args: str) -> Result:
     """``bpfloom run ARGS`` to completion (for quick failures and --help)."""
-    proc = subprocess.run(
-        [*BPFLOOM, "run", *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+    done = run_tool_cli("run", *args)
+    return Result(done.returncode, done.stdout, done.stderr)
 
 
 def _fd_targets(pid: int) -> list[tuple[str, str]]:
