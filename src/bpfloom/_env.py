@@ -15,6 +15,7 @@ from ._exceptions import BpfPermissionError, EnvironmentSetupError
 
 TRACEFS = "/sys/kernel/tracing"
 BPFFS = "/sys/fs/bpf"
+CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
 CAP_BPF = 39
@@ -40,6 +41,18 @@ def effective_capabilities() -> int:
             if line.startswith("CapEff:"):
                 return int(line.split()[1], 16)
     return 0
+
+
+def lockdown_mode() -> str | None:
+    """The kernel's lockdown mode (``none``, ``integrity``, ``confidentiality``), or
+    None when securityfs does not say."""
+    try:
+        with open("/sys/kernel/security/lockdown") as f:
+            text = f.read()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1 : end] if 0 <= start < end else None
 
 
 def check_privileges() -> None:
