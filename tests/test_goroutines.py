@@ -522,8 +522,10 @@ def test_cli_pid_errors(builds: GoBuilds) -> None:
 
 def test_cli_needs_a_binary_or_a_pid() -> None:
     result = run_tool_cli("goroutines")
-    assert result.returncode == 2
-    assert "give --binary PATH, --pid N, or both" in result.stderr
+    assert result.returncode == 1
+    assert result.stderr == (
+        "bpfloom: error: give --binary PATH, --pid N, or both (see 'bpfloom goroutines --help')\n"
+    )
     no_traceback(result)
 
 

@@ -31,8 +31,9 @@ from .object import BpfObject, GlobalVar
 from .perfbuf import PerfBuffer
 from .pipeline import Pipeline, StopSignals
 from .ringbuf import DEFAULT_POLL_INTERVAL, RingBuffer
-from .tools.tool import quiet_stdout, wait_for_stop
-from .types import Array, Enum, Int, Pointer, Type, strip
+from .tools.tool import escape_control, quiet_stdout, wait_for_stop
+from .tracepipe import TraceLine, TracePipe, trace_pipe_path
+from .types import Array, Enum, Float, Int, Type, strip
 
 EXIT_ERROR = 1
 RUN_OPTIONS = ("json", "duration", "event_type", "interval", "max_latency", "stats", "help")
@@ -41,6 +42,16 @@ RUN_OPTIONS = ("json", "duration", "event_type", "interval", "max_latency", "sta
 def _fail(message: str) -> NoReturn:
     click.echo(f"bpfloom: error: {message}", err=True)
     sys.exit(EXIT_ERROR)
+
+
+def _usage_message(exc: click.ClickException) -> str:
+    """click's error as one line, with where to look for help (click itself prints
+    Usage and Try lines around it)."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    return message
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -65,7 +76,7 @@ class _GlobalType(click.ParamType):  # type: ignore[type-arg]
         try:
             return decode.parse_text(self.var.type, value)
         except TypeInfoError as exc:
-            self.fail(f"{value!r} is not a valid {self.var.c_type}: {exc}", param, ctx)
+            self.fail(str(exc), param, ctx)
 
 
 def _is_bool(t: Type | None) -> bool:
@@ -75,7 +86,7 @@ def _is_bool(t: Type | None) -> bool:
 
 def _global_options(obj: BpfObject) -> list[click.Parameter]:
     options: list[click.Parameter] = []
-    for var in settable_globals(obj):
+    for var in option_globals(obj):
         try:
             default = obj.globals[var.name]
         except BpfloomError:
@@ -107,9 +118,23 @@ def _global_options(obj: BpfObject) -> list[click.Parameter]:
     return options
 
 
-def settable_globals(obj: BpfObject) -> list[GlobalVar]:
-    """Globals that make sense as options: everything but pointers (and functions)."""
-    return [v for v in obj.globals.info() if not isinstance(strip(v.type), Pointer)]
+def option_globals(obj: BpfObject) -> list[GlobalVar]:
+    """The globals offered as options: those named like C identifiers whose type text
+    can give (numbers, bools, enums, strings, arrays of those).
+
+    Function-local statics are not options: clang names them ``func.var`` (bpf_printk's
+    format strings are ``func.____fmt``), and they are the program's scratch space.
+    Pointers and structs are not either. The library reaches every global by its full
+    name (``obj.globals["func.var"]``).
+    """
+    return [v for v in obj.globals.info() if v.name.isidentifier() and _text_settable(v.type)]
+
+
+def _text_settable(t: Type | None) -> bool:
+    s = strip(t)
+    if isinstance(s, Array):
+        s = strip(s.element)
+    return isinstance(s, (Int, Enum, Float))
 
 
 def _run_options() -> list[click.Parameter]:
@@ -143,6 +168,14 @@ def _run_options() -> list[click.Parameter]:
             "--json, else stderr).",
         ),
         click.Option(
+            ["--trace-pipe", "trace_pipe"],
+            is_flag=True,
+            help="Also print what programs write with bpf_printk, read from tracefs' "
+            "trace_pipe. It is system-wide: lines other BPF programs print while this "
+            "runs show up too, a line read here is not seen by another reader, and lines "
+            "left there before the run are thrown away.",
+        ),
+        click.Option(
             ["--interval"],
             type=click.FloatRange(min=0, min_open=True),
             default=5.0,
@@ -155,9 +188,12 @@ def _run_options() -> list[click.Parameter]:
 RUN_HELP = """Load OBJECT, attach its programs, and print its events.
 
 OBJECT is a compiled eBPF object (clang -g -O2 -target bpf). Its global variables
-(const volatile, .data, .bss) become options named exactly like the variables, e.g.
---pid_target 618; bool globals are flags. Run `bpfloom run OBJECT --help` to list
-them with their types and defaults.
+(const volatile, .data, .bss) of number, bool, enum or string types become options
+named exactly like the variables, e.g. --pid_target 618; bool globals are flags.
+Function-local statics (bpf_printk's format strings among them) are not options.
+Setting a global that no program reads (a plain `const`, which the compiler folds into
+the code) prints a warning. Run `bpfloom run OBJECT --help` to list them with their
+types and defaults.
 
 Events of every ring buffer and perf buffer map are printed one per line: a table
 (TIME, then the record's fields) or, with --json, one JSON object per line. Maps whose
@@ -216,11 +252,10 @@ def run_command(args: tuple[str, ...]) -> None:
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
         except click.NoSuchOption as exc:
-            names = ", ".join(f"--{v.name}" for v in settable_globals(obj)) or "none"
+            names = ", ".join(f"--{v.name}" for v in option_globals(obj)) or "none"
             _fail(f"{exc.format_message()} Globals of {obj_path}: {names}")
         except click.ClickException as exc:
-            exc.show()
-            sys.exit(EXIT_ERROR)
+            _fail(_usage_message(exc))
         except click.exceptions.Abort:
             sys.exit(EXIT_ERROR)
     except BpfloomError as exc:
@@ -229,7 +264,11 @@ def run_command(args: tuple[str, ...]) -> None:
         obj.close()
 
 
+MAX_COLUMN_WIDTH = 64  # a wider value overflows its cell rather than widen the column
+
+
 def _field_width(name: str, t: Type | None) -> int:
+    """A column's starting width: its header, or what the type usually needs."""
     s = strip(t)
     if isinstance(s, Array) and isinstance(strip(s.element), Int):
         return max(len(name) + 1, min(s.length, 32) + 1)
@@ -241,54 +280,75 @@ def _field_width(name: str, t: Type | None) -> int:
 class _Printer:
     """Prints events as a table or JSON lines; output is flushed per batch.
 
-    Safe to call from several reader threads. When stdout's reader goes away (``| head``)
-    it stops printing and calls ``on_broken_pipe``.
+    Table columns start at the width their type usually needs and widen to the widest
+    value seen so far (up to ``MAX_COLUMN_WIDTH``), so later rows stay aligned. Cells
+    are escaped: strings come from traced processes. Safe to call from several reader
+    threads. When stdout's reader goes away (``| head``) it stops printing and calls
+    ``on_broken_pipe``.
     """
 
     def __init__(self, as_json: bool, on_broken_pipe: Callable[[], None] | None = None) -> None:
         self.as_json = as_json
-        self.header_for: set[int] = set()
+        self.widths: dict[int, list[int]] = {}  # id(decoder) -> column widths
         self.broken_pipe = False
         self._on_broken_pipe = on_broken_pipe
         self._lock = threading.Lock()
 
     def print_batch(self, batch: Batch) -> None:
+        self._write(lambda: self.batch(batch.decoder, batch))
+
+    def print_trace_line(self, line: TraceLine) -> None:
+        """One bpf_printk line from trace_pipe."""
+        if self.as_json:
+            text = json.dumps({"trace_pipe": line.as_dict()}, ensure_ascii=False)
+        else:
+            stamp = time.strftime("%H:%M:%S")
+            where = escape_control(f"{line.comm}-{line.pid} [{line.cpu:03d}]")
+            text = f"{stamp} TRACE {where} {escape_control(line.message)}"
+        self._write(lambda: [text])
+
+    def _write(self, make_lines: Callable[[], list[str]]) -> None:
         with self._lock:
             if self.broken_pipe:
                 return
             try:
-                self.batch(batch.decoder, batch)
+                lines = make_lines()
+                if lines:
+                    sys.stdout.write("\n".join(lines) + "\n")
+                    sys.stdout.flush()
             except BrokenPipeError:
                 self.broken_pipe = True
                 if self._on_broken_pipe is not None:
                     self._on_broken_pipe()
 
-    def batch(self, decoder: Decoder, events: Iterable[Any]) -> None:
-        out: list[str] = []
+    def batch(self, decoder: Decoder, events: Iterable[Any]) -> list[str]:
+        """The output lines of a batch of events (a header first, once per decoder)."""
         if self.as_json:
-            for ev in events:
-                out.append(json.dumps(decode.to_jsonable(ev), ensure_ascii=False))
-        else:
+            return [json.dumps(decode.to_jsonable(ev), ensure_ascii=False) for ev in events]
+        out: list[str] = []
+        widths = self.widths.get(id(decoder))
+        if widths is None:
             pairs = zip(decoder.c_fields, decoder.field_types, strict=True)
-            widths = [_field_width(n, t) for n, t in pairs]
-            if id(decoder) not in self.header_for:
-                self.header_for.add(id(decoder))
-                names = [n.upper() for n in decoder.c_fields]
-                header = "".join(n.ljust(w) for n, w in zip(names, widths, strict=True))
-                out.append("TIME     " + header)
-            now = time.strftime("%H:%M:%S")
-            for ev in events:
-                cells = [_cell(v).ljust(w - 1) + " " for v, w in zip(ev, widths, strict=True)]
-                out.append(f"{now} " + "".join(cells).rstrip())
-        if out:
-            sys.stdout.write("\n".join(out) + "\n")
-            sys.stdout.flush()
+            widths = self.widths[id(decoder)] = [_field_width(n, t) for n, t in pairs]
+            names = [n.upper() for n in decoder.c_fields]
+            header = "".join(n.ljust(w) for n, w in zip(names, widths, strict=True))
+            out.append(("TIME     " + header).rstrip())
+        now = time.strftime("%H:%M:%S")
+        last = len(widths) - 1
+        for ev in events:
+            cells = [escape_control(_cell(v)) for v in ev]
+            for i, cell in enumerate(cells[:last]):
+                if len(cell) >= widths[i]:
+                    widths[i] = max(widths[i], min(len(cell) + 1, MAX_COLUMN_WIDTH))
+                cells[i] = cell.ljust(widths[i] - 1) + " "
+            out.append(f"{now} " + "".join(cells).rstrip())
+        return out
 
 
 def _cell(value: Any) -> str:
     if isinstance(value, str):
         return value
-    if isinstance(value, (tuple, list)) and not isinstance(value, str):
+    if isinstance(value, (tuple, list)):
         return json.dumps(decode.to_jsonable(value), ensure_ascii=False)
     return str(value)
 
@@ -321,11 +381,25 @@ def _print_histograms(obj: BpfObject, as_json: bool) -> None:
     sys.stdout.flush()
 
 
-def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
+def _set_globals(obj: BpfObject, opts: dict[str, Any]) -> None:
+    """Set the globals given on the command line; warn (once each) about those that
+    no program reads, since setting them changes nothing."""
     ctx = click.get_current_context()
-    for var in settable_globals(obj):
-        if ctx.get_parameter_source(var.name) == click.core.ParameterSource.COMMANDLINE:
-            obj.globals[var.name] = opts[var.name]
+    for var in option_globals(obj):
+        if ctx.get_parameter_source(var.name) != click.core.ParameterSource.COMMANDLINE:
+            continue
+        obj.globals[var.name] = opts[var.name]
+        if not obj.globals.referenced(var.name):
+            click.echo(
+                f"bpfloom: warning: no program reads global {var.name!r}, so setting it "
+                "changes nothing (a plain `const` is folded into the code by the compiler; "
+                "declare it `const volatile`)",
+                err=True,
+            )
+
+
+def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
+    _set_globals(obj, opts)
     has_hist = any(is_log2_hist(m.value_type) for m in obj.maps.values())
     as_json = bool(opts["as_json"])
     # Take SIGINT/SIGTERM over before anything is attached: from then on the programs
@@ -335,19 +409,32 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
     if opts["max_latency"] is not None:
         poll_interval = opts["max_latency"]
         obj.use_polled_wakeups()
+    printk = [p.name for p in obj.programs.values() if p.autoload and p.uses_trace_printk]
     with StopSignals() as signals:
         obj.load()
         readers: list[RingBuffer | PerfBuffer] = [
             obj.open_reader(m.name, opts["event_type"], poll_interval=poll_interval)
             for m in obj.event_buffers()
         ]
-        if not readers and not has_hist:
+        if printk and not opts["trace_pipe"]:
+            who = (
+                f"program {printk[0]} prints"
+                if len(printk) == 1
+                else (f"programs {', '.join(printk)} print")
+            )
+            click.echo(
+                f"bpfloom: note: {who} with bpf_printk; the lines go to "
+                f"{trace_pipe_path()} (add --trace-pipe to print them here)",
+                err=True,
+            )
+        elif not readers and not has_hist and not opts["trace_pipe"]:
             click.echo(
                 "bpfloom: note: the object has no ring/perf buffer or histogram map; "
                 "programs stay attached until the end",
                 err=True,
             )
         printer = _Printer(as_json, on_broken_pipe=signals.stop.set)
+        trace_pipe = TracePipe(printer.print_trace_line) if opts["trace_pipe"] else None
         pipeline = (
             Pipeline(readers, printer.print_batch, executor="inline", batch=True)
             if readers
@@ -358,6 +445,8 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
         if pipeline is not None:
             pipeline.start()
         try:
+            if trace_pipe is not None:
+                trace_pipe.start()
             obj.attach_all()
             for prog in getattr(obj, "skipped_programs", []):
                 click.echo(
@@ -365,6 +454,8 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
                     "attach target and was not attached",
                     err=True,
                 )
+            # As every tool does: people (and scripts, tests) know tracing has begun.
+            click.echo("bpfloom run: tracing; Ctrl-C to stop", err=True)
             wait_for_stop(
                 signals.stop,
                 pipeline,
@@ -374,6 +465,10 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
             )
         finally:
             stats = pipeline.stop() if pipeline is not None else None
+            if trace_pipe is not None:
+                trace_pipe.close()
+    if trace_pipe is not None:
+        click.echo(f"bpfloom: {trace_pipe.lines} bpf_printk lines from trace_pipe", err=True)
     if printer.broken_pipe:
         quiet_stdout()
     elif has_hist:
@@ -447,11 +542,18 @@ _add_tool_commands()
 
 
 def entry() -> None:
-    """Console entry point: turns any unexpected exception into one line, exit 1."""
+    """Console entry point: every error is one line on stderr and exit status 1 (bad
+    options included, which click would print with Usage lines and status 2); an
+    unexpected exception too, unless BPFLOOM_DEBUG is set."""
     try:
-        main.main(standalone_mode=True)
+        status = main.main(prog_name="bpfloom", standalone_mode=False)
+        sys.exit(status if isinstance(status, int) else 0)
     except SystemExit:
         raise
+    except click.exceptions.Abort:  # Ctrl-C or end of input at a prompt
+        sys.exit(130)
+    except click.ClickException as exc:
+        _fail(_usage_message(exc))
     except KeyboardInterrupt:
         sys.exit(130)
     except BpfloomError as exc:
