@@ -647,8 +647,9 @@ def test_help_lists_every_global(name: str, expected: dict[str, tuple[str, str |
 # --- bad input --------------------------------------------------------------------------
 
 
-def _one_error_line(result: Result, *needles: str) -> str:
-    assert result.returncode == 1, (result.returncode, result.stderr)
+def _one_error_line(result: Result, *needles: str, status: int = 1) -> str:
+    """One `bpfloom: error:` line; status 1 for a failed run, 2 for a wrong command."""
+    assert result.returncode == status, (result.returncode, result.stderr)
     _no_traceback(result)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, f"expected one line of error, got:\n{result.stderr}"
@@ -660,7 +661,7 @@ def _one_error_line(result: Result, *needles: str) -> str:
 
 def _usage_error(result: Result, option: str) -> None:
     """A bad option value: one error line naming the option and where help is."""
-    line = _one_error_line(result, option, "--help")
+    line = _one_error_line(result, option, "--help", status=2)
     assert "Usage:" not in line
     assert result.stdout == ""
 
@@ -720,7 +721,7 @@ def test_kprobe_object_says_kprobes_are_missing() -> None:
 def test_unknown_global_lists_the_valid_ones() -> None:
     result = bpfloom_run(str(bpf_object("ecli/sigsnoop")), "--no_such_global", "1")
     _one_error_line(
-        result, "--no_such_global", "--filtered_pid", "--target_signal", "--failed_only"
+        result, "--no_such_global", "--filtered_pid", "--target_signal", "--failed_only", status=2
     )
 
 
@@ -740,7 +741,7 @@ def test_bad_option_value(args: list[str], option: str) -> None:
 
 
 def test_no_object() -> None:
-    _one_error_line(bpfloom_run(), "missing OBJECT")
+    _one_error_line(bpfloom_run(), "missing OBJECT", status=2)
 
 
 def test_run_help_without_object() -> None:

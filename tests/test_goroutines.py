@@ -522,7 +522,7 @@ def test_cli_pid_errors(builds: GoBuilds) -> None:
 
 def test_cli_needs_a_binary_or_a_pid() -> None:
     result = run_tool_cli("goroutines")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr == (
         "bpfloom: error: give --binary PATH, --pid N, or both (see 'bpfloom goroutines --help')\n"
     )

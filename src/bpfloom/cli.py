@@ -35,29 +35,34 @@ from .tools.tool import escape_control, quiet_stdout, wait_for_stop
 from .tracepipe import TraceLine, TracePipe, trace_pipe_path
 from .types import Array, Enum, Float, Int, Type, strip
 
-EXIT_ERROR = 1
+EXIT_ERROR = 1  # the run failed: a missing file, a refused load, an I/O error
+EXIT_USAGE = 2  # the command line is wrong: an unknown option, a bad value
 RUN_OPTIONS = ("json", "duration", "event_type", "interval", "max_latency", "stats", "help")
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, status: int = EXIT_ERROR) -> NoReturn:
     click.echo(f"bpfloom: error: {message}", err=True)
-    sys.exit(EXIT_ERROR)
+    sys.exit(status)
 
 
-def _usage_message(exc: click.ClickException) -> str:
-    """click's error as one line, with where to look for help (click itself prints
-    Usage and Try lines around it)."""
+def _usage_fail(exc: click.ClickException) -> NoReturn:
+    """click's error as one line with where to look for help (click itself prints Usage
+    and Try lines around it); status 2 for a wrong command line, 1 otherwise."""
     message = " ".join(exc.format_message().split())
     ctx = getattr(exc, "ctx", None)
     if ctx is not None:
         message += f" (see '{ctx.command_path} --help')"
-    return message
+    _fail(message, EXIT_USAGE if isinstance(exc, click.UsageError) else EXIT_ERROR)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bpfloom")
 def main() -> None:
-    """bpfloom: run precompiled CO-RE eBPF objects and read their events from Python."""
+    """bpfloom: run precompiled CO-RE eBPF objects and read their events from Python.
+
+    Errors are one line on stderr. Exit status: 0 done (Ctrl-C and SIGTERM included),
+    1 the run failed, 2 the command line is wrong.
+    """
 
 
 # --- bpfloom run ------------------------------------------------------------------------
@@ -234,7 +239,7 @@ def run_command(args: tuple[str, ...]) -> None:
             click.echo(inner.get_help(click.Context(inner, info_name="bpfloom run")))
             click.echo("\nUsage: bpfloom run OBJECT [OPTIONS] [--GLOBAL VALUE ...]")
             return
-        _fail("missing OBJECT: bpfloom run OBJECT [OPTIONS] (see bpfloom run --help)")
+        _fail("missing OBJECT: bpfloom run OBJECT [OPTIONS] (see bpfloom run --help)", EXIT_USAGE)
     try:
         obj = BpfObject(obj_path)
     except BpfloomError as exc:
@@ -253,9 +258,9 @@ def run_command(args: tuple[str, ...]) -> None:
             sys.exit(exc.exit_code)
         except click.NoSuchOption as exc:
             names = ", ".join(f"--{v.name}" for v in option_globals(obj)) or "none"
-            _fail(f"{exc.format_message()} Globals of {obj_path}: {names}")
+            _fail(f"{exc.format_message()} Globals of {obj_path}: {names}", EXIT_USAGE)
         except click.ClickException as exc:
-            _fail(_usage_message(exc))
+            _usage_fail(exc)
         except click.exceptions.Abort:
             sys.exit(EXIT_ERROR)
     except BpfloomError as exc:
@@ -542,9 +547,9 @@ _add_tool_commands()
 
 
 def entry() -> None:
-    """Console entry point: every error is one line on stderr and exit status 1 (bad
-    options included, which click would print with Usage lines and status 2); an
-    unexpected exception too, unless BPFLOOM_DEBUG is set."""
+    """Console entry point: every error is one line on stderr (``bpfloom: error: ...``)
+    with status 2 for a wrong command line and 1 for a failed run; an unexpected
+    exception too (status 1), unless BPFLOOM_DEBUG is set."""
     try:
         status = main.main(prog_name="bpfloom", standalone_mode=False)
         sys.exit(status if isinstance(status, int) else 0)
@@ -553,7 +558,7 @@ def entry() -> None:
     except click.exceptions.Abort:  # Ctrl-C or end of input at a prompt
         sys.exit(130)
     except click.ClickException as exc:
-        _fail(_usage_message(exc))
+        _usage_fail(exc)
     except KeyboardInterrupt:
         sys.exit(130)
     except BpfloomError as exc:
