@@ -686,7 +686,10 @@ _MOUNT_NAMESPACE_CHILD = textwrap.dedent(
         parts = line.split()
         if parts[1] in ("/sys/kernel/tracing", "/sys/fs/bpf"):
             mounts[parts[1]] = parts[2]
-    print("AFTER: " + json.dumps({"mounts": mounts, "events": events, "pid": os.getpid()}))
+    modes = {m: oct(os.stat(m).st_mode & 0o7777) for m in mounts}
+    print("AFTER: " + json.dumps(
+        {"mounts": mounts, "modes": modes, "events": events, "pid": os.getpid()}
+    ))
     """
 )
 
@@ -715,6 +718,10 @@ def test_missing_tracefs_and_bpffs_are_mounted_in_a_private_namespace() -> None:
     assert "BEFORE: 0" in lines, "the namespace still had tracefs/bpffs mounted"
     after = json.loads(next(x for x in lines if x.startswith("AFTER: "))[len("AFTER: ") :])
     assert after["mounts"] == {"/sys/kernel/tracing": "tracefs", "/sys/fs/bpf": "bpf"}
+    # Only root may pin objects in (or read) the bpffs we mount, as systemd mounts it
+    # (the kernel keeps the sticky bit on bpffs' root: kernel/bpf/inode.c).
+    assert after["modes"]["/sys/fs/bpf"] == "0o1700"
+    assert after["modes"]["/sys/kernel/tracing"] == "0o700"
     assert after["events"] == [after["pid"]]
     # The host's mounts were never touched.
     host_after = _mounts()
