@@ -31,7 +31,7 @@ from .object import BpfObject, GlobalVar
 from .perfbuf import PerfBuffer
 from .pipeline import Pipeline, StopSignals
 from .ringbuf import DEFAULT_POLL_INTERVAL, RingBuffer
-from .tools.tool import escape_control, quiet_stdout, wait_for_stop
+from .tools.tool import SECONDS, escape_control, quiet_stdout, wait_for_stop
 from .tracepipe import TraceLine, TracePipe, trace_pipe_path
 from .types import Array, Enum, Float, Int, Type, strip
 
@@ -147,7 +147,7 @@ def _run_options() -> list[click.Parameter]:
         click.Option(["--json", "as_json"], is_flag=True, help="Print one JSON object per event."),
         click.Option(
             ["--duration"],
-            type=click.FloatRange(min=0, min_open=True),
+            type=SECONDS,
             default=None,
             help="Stop after this many seconds (default: run until Ctrl-C).",
         ),
@@ -159,7 +159,7 @@ def _run_options() -> list[click.Parameter]:
         ),
         click.Option(
             ["--max-latency", "max_latency"],
-            type=click.FloatRange(min=0, min_open=True),
+            type=SECONDS,
             default=None,
             metavar="SECONDS",
             help="Trade latency for overhead: programs built on bpfloom.h stop waking the "
@@ -182,7 +182,7 @@ def _run_options() -> list[click.Parameter]:
         ),
         click.Option(
             ["--interval"],
-            type=click.FloatRange(min=0, min_open=True),
+            type=SECONDS,
             default=5.0,
             show_default=True,
             help="Seconds between histogram prints (histogram maps only).",
@@ -209,18 +209,39 @@ stderr.
 
 
 def _split_object(args: Sequence[str]) -> tuple[str | None, list[str]]:
-    """Take OBJECT out of ``run``'s arguments (it may stand before or after options)."""
+    """Take OBJECT out of ``run``'s arguments: the first argument that is neither one of
+    ``run``'s own options nor the value such an option takes (or the one after ``--``).
+
+    This is the grammar alone, never what the file system holds: a file in the current
+    directory named like an option's value cannot become the object. The object's
+    globals are options only it defines, so they must come after OBJECT.
+    """
+    takes_value: set[str] = set()
+    flags = {"-h", "--help"}
+    for option in _run_options():
+        assert isinstance(option, click.Option)
+        (flags if option.is_flag else takes_value).update(option.opts)
     rest = list(args)
-    for i, arg in enumerate(rest):
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
         if arg == "--":
-            break
-        if arg.startswith("-"):
-            continue
-        prev = rest[i - 1] if i else ""
-        takes_value = prev.startswith("--") and "=" not in prev and prev not in ("--json",)
-        if takes_value and not (arg.endswith(".o") or os.path.isfile(arg)):
-            continue
-        return arg, rest[:i] + rest[i + 1 :]
+            if i + 1 == len(rest):
+                return None, rest[:i]
+            return rest[i + 1], rest[:i] + rest[i + 2 :]
+        if arg == "-" or not arg.startswith("-"):
+            return arg, rest[:i] + rest[i + 1 :]
+        name, has_value = arg.split("=", 1)[0], "=" in arg
+        if name in takes_value:
+            i += 1 if has_value else 2
+        elif name in flags:
+            i += 1
+        else:
+            _fail(
+                f"option {name!r} before OBJECT is not an option of run; the object's "
+                f"globals go after it: bpfloom run OBJECT {name} ...",
+                EXIT_USAGE,
+            )
     return None, rest
 
 
@@ -499,7 +520,7 @@ def _summary(obj: BpfObject, stats: dict[str, Any] | None, show_stats: bool, as_
 @main.command("demo")
 @click.option(
     "--duration",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     default=5.0,
     show_default=True,
     help="Seconds to trace.",
