@@ -408,7 +408,14 @@ class _Builder:
         return self._const(attr)
 
     def _fill_enum(self, die: DIE, t: Enum) -> None:
-        """Enumerator values, signed as the enum's underlying type says."""
+        """Enumerator values, signed as the enum's underlying type says.
+
+        A dataN value is zero-extended, as gcc means it (clang writes sdata/udata): gcc
+        writes ``SA = 200`` of a signed enum as data1 0xc8 and negative values as sdata
+        (gcc's dwarf2out.c: "consumers always zero extend"). Only a dataN form at least
+        as wide as a signed enum, with its top bit set, holds a negative value (data4
+        0xffffffff in a 4-byte enum: no positive value of that enum has that bit).
+        """
         encoding = self._underlying_encoding(die)
         t.signed = encoding in (ATE_SIGNED, ATE_SIGNED_CHAR)
         for child in self._kids(die, "DW_TAG_enumerator"):
@@ -417,8 +424,8 @@ class _Builder:
                 raise TypeInfoError(f"enumerator of {t.name or '(anon)'} has no value")
             value = self._const(attr)
             bits = _DATA_FORMS.get(attr.form)
-            if bits is not None and t.signed and value >= 1 << (bits - 1):
-                value -= 1 << bits  # dataN forms carry raw bits; the enum says signed
+            if bits is not None and t.signed and bits >= t.size * 8 and value >> (bits - 1):
+                value -= 1 << bits  # sign bit of a form as wide as the enum: negative
             if encoding is None and value < 0:
                 t.signed = True  # no underlying type: a negative value decides
             t.values[self._name(child)] = value
