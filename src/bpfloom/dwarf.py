@@ -101,7 +101,10 @@ def dwarf_types(path: str | os.PathLike[str]) -> list[Type]:
         # BPF objects use REL relocations against section symbols (value 0), whose
         # addend already sits in place: unrelocated DWARF reads the same for every
         # offset we use, and pyelftools' relocation pass costs seconds per object.
-        info = elf.get_dwarf_info(relocate_dwarf_sections=False)
+        # RELA objects (gcc's x86-64 .o) keep the addend in the relocation, so their
+        # string offsets read 0 until relocated: those few are relocated.
+        rela = any(s.name.startswith(".rela.debug_") for s in elf.iter_sections())
+        info = elf.get_dwarf_info(relocate_dwarf_sections=rela)
         return _Builder(info).build()
     except TypeInfoError:
         raise
