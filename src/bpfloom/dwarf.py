@@ -314,10 +314,15 @@ class _Builder:
             if self._flag(die, "DW_AT_declaration"):
                 return Fwd(name, is_union=is_union)
             size = self._int_attr(die, "DW_AT_byte_size", 0)
+            if size < 0:
+                raise TypeInfoError(f"{name or '(anon)'} has a negative byte size")
             cls = Union if is_union else Struct
             return cls(name, size, decl_file=self._decl_file(die))
         if tag == _ENUM_TAG:
-            return Enum(name, self._int_attr(die, "DW_AT_byte_size", 4))
+            size = self._int_attr(die, "DW_AT_byte_size", 4)
+            if size <= 0:
+                raise TypeInfoError(f"enum {name or '(anon)'} has no byte size")
+            return Enum(name, size)
         if tag == "DW_TAG_array_type":
             return Array()
         if tag == "DW_TAG_subroutine_type":
