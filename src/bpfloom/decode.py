@@ -102,9 +102,10 @@ MAX_SIZE = (1 << 30) - 1
 """The largest value, in bytes and in array elements, that is decoded or encoded.
 
 No record the kernel hands over is larger: a ring buffer record's length has 30 bits
-(the top two of its header are the busy and discard flags), perf samples and map values
-are far smaller. A bigger type (``char x[1UL << 40]`` in a hostile object's DWARF) is a
-``TypeInfoError`` instead of an allocation or a numpy shape that cannot exist."""
+(the top two of its header are the busy and discard flags), a perf sample is under
+64 KiB, and map values are limited to what kmalloc gives (4 MiB on x86-64). A bigger
+type (``char x[1UL << 40]`` in a hostile object's DWARF) is a ``TypeInfoError`` instead
+of an allocation or a numpy shape that cannot exist."""
 
 
 # --------------------------------------------------------------------------- layout
@@ -702,6 +703,8 @@ class Decoder:
     bitfields, zero-length (flexible) arrays and arrays of such; 16-byte ints and other
     oddities appear as opaque ``V<n>`` fields. For a non-aggregate type it is the plain
     dtype of that value (``<u4``, ``S16``, ...).
+
+    A type of more than ``MAX_SIZE`` bytes or array elements raises ``TypeInfoError``.
 
     Thread-safe: a decoder holds no per-call state.
     """
