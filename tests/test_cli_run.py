@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from bpfloom.perfbuf import online_cpus
-from conftest import assert_gone_from_kernel, bpf_object
+from conftest import assert_gone_from_kernel, bpf_object, compile_bpf
 from toolrun import run_tool_cli
 
 BPFLOOM = [sys.executable, "-m", "bpfloom"]
@@ -532,6 +532,66 @@ def test_runqlat_json(start: Callable[..., Run]) -> None:
         assert row["key"] == 2**32 - 1
         assert len(row["slots"]) == 26
     assert sum(rows[-1]["slots"]) > 0
+
+
+# --- arrays (an event struct only in DWARF, with 128-255-element arrays) ----------------
+
+
+@needs_objects
+@pytest.mark.kernel
+def test_arrays_of_128_to_255_elements(start: Callable[..., Run]) -> None:
+    """char[130] and __u8[200] have a data1 DW_AT_count with the top bit set; they once
+    decoded as "" and []."""
+    me = os.getpid()
+    args = [str(bpf_object("ecli/arrays")), "--duration", "3", "--json", "--target_pid", str(me)]
+    run = start(args)
+    run.wait_attached(links=1)
+    assert os.getpgid(0) == os.getpgid(me)  # two getpgid() calls: two events
+    result = run.finish()
+    assert result.returncode == 0, result.stderr
+    _no_traceback(result)
+    fname = "".join(chr(ord("a") + i % 26) for i in range(130))  # all 130 bytes, no NUL
+    assert result.json_lines() == [
+        {"pid": me, "arg": arg, "fname": fname, "x": list(range(200)), "magic": 0xFEEDF00D}
+        for arg in (0, me)
+    ]
+    assert result.summary() == (2, 0, 0)
+
+
+HUGE_EVENT = r"""
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+struct event { __u32 pid; char huge[1UL << 40]; };  /* only in DWARF */
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 4096);
+} rb SEC(".maps");
+
+SEC("tracepoint/syscalls/sys_enter_getpgid")
+int handle(void *ctx)
+{
+    struct event *e = bpf_ringbuf_reserve(&rb, 8, 0);
+
+    if (!e)
+        return 0;
+    e->pid = bpf_get_current_pid_tgid() >> 32;
+    bpf_ringbuf_submit(e, 0);
+    return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+@pytest.mark.kernel
+def test_absurd_array_in_the_event(tmp_path: Path) -> None:
+    """A 2^40-byte event type is one line of error, not an allocation or a traceback."""
+    obj = compile_bpf(HUGE_EVENT, tmp_path)
+    result = bpfloom_run(str(obj), "--duration", "1")
+    _one_error_line(result, f"struct event is {2**40 + 4} bytes", "at most")
 
 
 # --- stopping with a signal -------------------------------------------------------------
