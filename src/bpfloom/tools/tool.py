@@ -31,6 +31,7 @@ from typing import Any, ClassVar, TypeVar
 import click
 
 from .. import decode
+from .._terminal import escape_control as escape_control  # re-exported for the tools
 from ..batch import Batch
 from ..bpf import object_path
 from ..object import BpfObject
@@ -149,20 +150,6 @@ T = TypeVar("T", bound=Tool)
 
 
 # --- output -------------------------------------------------------------------------
-
-
-# Control characters would break a table row in two (a file name may hold a newline).
-_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in range(32)} | {
-    ord("\n"): "\\n",
-    ord("\t"): "\\t",
-    ord("\r"): "\\r",
-    0x7F: "\\x7f",
-}
-
-
-def escape_control(text: str) -> str:
-    """``text`` with its control characters as escapes (``\\n``, ``\\x1b``), for a table."""
-    return text.translate(_CONTROL_ESCAPES)
 
 
 def format_cell(value: Any) -> str:
