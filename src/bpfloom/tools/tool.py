@@ -348,7 +348,9 @@ def wait_for_stop(
     """Sleep until ``stop`` is set, ``duration`` passes or the pipeline stops running;
     call ``tick`` every ``interval`` seconds meanwhile."""
     deadline = None if duration is None else time.monotonic() + duration
-    next_tick = None if interval is None else time.monotonic() + interval
+    # Without a tick there is nothing to wake up for: waking at a past next_tick would
+    # spin the loop at 100% CPU.
+    next_tick = None if interval is None or tick is None else time.monotonic() + interval
     while not stop.is_set():
         now = time.monotonic()
         if deadline is not None and now >= deadline:
