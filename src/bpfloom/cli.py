@@ -108,8 +108,13 @@ def _global_options(obj: BpfObject) -> list[click.Parameter]:
 
 
 def settable_globals(obj: BpfObject) -> list[GlobalVar]:
-    """Globals that make sense as options: everything but pointers (and functions)."""
-    return [v for v in obj.globals.info() if not isinstance(strip(v.type), Pointer)]
+    """Globals that make sense as options: everything but pointers, and names C code
+    could not set either (function-local statics such as ``handle.____fmt``)."""
+    return [
+        v
+        for v in obj.globals.info()
+        if v.name.isidentifier() and not isinstance(strip(v.type), Pointer)
+    ]
 
 
 def _run_options() -> list[click.Parameter]:
