@@ -4,9 +4,9 @@
 ``ecli run`` on plain objects: the object's globals become options named exactly like
 the variables (parsed by a second click command built from the object's BTF once the
 object is open), every program is attached by its ``SEC()`` name, events of every
-ring/perf buffer are printed as a table or JSON lines, and log2 histogram maps are
-printed every interval. Errors are one line on stderr and exit status 1 — never a
-traceback (set ``BPFLOOM_DEBUG=1`` to see one).
+ring/perf buffer are printed as a table or JSON lines, and the object's maps and
+globals are printed every interval and at exit (``bpfloom.mapdump``). Errors are one
+line on stderr and exit status 1 — never a traceback (set ``BPFLOOM_DEBUG=1`` to see one).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from . import decode
 from ._exceptions import BpfloomError, TypeInfoError
 from .batch import Batch
 from .decode import Decoder
-from .histogram import format_log2_hist, is_log2_hist
+from .mapdump import DEFAULT_MAX_ROWS, MapDump
 from .object import BpfObject, GlobalVar
 from .perfbuf import PerfBuffer
 from .pipeline import Pipeline, StopSignals
@@ -35,7 +35,18 @@ from .tools.tool import quiet_stdout, wait_for_stop
 from .types import Array, Enum, Int, Pointer, Type, strip
 
 EXIT_ERROR = 1
-RUN_OPTIONS = ("json", "duration", "event_type", "interval", "max_latency", "stats", "help")
+RUN_OPTIONS = (
+    "json",
+    "duration",
+    "event_type",
+    "interval",
+    "max_latency",
+    "stats",
+    "map",
+    "no_maps",
+    "map_entries",
+    "help",
+)
 
 
 def _fail(message: str) -> NoReturn:
@@ -152,7 +163,25 @@ def _run_options() -> list[click.Parameter]:
             type=click.FloatRange(min=0, min_open=True),
             default=5.0,
             show_default=True,
-            help="Seconds between histogram prints (histogram maps only).",
+            help="Seconds between prints of the maps. An object with ring/perf buffers "
+            "prints its maps only at exit unless --interval is given.",
+        ),
+        click.Option(
+            ["--map", "map"],
+            multiple=True,
+            metavar="NAME",
+            help="Print only this map (or .data/.bss variable); repeatable.",
+        ),
+        click.Option(
+            ["--no-maps", "no_maps"], is_flag=True, help="Print no maps (nor .data/.bss variables)."
+        ),
+        click.Option(
+            ["--map-entries", "map_entries"],
+            type=click.IntRange(min=0),
+            default=DEFAULT_MAX_ROWS,
+            show_default=True,
+            metavar="N",
+            help="Rows (or histograms) printed per map in text output; 0: all.",
         ),
     ]
 
@@ -165,10 +194,12 @@ OBJECT is a compiled eBPF object (clang -g -O2 -target bpf). Its global variable
 them with their types and defaults.
 
 Events of every ring buffer and perf buffer map are printed one per line: a table
-(TIME, then the record's fields) or, with --json, one JSON object per line. Maps whose
-values hold a log2 histogram (a struct with a `slots` array) are printed every
---interval seconds and at exit. At exit, a summary of events received and lost goes to
-stderr.
+(TIME, then the record's fields) or, with --json, one JSON object per line. Hash and
+array maps, and .data/.bss globals holding counts, are printed every --interval seconds
+and at exit (at exit only for an object with ring/perf buffers, unless --interval is
+given): log2 histograms (a struct with a `slots` array) as bars, other maps as a key ->
+value table, and the names of empty maps. At exit, a summary of events received and
+lost goes to stderr.
 """
 
 
@@ -268,6 +299,19 @@ class _Printer:
                 if self._on_broken_pipe is not None:
                     self._on_broken_pipe()
 
+    def lines(self, lines: Sequence[str]) -> None:
+        """Print whole lines (a map dump), never in the middle of a batch."""
+        with self._lock:
+            if self.broken_pipe or not lines:
+                return
+            try:
+                sys.stdout.write("\n".join(lines) + "\n")
+                sys.stdout.flush()
+            except BrokenPipeError:
+                self.broken_pipe = True
+                if self._on_broken_pipe is not None:
+                    self._on_broken_pipe()
+
     def batch(self, decoder: Decoder, events: Iterable[Any]) -> None:
         out: list[str] = []
         if self.as_json:
@@ -298,32 +342,12 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _hist_unit(obj: BpfObject) -> str:
-    names = set(obj.globals)
-    if "targ_ms" in names:
-        return "msecs" if obj.globals["targ_ms"] else "usecs"
-    return "value"
-
-
-def _print_histograms(obj: BpfObject, as_json: bool) -> None:
-    unit = _hist_unit(obj)
-    for m in obj.maps.values():
-        if not is_log2_hist(m.value_type):
-            continue
-        for key, value in sorted(m.items(), key=lambda kv: str(kv[0])):
-            fields = value._asdict()
-            slots = list(fields["slots"])
-            if as_json:
-                row = {"map": m.name, "key": decode.to_jsonable(key), **decode.to_jsonable(value)}
-                sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
-                continue
-            label = f"{m.name} key = {key}"
-            if fields.get("comm"):
-                label += f" comm = {fields['comm']}"
-            text = format_log2_hist(slots, unit)
-            if text:
-                sys.stdout.write(f"\n{label}\n{text}\n")
-    sys.stdout.flush()
+def _print_maps(dump: MapDump, printer: _Printer) -> None:
+    if printer.as_json:
+        rows = dump.json_rows()
+        printer.lines([json.dumps(row, ensure_ascii=False) for row in rows])
+    else:
+        printer.lines(dump.text_lines())
 
 
 def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
@@ -331,8 +355,12 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
     for var in settable_globals(obj):
         if ctx.get_parameter_source(var.name) == click.core.ParameterSource.COMMANDLINE:
             obj.globals[var.name] = opts[var.name]
-    has_hist = any(is_log2_hist(m.value_type) for m in obj.maps.values())
     as_json = bool(opts["as_json"])
+    if opts["no_maps"] and opts["map"]:
+        _fail("--map and --no-maps exclude each other")
+    dump = None if opts["no_maps"] else MapDump(obj, opts["map"] or None, opts["map_entries"])
+    if dump is not None and not dump.sources:
+        dump = None
     # Take SIGINT/SIGTERM over before anything is attached: from then on the programs
     # trace, and Ctrl-C must be the clean stop with a summary. A signal during set-up
     # only sets `stop`; wait_for_stop() then returns at once.
@@ -346,9 +374,9 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
             obj.open_reader(m.name, opts["event_type"], poll_interval=poll_interval)
             for m in obj.event_buffers()
         ]
-        if not readers and not has_hist:
+        if not readers and dump is None:
             click.echo(
-                "bpfloom: note: the object has no ring/perf buffer or histogram map; "
+                "bpfloom: note: the object has no ring/perf buffer or map to print; "
                 "programs stay attached until the end",
                 err=True,
             )
@@ -370,19 +398,27 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
                     "attach target and was not attached",
                     err=True,
                 )
+            # With events, scratch maps (a pid -> timestamp hash) would interleave with
+            # the event stream: their maps print at exit, unless --interval asks.
+            periodic = dump is not None and (
+                not readers
+                or ctx.get_parameter_source("interval") == click.core.ParameterSource.COMMANDLINE
+            )
             wait_for_stop(
                 signals.stop,
                 pipeline,
                 opts["duration"],
-                (lambda: _print_histograms(obj, as_json)) if has_hist else None,
+                (lambda: _print_maps(dump, printer)) if periodic and dump is not None else None,
                 float(opts["interval"]),
             )
         finally:
             stats = pipeline.stop() if pipeline is not None else None
     if printer.broken_pipe:
         quiet_stdout()
-    elif has_hist:
-        _print_histograms(obj, as_json)
+    elif dump is not None:
+        _print_maps(dump, printer)
+        if printer.broken_pipe:
+            quiet_stdout()
     _summary(obj, stats, bool(opts["stats"]), as_json)
 
 
