@@ -483,6 +483,11 @@ class Globals(Mapping[str, Any]):
     def __iter__(self) -> Iterator[str]:
         return iter(self._vars)
 
+    def __contains__(self, name: object) -> bool:
+        # Mapping's version looks the name up and expects KeyError; ours raises
+        # GlobalError (with the valid names) instead.
+        return name in self._vars
+
     def _lookup(self, name: str) -> tuple[GlobalVar, int]:
         try:
             return self._vars[name]
