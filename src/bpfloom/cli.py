@@ -24,7 +24,7 @@ import click
 
 from . import decode
 from ._exceptions import BpfloomError, TypeInfoError
-from ._terminal import escape_control
+from ._terminal import escape_control, escape_lines, json_line
 from .batch import Batch
 from .decode import Decoder
 from .mapdump import DEFAULT_MAX_ROWS, MapDump
@@ -41,8 +41,13 @@ EXIT_USAGE = 2  # the command line is wrong: an unknown option, a bad value
 
 
 def _fail(message: str, status: int = EXIT_ERROR) -> NoReturn:
-    click.echo(f"bpfloom: error: {message}", err=True)
+    _stderr(f"bpfloom: error: {message}")
     sys.exit(status)
+
+
+def _stderr(message: str) -> None:
+    """A message on stderr, escaped: it may quote names an object file chose."""
+    click.echo(escape_lines(message), err=True)
 
 
 def _usage_fail(exc: click.ClickException) -> NoReturn:
@@ -293,7 +298,7 @@ def run_command(args: tuple[str, ...]) -> None:
             return
         _fail("missing OBJECT: bpfloom run OBJECT [OPTIONS] (see bpfloom run --help)", EXIT_USAGE)
     try:
-        obj = BpfObject(obj_path)
+        obj = BpfObject(obj_path, strings="surrogateescape")
     except BpfloomError as exc:
         _fail(str(exc))
     try:
@@ -357,7 +362,7 @@ class _Printer:
     def print_trace_line(self, line: TraceLine) -> None:
         """One bpf_printk line from trace_pipe."""
         if self.as_json:
-            text = json.dumps({"trace_pipe": line.as_dict()}, ensure_ascii=False)
+            text = json_line({"trace_pipe": line.as_dict()})
         else:
             stamp = time.strftime("%H:%M:%S")
             where = escape_control(f"{line.comm}-{line.pid} [{line.cpu:03d}]")
@@ -385,7 +390,7 @@ class _Printer:
     def batch(self, decoder: Decoder, events: Iterable[Any]) -> list[str]:
         """The output lines of a batch of events (a header first, once per decoder)."""
         if self.as_json:
-            return [json.dumps(decode.to_jsonable(ev), ensure_ascii=False) for ev in events]
+            return [json_line(decode.to_jsonable(ev)) for ev in events]
         out: list[str] = []
         widths = self.widths.get(id(decoder))
         if widths is None:
@@ -417,7 +422,7 @@ def _cell(value: Any) -> str:
 def _print_maps(dump: MapDump, printer: _Printer) -> None:
     if printer.as_json:
         rows = dump.json_rows()
-        printer.lines([json.dumps(row, ensure_ascii=False) for row in rows])
+        printer.lines([json_line(row) for row in rows])
     else:
         printer.lines(dump.text_lines())
 
@@ -432,11 +437,10 @@ def _set_globals(obj: BpfObject, opts: dict[str, Any]) -> None:
             continue
         obj.globals[var.name] = opts[dest]
         if not obj.globals.referenced(var.name):
-            click.echo(
+            _stderr(
                 f"bpfloom: warning: no program reads global {var.name!r}, so setting it "
                 "changes nothing (a plain `const` is folded into the code by the compiler; "
-                "declare it `const volatile`)",
-                err=True,
+                "declare it `const volatile`)"
             )
 
 
@@ -469,10 +473,9 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
                 if len(printk) == 1
                 else (f"programs {', '.join(printk)} print")
             )
-            click.echo(
+            _stderr(
                 f"bpfloom: note: {who} with bpf_printk; the lines go to "
-                f"{trace_pipe_path()} (add --trace-pipe to print them here)",
-                err=True,
+                f"{trace_pipe_path()} (add --trace-pipe to print them here)"
             )
         elif not readers and dump is None and not opts["trace_pipe"]:
             click.echo(
@@ -496,10 +499,9 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
                 trace_pipe.start()
             obj.attach_all()
             for prog in getattr(obj, "skipped_programs", []):
-                click.echo(
+                _stderr(
                     f"bpfloom: note: program {prog.name!r} (SEC {prog.section!r}) names no "
-                    "attach target and was not attached",
-                    err=True,
+                    "attach target and was not attached"
                 )
             # As every tool does: people (and scripts, tests) know tracing has begun.
             click.echo("bpfloom run: tracing; Ctrl-C to stop", err=True)

@@ -42,7 +42,7 @@ import click
 
 from .._exceptions import BpfloomError, MapError
 from .cgroups import CgroupPaths, cgroup2_mount
-from .tool import Column, Record, Tool, common_options, escape_control, run_tool, wall_time
+from .tool import Column, Record, Tool, common_options, run_tool, wall_time
 
 DEFAULT_MAX_ARGS = 20  # libbpf-tools' DEFAULT_MAXARGS
 TOTAL_MAX_ARGS = 60  # argv slots of the BPF record (TOTAL_MAX_ARGS in execsnoop.bpf.c)
@@ -55,7 +55,7 @@ def format_args(args: list[str], truncated: bool, quote: bool = False) -> str:
     escaped when ``quote``, as libbpf-tools' ``-q``), `` ...`` when it was cut."""
     if quote:
         args = ['"' + a.replace('"', '\\"') + '"' for a in args]
-    text = escape_control(" ".join(args))
+    text = " ".join(args)  # the printer escapes every cell
     return text + " ..." if truncated else text
 
 

@@ -32,7 +32,7 @@ import click
 
 from .. import _env
 from .._exceptions import AttachError
-from .tool import Column, Record, Tool, common_options, escape_control, run_tool, wall_time
+from .tool import Column, Record, Tool, common_options, run_tool, wall_time
 
 COMM_LEN = 15  # bytes of a task's comm, without the NUL
 ANY_UID = 0xFFFFFFFF  # (u32)-1 is no user id
@@ -93,7 +93,7 @@ class OpenSnoop(Tool):
             Column("FD", 3, right=True),
             Column("ERR", 3, right=True),
             *((Column("FLAGS", 8, text=lambda r: f"{r['flags']:08o}"),) if extended else ()),
-            Column("PATH", 0, text=lambda r: escape_control(r["path"])),
+            Column("PATH", 0),
         )
         super().__init__()
 
