@@ -38,8 +38,8 @@ from .tool import SECONDS, Printer, Tool, fail, wait_for_stop
 
 #: Which tool gives events of each kind, built with the options detection needs.
 TOOLS: dict[str, Callable[[], Tool]] = {
-    "exec": lambda: ExecSnoop(include_failed=True),
-    "open": lambda: OpenSnoop(),
+    "exec": lambda: ExecSnoop(include_failed=True, resolve_paths=True),
+    "open": lambda: OpenSnoop(full_path=True),
     "exit": lambda: ExitSnoop(),
 }
 
