@@ -8,7 +8,9 @@ run-time targets (``Program.attach_tracepoint``/``attach_uprobe``/``attach_xdp``
 ``attach_tc``). Objects, links and readers are context managers whose ``close()`` is
 idempotent; closing the object closes every link and reader made from it, so nothing
 of ours stays in the kernel. An object that failed to load or was closed refuses
-further use with ``ClosedError``.
+further use with ``ClosedError``; a loaded-only method on an opened object raises
+``NotLoadedError``, a set-up method on a loaded one ``AlreadyLoadedError``; a name that
+is not there (program, map, global) ``NotFoundError``.
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ import numpy as np
 
 from . import _env, _libbpf
 from ._exceptions import (
+    AlreadyLoadedError,
     AttachError,
     BpfPermissionError,
     ClosedError,
     GlobalError,
     LoadError,
+    NotFoundError,
+    NotLoadedError,
     ObjectFileError,
     TypeInfoError,
 )
@@ -493,7 +498,7 @@ class Globals(Mapping[str, Any]):
             return self._vars[name]
         except KeyError:
             valid = ", ".join(sorted(self._vars)) or "none"
-            raise GlobalError(f"unknown global {name!r}; valid globals: {valid}") from None
+            raise NotFoundError(f"unknown global {name!r}; valid globals: {valid}") from None
 
     def _memory(self, var: GlobalVar, map_ptr: int) -> int:
         self._obj._require_usable("globals")
@@ -624,12 +629,14 @@ class BpfObject:
     def _require_open(self, what: str) -> None:
         self._require_usable(what)
         if self.loaded:
-            raise ClosedError(f"{what}: object {self.path} is already loaded")
+            raise AlreadyLoadedError(
+                f"{what}: object {self.path} is already loaded (this is for before load())"
+            )
 
     def _require_loaded(self, what: str) -> None:
         self._require_usable(what)
         if not self.loaded:
-            raise ClosedError(f"{what}: object {self.path} is not loaded yet (call load())")
+            raise NotLoadedError(f"{what}: object {self.path} is not loaded yet (call load())")
 
     def load(self) -> BpfObject:
         """Load every program and map into the kernel; raises ``LoadError`` with the
@@ -699,16 +706,14 @@ class BpfObject:
             return self.programs[name]
         except KeyError:
             valid = ", ".join(sorted(self.programs))
-            raise AttachError(
-                f"no program {name!r} in {self.path}; programs: {valid}", program=name
-            ) from None
+            raise NotFoundError(f"no program {name!r} in {self.path}; programs: {valid}") from None
 
     def map(self, name: str) -> Map:
         try:
             return self.maps[name]
         except KeyError:
             valid = ", ".join(sorted(self.maps)) or "none"
-            raise TypeInfoError(f"no map {name!r} in {self.path}; maps: {valid}") from None
+            raise NotFoundError(f"no map {name!r} in {self.path}; maps: {valid}") from None
 
     @property
     def links(self) -> list[Link]:
