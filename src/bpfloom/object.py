@@ -57,7 +57,7 @@ DROPS_MAP = "bpfloom_drops"
 WAKEUP_FLAGS_GLOBAL = "bpfloom_wakeup_flags"
 BPF_RB_NO_WAKEUP = 1
 BPF_RB_FORCE_WAKEUP = 2
-_NO_KPROBES = ("kprobe/", "kretprobe/", "ksyscall/", "kretsyscall/", "kprobe.multi/")
+_KPROBES = ("kprobe/", "kretprobe/", "ksyscall/", "kretsyscall/", "kprobe.multi/")
 _NO_TRAMPOLINE = ("fentry/", "fexit/", "fmod_ret/", "fentry.s/", "fexit.s/", "lsm/")
 
 
@@ -319,7 +319,8 @@ def _attach_error(prog: Program, hook: str, err: int, log: list[str]) -> AttachE
     """An AttachError that says why, in the terms of this kernel's missing hooks."""
     reason = os.strerror(err)
     section = prog.section
-    if section.startswith(_NO_KPROBES) or hook.startswith(_NO_KPROBES):
+    kprobe = section.startswith(_KPROBES) or hook.startswith(_KPROBES)
+    if kprobe and not _env.kprobes_available():
         reason = (
             "this kernel has no kprobes (CONFIG_KPROBES is off); use a tracepoint instead, "
             'e.g. SEC("tracepoint/syscalls/sys_enter_<name>") or a raw tracepoint'
