@@ -7,9 +7,9 @@ tree of *column readers*. ``Decoder.decode_batch`` then takes ``n`` records as o
 read for all ``n`` records at once with numpy (a typed view of the field's bytes, then
 ``tolist()``), and the events are assembled from the columns by C-level iteration
 (``map``/``zip``). No Python code runs per event per field; the only per-event work is
-the creation of the event object itself. This follows the performance model of the
-design brief (§7): a per-event Python callback tops out near 1.4 M events/s, columns
-get several times that (``bench/decode_micro.py`` measures it).
+the creation of the event object itself. This follows the performance model in
+docs/design.md: a per-event Python callback tops out near 1.4 M events/s, columns get
+several times that (``bench/decode_micro.py`` measures it).
 
 What a C value becomes in Python:
 
