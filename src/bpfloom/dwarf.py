@@ -20,7 +20,6 @@ loops as many times as an untrusted count says, even when each entry is empty).
 from __future__ import annotations
 
 import io
-import os
 import posixpath
 from collections.abc import Callable
 from typing import Any, Literal
@@ -30,6 +29,7 @@ from elftools.dwarf.die import DIE, AttributeValue
 from elftools.dwarf.dwarfinfo import DebugSectionDescriptor, DWARFInfo
 from elftools.elf.elffile import ELFFile
 
+from ._elf import ObjectSource, object_image
 from ._exceptions import TypeInfoError
 from .types import (
     Array,
@@ -83,7 +83,7 @@ _CHAIN_LIMIT = 64  # longest typedef/qualifier chain we follow by hand
 DW_OP_PLUS_UCONST = 0x23
 
 
-def dwarf_types(source: str | os.PathLike[str] | bytes, name: str | None = None) -> list[Type]:
+def dwarf_types(source: ObjectSource, name: str | None = None) -> list[Type]:
     """Every named struct, union, enum and typedef defined in the object's DWARF.
 
     Types they reference are built too and shared (one object per DIE), so cycles
@@ -93,12 +93,7 @@ def dwarf_types(source: str | os.PathLike[str] | bytes, name: str | None = None)
     it in messages). Raises ``OSError`` if the file cannot be read, ``TypeInfoError``
     for anything malformed or unsupported.
     """
-    if isinstance(source, bytes):
-        image, path = source, name or "the object"
-    else:
-        with open(source, "rb") as f:
-            image = f.read()
-        path = os.fspath(source)
+    image, path = object_image(source, name)
     try:
         elf = ELFFile(io.BytesIO(image))
         if not elf.has_section(".debug_info") and not elf.has_section(".zdebug_info"):

@@ -16,7 +16,6 @@ records) and any malformed ELF raises :class:`~bpfloom._exceptions.ObjectFileErr
 from __future__ import annotations
 
 import io
-import os
 from typing import Literal
 
 from elftools.elf.constants import SH_FLAGS
@@ -24,6 +23,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
+from ._elf import ObjectSource, object_image
 from ._exceptions import ObjectFileError
 
 __all__ = ["data_references"]
@@ -32,20 +32,13 @@ R_BPF_64_64 = 1  # ld_imm64 of a map or data address
 _INSN_SIZE = 8
 
 
-def data_references(
-    source: str | os.PathLike[str] | bytes, name: str | None = None
-) -> dict[str, set[int]]:
+def data_references(source: ObjectSource, name: str | None = None) -> dict[str, set[int]]:
     """Section name → byte offsets that program instructions load the address of.
 
     ``source`` is the object file's path or its bytes (``name`` then names it in
     messages).
     """
-    if isinstance(source, bytes):
-        image, path = source, name or "the object"
-    else:
-        with open(source, "rb") as f:
-            image = f.read()
-        path = os.fspath(source)
+    image, path = object_image(source, name)
     try:
         return _scan(ELFFile(io.BytesIO(image)))
     except ObjectFileError:
