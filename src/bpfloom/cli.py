@@ -22,24 +22,58 @@ from typing import Any, NoReturn
 
 import click
 
-from . import decode
-from ._exceptions import BpfloomError, TypeInfoError
+from . import attach_comments, decode
+from ._exceptions import AttachError, BpfloomError, TypeInfoError
 from .batch import Batch
 from .decode import Decoder
 from .histogram import format_log2_hist, is_log2_hist
-from .object import BpfObject, GlobalVar
+from .object import XDP_MODES, BpfObject, GlobalVar, Link, Program
 from .perfbuf import PerfBuffer
 from .pipeline import Pipeline, StopSignals
 from .ringbuf import DEFAULT_POLL_INTERVAL, RingBuffer
+from .targets import AttachTargets, plan
 from .tools.tool import quiet_stdout, wait_for_stop
 from .types import Array, Enum, Int, Pointer, Type, strip
 
 EXIT_ERROR = 1
-RUN_OPTIONS = ("json", "duration", "event_type", "interval", "max_latency", "stats", "help")
+RUN_OPTIONS = (
+    "json",
+    "duration",
+    "event_type",
+    "interval",
+    "max_latency",
+    "stats",
+    "help",
+    "interface",
+    "tc_hook",
+    "xdp_mode",
+    "binary",
+    "pid",
+)
+# Options of `run` that take a value: the word after one is never OBJECT.
+_VALUE_OPTIONS = frozenset(
+    (
+        "--duration",
+        "--event-type",
+        "--interval",
+        "--max-latency",
+        "--interface",
+        "--tc-hook",
+        "--xdp-mode",
+        "--binary",
+        "--pid",
+    )
+)
+
+
+# Error messages quote SEC names, paths and libbpf's log, which come from object files:
+# their control characters (a terminal escape sequence, say) are shown as escapes. Line
+# breaks and tabs stay: a verifier log tail is several lines.
+_ERROR_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(32), *range(0x7F, 0xA0)) if c not in (9, 10)}
 
 
 def _fail(message: str) -> NoReturn:
-    click.echo(f"bpfloom: error: {message}", err=True)
+    click.echo(f"bpfloom: error: {message.translate(_ERROR_ESCAPES)}", err=True)
     sys.exit(EXIT_ERROR)
 
 
@@ -149,6 +183,43 @@ def _run_options() -> list[click.Parameter]:
             show_default=True,
             help="Seconds between histogram prints (histogram maps only).",
         ),
+        click.Option(
+            ["--interface"],
+            default=None,
+            metavar="IF",
+            help="Network interface XDP and tc programs attach to (default: the source's "
+            "/// @ifindex or @tchook comment).",
+        ),
+        click.Option(
+            ["--tc-hook", "tc_hook"],
+            type=click.Choice(["ingress", "egress"]),
+            default=None,
+            metavar="HOOK",
+            help="tc hook of tc programs: ingress or egress (default: the source's "
+            "@tchook, else ingress).",
+        ),
+        click.Option(
+            ["--xdp-mode", "xdp_mode"],
+            type=click.Choice(list(XDP_MODES)),
+            default=None,
+            metavar="MODE",
+            help="XDP mode: auto, skb (generic), native (driver) or offload (NIC); "
+            "default: the source's @flags, else auto (native when the driver has it).",
+        ),
+        click.Option(
+            ["--binary"],
+            default=None,
+            metavar="PATH",
+            help="Attach every uprobe, uretprobe and USDT program to this binary instead "
+            "of the one its SEC names.",
+        ),
+        click.Option(
+            ["--pid"],
+            type=click.IntRange(min=1),
+            default=None,
+            metavar="N",
+            help="Limit uprobe, uretprobe and USDT programs to process N.",
+        ),
     ]
 
 
@@ -164,6 +235,12 @@ Events of every ring buffer and perf buffer map are printed one per line: a tabl
 values hold a log2 histogram (a struct with a `slots` array) are printed every
 --interval seconds and at exit. At exit, a summary of events received and lost goes to
 stderr.
+
+Programs attach by their SEC() names. XDP and tc programs attach to --interface, or to
+the interface their source's ecli attach comments name (/// @ifindex, /// @tchook;
+options win over comments). --binary moves every uprobe, uretprobe and USDT program to
+another binary (same function or probe), --pid limits them to one process. Everything
+is detached at exit, on Ctrl-C and on errors.
 """
 
 
@@ -176,6 +253,8 @@ def _split_object(args: Sequence[str]) -> tuple[str | None, list[str]]:
         if arg.startswith("-"):
             continue
         prev = rest[i - 1] if i else ""
+        if prev in _VALUE_OPTIONS:
+            continue
         takes_value = prev.startswith("--") and "=" not in prev and prev not in ("--json",)
         if takes_value and not (arg.endswith(".o") or os.path.isfile(arg)):
             continue
@@ -335,18 +414,13 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
     if opts["max_latency"] is not None:
         poll_interval = opts["max_latency"]
         obj.use_polled_wakeups()
+    targets = _attach_targets(obj, opts)
     with StopSignals() as signals:
         obj.load()
         readers: list[RingBuffer | PerfBuffer] = [
             obj.open_reader(m.name, opts["event_type"], poll_interval=poll_interval)
             for m in obj.event_buffers()
         ]
-        if not readers and not has_hist:
-            click.echo(
-                "bpfloom: note: the object has no ring/perf buffer or histogram map; "
-                "programs stay attached until the end",
-                err=True,
-            )
         printer = _Printer(as_json, on_broken_pipe=signals.stop.set)
         pipeline = (
             Pipeline(readers, printer.print_batch, executor="inline", batch=True)
@@ -358,11 +432,16 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
         if pipeline is not None:
             pipeline.start()
         try:
-            obj.attach_all()
-            for prog in getattr(obj, "skipped_programs", []):
+            links = _attach(obj, targets)
+            skipped: list[Program] = getattr(obj, "skipped_programs", [])
+            if not links and not readers and not has_hist:
+                raise AttachError(_nothing_to_run(obj, skipped))
+            for prog in skipped:
+                click.echo(f"bpfloom: note: {_skip_reason(prog)}", err=True)
+            if not readers and not has_hist:
                 click.echo(
-                    f"bpfloom: note: program {prog.name!r} (SEC {prog.section!r}) names no "
-                    "attach target and was not attached",
+                    "bpfloom: note: the object has no ring/perf buffer or histogram map; "
+                    "programs stay attached until the end",
                     err=True,
                 )
             wait_for_stop(
@@ -379,6 +458,98 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
     elif has_hist:
         _print_histograms(obj, as_json)
     _summary(obj, stats, bool(opts["stats"]), as_json)
+
+
+def _is_probe(prog: Program) -> bool:
+    """A uprobe, uretprobe or USDT program (``--binary``/``--pid`` retarget these)."""
+    return prog.section.split("/", 1)[0] in (
+        "uprobe",
+        "uretprobe",
+        "uprobe.s",
+        "uretprobe.s",
+        "usdt",
+    )
+
+
+def _attach_targets(obj: BpfObject, opts: dict[str, Any]) -> AttachTargets:
+    """The attach targets of the command line and the source's attach comments,
+    checked before anything is loaded: an option that applies to no program, an
+    interface or binary that does not exist, or a malformed comment is an error."""
+    progs = [p for p in obj.programs.values() if p.autoload]
+    net = {p.name: "xdp" if p.is_xdp else "tc" for p in progs if p.is_xdp or p.is_tc}
+    kinds = set(net.values())
+    needs = [
+        ("--interface", opts["interface"] is not None, bool(kinds), "XDP or tc"),
+        ("--xdp-mode", opts["xdp_mode"] is not None, "xdp" in kinds, "XDP"),
+        ("--tc-hook", opts["tc_hook"] is not None, "tc" in kinds, "tc"),
+        ("--binary", opts["binary"] is not None, any(map(_is_probe, progs)), "uprobe or USDT"),
+        ("--pid", opts["pid"] is not None, any(map(_is_probe, progs)), "uprobe or USDT"),
+    ]
+    for option, given, applies, what in needs:
+        if given and not applies:
+            raise AttachError(f"{option}: {obj.path} has no {what} program to apply it to")
+    comments = attach_comments.source_comments(obj.path, net).programs if net else {}
+    targets = AttachTargets(
+        interface=opts["interface"],
+        tc_hook=opts["tc_hook"],
+        xdp_mode=opts["xdp_mode"],
+        binary=opts["binary"],
+        pid=opts["pid"],
+        comments=comments,
+    )
+    plan(obj, targets)
+    return targets
+
+
+def _attach(obj: BpfObject, targets: AttachTargets) -> list[Link]:
+    """``attach_all``; a uprobe/USDT whose SEC names a missing file gets a hint."""
+    try:
+        return obj.attach_all(targets)
+    except AttachError as exc:
+        probe = exc.hook.startswith(("uprobe", "uretprobe", "usdt"))
+        if exc.errno == 2 and probe and targets.binary is None:
+            raise AttachError(
+                f"{exc}; pass --binary PATH to attach it to another binary",
+                errno=exc.errno,
+                program=exc.program,
+                hook=exc.hook,
+            ) from exc
+        raise
+
+
+_HOW_TO_NAME_AN_INTERFACE = (
+    "pass --interface IF, or put ecli's /// @ifindex (XDP) or /// @tchook (tc) comment "
+    "before the program in the source"
+)
+
+
+def _skip_reason(prog: Program) -> str:
+    """Why ``prog`` was not attached, and what to do about it."""
+    what = f"program {prog.name!r} (SEC {prog.section!r})"
+    if prog.is_xdp or prog.is_tc:
+        kind = "an XDP" if prog.is_xdp else "a tc"
+        return (
+            f"{what} was not attached: {kind} program needs a network interface; "
+            + _HOW_TO_NAME_AN_INTERFACE
+        )
+    return f"{what} names no attach target and was not attached"
+
+
+def _nothing_to_run(obj: BpfObject, skipped: list[Program]) -> str:
+    """The one-line error for an object of which nothing was attached or can be read."""
+    net = [p for p in skipped if p.is_xdp or p.is_tc]
+    other = [p for p in skipped if p not in net]
+    parts = []
+    if net:
+        names = ", ".join(f"{p.name!r} (SEC {p.section!r})" for p in net)
+        parts.append(f"{names} need a network interface: {_HOW_TO_NAME_AN_INTERFACE}")
+    if other:
+        names = ", ".join(f"{p.name!r} (SEC {p.section!r})" for p in other)
+        parts.append(f"{names} name no attach target")
+    return (
+        f"nothing to run: no program of {obj.path} was attached and it has no ring/perf "
+        f"buffer or histogram map to read; " + "; ".join(parts)
+    )
 
 
 def _summary(obj: BpfObject, stats: dict[str, Any] | None, show_stats: bool, as_json: bool) -> None:
