@@ -367,6 +367,56 @@ def test_handmade_blob_both_byte_orders() -> None:
         assert isinstance(ptr, Pointer) and ptr.target is a
 
 
+def typed(kind: int, kflag: int, vlen: int, size: int, *words: int) -> bytes:
+    """One btf_type record with its kind_flag, named 'a', followed by ``words``."""
+    info = (kflag << 31) | (kind << 24) | vlen
+    return struct.pack(f"<III{len(words)}I", 1, info, size, *words)
+
+
+@pytest.mark.parametrize(
+    ("record", "value"),
+    [
+        (typed(6, 1, 1, 4, 1, 0xC8), 200),
+        (typed(6, 0, 1, 4, 1, 0xC8), 200),
+        (typed(6, 1, 1, 4, 1, 0x7FFFFFFF), 2**31 - 1),
+        (typed(6, 1, 1, 4, 1, 0x80000000), -(2**31)),  # kind_flag: signed
+        (typed(6, 0, 1, 4, 1, 0x80000000), 2**31),
+        (typed(6, 1, 1, 4, 1, 0xFFFFFFFF), -1),
+        (typed(6, 0, 1, 4, 1, 0xFFFFFFFF), 2**32 - 1),
+        (typed(19, 1, 1, 8, 1, 0x80000000, 0), 2**31),  # the low word's top bit is a bit
+        (typed(19, 1, 1, 8, 1, 0xFFFFFFFF, 0x7FFFFFFF), 2**63 - 1),
+        (typed(19, 1, 1, 8, 1, 0, 0x80000000), -(2**63)),
+        (typed(19, 0, 1, 8, 1, 0, 0x80000000), 2**63),
+        (typed(19, 1, 1, 8, 1, 0xFFFFFFFF, 0xFFFFFFFF), -1),
+        (typed(19, 0, 1, 8, 1, 0xFFFFFFFF, 0xFFFFFFFF), 2**64 - 1),
+    ],
+)
+def test_enum_values_at_boundaries(record: bytes, value: int) -> None:
+    t = parse_btf(blob(record)).types[1]
+    assert isinstance(t, Enum) and t.values == {"a": value}
+
+
+@pytest.mark.parametrize(
+    ("kflag", "offset_word", "offset_bits", "bitfield_size"),
+    [
+        (0, 0x7FFFFFFF, 2**31 - 1, 0),
+        (0, 0x80000000, 2**31, 0),
+        (0, 0xFFFFFFFF, 2**32 - 1, 0),
+        (1, 0x00FFFFFF, 2**24 - 1, 0),  # kind_flag: 24 bits of offset, 8 of bitfield size
+        (1, 0x80800000, 2**23, 0x80),
+        (1, 0xFFFFFFFF, 2**24 - 1, 0xFF),
+    ],
+)
+def test_member_offsets_at_boundaries(
+    kflag: int, offset_word: int, offset_bits: int, bitfield_size: int
+) -> None:
+    records = INT_A + typed(4, kflag, 1, 0xFFFFFFFF, 1, 1, offset_word)
+    t = parse_btf(blob(records)).types[2]
+    assert isinstance(t, Struct) and t.size == 2**32 - 1
+    (m,) = t.members
+    assert (m.offset_bits, m.bitfield_size) == (offset_bits, bitfield_size)
+
+
 def test_empty_btf() -> None:
     btf = parse_btf(blob(b"", b"\0"))
     assert len(btf.types) == 1

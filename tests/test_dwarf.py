@@ -3,9 +3,11 @@ as BTF, plus types BTF lacks and where each struct was declared."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
+from elftools.elf.elffile import ELFFile
 
 from bpfloom._exceptions import TypeInfoError
 from bpfloom.btf import btf_from_elf
@@ -264,6 +266,96 @@ def test_enums(types: list[Type]) -> None:
     assert isinstance(flags, Enum)
     assert (flags.size, flags.signed) == (8, False)
     assert flags.values == {"F_ONE": 1, "F_BIG": 1 << 32}
+
+
+ENUM_SOURCE = """
+enum es { S_200 = 200, S_M1 = -1, S_40000 = 40000, S_MAX = 0x7fffffff, S_MIN = -0x7fffffff - 1 };
+enum eu { U_200 = 200, U_MAX = 0xffffffffu, U_TOP = 0x80000000u };
+enum e8 { E8_MAX = 0xffffffffffffffffull, E8_TOP = 0x8000000000000000ull };
+enum s8 { S8_NEG = -5, S8_MAX = 0x7fffffffffffffffll };
+enum __attribute__((packed)) p1 { P1_255 = 255, P1_128 = 128 };
+enum __attribute__((packed)) ps1 { PS1_MIN = -128, PS1_MAX = 127 };
+struct holder { enum es a; enum eu b; enum e8 c; enum s8 d; enum p1 e; enum ps1 f; } *holder;
+"""
+ENUMS = {  # name: (size, signed, values)
+    "es": (
+        4,
+        True,
+        {"S_200": 200, "S_M1": -1, "S_40000": 40000, "S_MAX": 2**31 - 1, "S_MIN": -(2**31)},
+    ),
+    "eu": (4, False, {"U_200": 200, "U_MAX": 2**32 - 1, "U_TOP": 2**31}),
+    "e8": (8, False, {"E8_MAX": 2**64 - 1, "E8_TOP": 2**63}),
+    "s8": (8, True, {"S8_NEG": -5, "S8_MAX": 2**63 - 1}),
+    "p1": (1, False, {"P1_255": 255, "P1_128": 128}),
+    "ps1": (1, True, {"PS1_MIN": -128, "PS1_MAX": 127}),
+}
+# How gcc writes a signed enum's values: positive ones zero-extended in dataN, negative
+# ones as sdata (clang writes sdata/udata only).
+GCC_ENUM_FORMS = {
+    "S_200": ("DW_FORM_data1", 200),
+    "S_M1": ("DW_FORM_sdata", -1),
+    "S_MAX": ("DW_FORM_data4", 2**31 - 1),
+    "S8_MAX": ("DW_FORM_data8", 2**63 - 1),
+    "PS1_MAX": ("DW_FORM_data1", 127),
+}
+
+
+def enumerator_forms(obj: Path) -> dict[str, tuple[str, int]]:
+    with obj.open("rb") as f:
+        info = ELFFile(f).get_dwarf_info()
+        return {
+            die.attributes["DW_AT_name"].value.decode(): (
+                die.attributes["DW_AT_const_value"].form,
+                die.attributes["DW_AT_const_value"].value,
+            )
+            for cu in info.iter_CUs()
+            for die in cu.iter_DIEs()
+            if die.tag == "DW_TAG_enumerator"
+        }
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        ("gcc", "-g", "-gdwarf-5"),
+        ("gcc", "-g", "-gdwarf-4"),
+        ("gcc", "-g", "-gdwarf-2"),
+        ("clang-16", "-g", "-O2", "-target", "bpf"),
+    ],
+    ids=["gcc-dwarf5", "gcc-dwarf4", "gcc-dwarf2", "clang-bpf"],
+)
+def test_enum_values_at_form_boundaries(tmp_path: Path, cmd: tuple[str, ...]) -> None:
+    """A signed enum's 200 in data1 is 200, not -56; every value at its boundary."""
+    src, obj = tmp_path / "enums.c", tmp_path / "enums.o"
+    src.write_text(ENUM_SOURCE)
+    subprocess.run([*cmd, "-c", str(src), "-o", str(obj)], check=True)
+    if cmd[0] == "gcc":
+        forms = enumerator_forms(obj)
+        assert {name: forms[name] for name in GCC_ENUM_FORMS} == GCC_ENUM_FORMS
+    found = {t.name: t for t in dwarf_types(obj) if isinstance(t, Enum)}
+    assert {name: (t.size, t.signed, t.values) for name, t in found.items()} == ENUMS
+    if cmd[0] != "gcc":  # the same values through BTF
+        btf = btf_from_elf(obj)
+        assert btf is not None
+        for name, expected in ENUMS.items():
+            (t,) = btf.by_name(name, Enum)
+            assert (t.size, t.signed, t.values) == expected
+
+
+def test_gcc_relocatable_object(tmp_path: Path) -> None:
+    """gcc's x86-64 .o keeps string offsets in RELA relocations: names must still be right."""
+    src, obj = tmp_path / "host.c", tmp_path / "host.o"
+    src.write_text(HEADER + "struct stats *p_stats;\nstruct node *p_node;\n")
+    subprocess.run(["gcc", "-g", "-c", str(src), "-o", str(obj)], check=True)
+    with obj.open("rb") as f:
+        assert ELFFile(f).get_section_by_name(".rela.debug_info") is not None
+    types = dwarf_types(obj)
+    stats = named(types, "stats", Struct)
+    assert isinstance(stats, Struct) and stats.size == 88
+    assert [m.name for m in stats.members] == [name for name, *_ in STATS_MEMBERS]
+    assert stats.decl_file is not None and stats.decl_file.endswith("/host.c")
+    node = named(types, "node", Struct)
+    assert isinstance(node, Struct) and [m.name for m in node.members] == ["next", "value"]
 
 
 def test_cycles_share_objects(types: list[Type]) -> None:

@@ -413,6 +413,31 @@ def test_library_traces_one_process(builds: GoBuilds, go_programs: list[GoProgra
     check_trace(records, summaries, program.pid, wall)
 
 
+@pytest.mark.kernel
+def test_a_binary_name_is_one_file_for_analysis_and_probe(
+    builds: GoBuilds,
+    go_programs: list[GoProgram],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--binary true` in a directory holding a Go program called `true`: the file read
+    for the analysis is the file probed (it used to probe /usr/bin/true from PATH)."""
+    (tmp_path / "true").symlink_to(builds.program)
+    monkeypatch.chdir(tmp_path)
+    with GoroutineTracer("true") as tracer:
+        assert tracer.go.path == os.path.realpath(builds.program)
+        tracer.attach()
+        program = start_program(builds.program, go_programs)
+        program.release()
+        program.finish()
+        records: list[dict[str, Any]] = []
+        deadline = time.monotonic() + TIMEOUT
+        while not any(s["exited"] for s in tracer.summaries()):
+            assert time.monotonic() < deadline, "the Go program was never traced"
+            records.extend(tracer.read(timeout=0.5))
+    assert {r["tgid"] for r in records} == {program.pid}
+
+
 # --- the CLI ------------------------------------------------------------------------------
 
 
@@ -503,7 +528,10 @@ def test_cli_errors_are_one_line(
     result = run_tool_cli("goroutines", "--binary", path)
     assert result.returncode == 1
     assert result.stdout == ""
-    assert result.stderr.startswith("bpfloom: error: " + message.format(path=path))
+    # The message names the file read: the path resolved once (/bin/true is
+    # /usr/bin/true where /bin links to usr/bin).
+    resolved = os.path.realpath(path)
+    assert result.stderr.startswith("bpfloom: error: " + message.format(path=resolved))
     assert result.stderr.count("\n") == 1, result.stderr
 
 
@@ -523,7 +551,9 @@ def test_cli_pid_errors(builds: GoBuilds) -> None:
 def test_cli_needs_a_binary_or_a_pid() -> None:
     result = run_tool_cli("goroutines")
     assert result.returncode == 2
-    assert "give --binary PATH, --pid N, or both" in result.stderr
+    assert result.stderr == (
+        "bpfloom: error: give --binary PATH, --pid N, or both (see 'bpfloom goroutines --help')\n"
+    )
     no_traceback(result)
 
 

@@ -362,6 +362,65 @@ def test_verifier_rejection_raises_load_error_with_log_tail() -> None:
     assert err.log_tail.splitlines()[-1].startswith("processed ")
 
 
+# Every program kind that runs through a BPF trampoline, which this kernel lacks.
+TRAMPOLINE_PROGRAMS = [
+    ("on_fentry", "fentry/do_unlinkat", "tracing", "trace_fentry"),
+    ("on_fexit", "fexit/do_unlinkat", "tracing", "trace_fexit"),
+    ("on_fmod_ret", "fmod_ret/security_file_open", "tracing", "modify_return"),
+    ("on_fentry_sleepable", "fentry.s/do_unlinkat", "tracing", "trace_fentry"),
+    ("on_lsm", "lsm/file_open", "lsm", "lsm_mac"),
+    ("on_lsm_sleepable", "lsm.s/file_open", "lsm", "lsm_mac"),
+    ("on_lsm_cgroup", "lsm_cgroup/file_open", "lsm", "lsm_cgroup"),
+]
+
+
+def _only(obj: BpfObject, program: str) -> None:
+    for prog in obj.programs.values():
+        prog.autoload = prog.name == program
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(
+    ("program", "section", "prog_type", "attach_type"),
+    TRAMPOLINE_PROGRAMS,
+    ids=[p[0] for p in TRAMPOLINE_PROGRAMS],
+)
+def test_trampoline_program_load_error_says_what_failed(
+    program: str, section: str, prog_type: str, attach_type: str
+) -> None:
+    """The kernel answers EPERM; as root with every capability that is not a
+    permission problem, and the error says what really failed and what to use."""
+    before = own_bpf_ids()
+    with BpfObject(bpf_object("trampoline")) as obj:
+        _only(obj, program)
+        with pytest.raises(LoadError) as info:
+            obj.load()
+    err = info.value
+    assert type(err) is LoadError  # not a BpfPermissionError
+    assert not isinstance(err, PermissionError)
+    assert err.errno == 1
+    message = str(err)
+    assert f"program {program!r} of {bpf_object('trampoline')}" in message
+    assert f"SEC {section!r}: program type {prog_type}, attach type {attach_type}" in message
+    assert "this kernel has no BPF trampolines" in message
+    assert "not a permission problem, the caller has CAP_SYS_ADMIN" in message
+    assert "needs root" not in message
+    assert 'SEC("tp_btf/<tracepoint>")' in message
+    assert 'SEC("raw_tp/<tracepoint>")' in message
+    assert 'SEC("tracepoint/<category>/<name>")' in message
+    assert not any(new_ids(before).values())
+
+
+@pytest.mark.kernel
+def test_tp_btf_needs_no_trampoline() -> None:
+    with BpfObject(bpf_object("trampoline")) as obj:
+        _only(obj, "on_tp_btf")
+        obj.load()
+        link = obj.program("on_tp_btf").attach()
+        assert not link.closed
+        assert obj.program("on_tp_btf").kind == ("tracing", "trace_raw_tp")
+
+
 @pytest.mark.kernel
 @pytest.mark.parametrize("how", ["attach_all", "attach"])
 def test_kprobe_attach_raises_attach_error_naming_hook(how: str) -> None:
@@ -531,6 +590,35 @@ def test_unprivileged_load_raises_permission_error(preload: str, who: str) -> No
 
 
 @pytest.mark.kernel
+def test_network_program_without_cap_net_admin_names_the_capability(preload: str) -> None:
+    """CAP_BPF and CAP_PERFMON pass the up-front check, but an XDP program also needs
+    CAP_NET_ADMIN: the error says so, naming the program and what the caller has."""
+    if shutil.which("capsh") is None:
+        pytest.fail("capsh (libcap2-bin) is not installed; scripts/setup.sh installs it")
+    cmd = [
+        "capsh",
+        "--drop=cap_sys_admin,cap_net_admin",
+        "--",
+        "-c",
+        'exec "$0" -c "$1" "$2"',
+        sys.executable,
+        _LOAD_AS_CHILD,
+        str(bpf_object("net")),
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, cwd="/", env=_child_env(preload, "none")
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["caps"] & (1 << _env.CAP_BPF) and result["caps"] & (1 << _env.CAP_PERFMON)
+    assert result["error"] == "BpfPermissionError", result
+    message = result["message"]
+    assert "program type xdp" in message or "program type sched_cls" in message, message
+    assert "need CAP_NET_ADMIN" in message
+    assert "the caller has CAP_PERFMON, CAP_BPF" in message
+
+
+@pytest.mark.kernel
 def test_cli_run_unprivileged_exits_1_with_one_line_error(preload: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", _CLI_AS_CHILD, "run", str(bpf_object("shapes")), "--duration", "1"],
@@ -598,7 +686,10 @@ _MOUNT_NAMESPACE_CHILD = textwrap.dedent(
         parts = line.split()
         if parts[1] in ("/sys/kernel/tracing", "/sys/fs/bpf"):
             mounts[parts[1]] = parts[2]
-    print("AFTER: " + json.dumps({"mounts": mounts, "events": events, "pid": os.getpid()}))
+    modes = {m: oct(os.stat(m).st_mode & 0o7777) for m in mounts}
+    print("AFTER: " + json.dumps(
+        {"mounts": mounts, "modes": modes, "events": events, "pid": os.getpid()}
+    ))
     """
 )
 
@@ -627,6 +718,10 @@ def test_missing_tracefs_and_bpffs_are_mounted_in_a_private_namespace() -> None:
     assert "BEFORE: 0" in lines, "the namespace still had tracefs/bpffs mounted"
     after = json.loads(next(x for x in lines if x.startswith("AFTER: "))[len("AFTER: ") :])
     assert after["mounts"] == {"/sys/kernel/tracing": "tracefs", "/sys/fs/bpf": "bpf"}
+    # Only root may pin objects in (or read) the bpffs we mount, as systemd mounts it
+    # (the kernel keeps the sticky bit on bpffs' root: kernel/bpf/inode.c).
+    assert after["modes"]["/sys/fs/bpf"] == "0o1700"
+    assert after["modes"]["/sys/kernel/tracing"] == "0o700"
     assert after["events"] == [after["pid"]]
     # The host's mounts were never touched.
     host_after = _mounts()

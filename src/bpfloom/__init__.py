@@ -12,25 +12,78 @@ from its ring buffers and perf buffers in batches::
                 print(ev.pid, ev.comm)
 """
 
-from ._exceptions import (
-    AttachError,
-    BpfloomError,
-    BpfPermissionError,
-    ClosedError,
-    EnvironmentSetupError,
-    GlobalError,
-    LoadError,
-    MapError,
-    ObjectFileError,
-    TypeInfoError,
-)
-from .batch import Batch
-from .decode import Decoder
-from .maps import Map
-from .object import BpfObject, Globals, GlobalVar, Link, Program, load
-from .perfbuf import PerfBuffer
-from .pipeline import Pipeline, PipelineError
-from .ringbuf import RingBuffer
+from __future__ import annotations
+
+# Not typing.TYPE_CHECKING: importing typing is most of this module's import time, and
+# mypy treats any constant named TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ._exceptions import (
+        AttachError,
+        BpfloomError,
+        BpfPermissionError,
+        ClosedError,
+        EnvironmentSetupError,
+        GlobalError,
+        LoadError,
+        MapError,
+        ObjectFileError,
+        TypeInfoError,
+    )
+    from .batch import Batch
+    from .decode import Decoder
+    from .maps import Map
+    from .object import BpfObject, Globals, GlobalVar, Link, Program, load
+    from .perfbuf import PerfBuffer
+    from .pipeline import Pipeline, PipelineError
+    from .ringbuf import RingBuffer
+
+# The public names and the modules that define them, imported on first use: importing
+# the package stays cheap (the command line imports what it needs, and a Ctrl-C while
+# it starts up ends it quietly; see __main__.py).
+_EXPORTS = {
+    "AttachError": "._exceptions",
+    "BpfloomError": "._exceptions",
+    "BpfPermissionError": "._exceptions",
+    "ClosedError": "._exceptions",
+    "EnvironmentSetupError": "._exceptions",
+    "GlobalError": "._exceptions",
+    "LoadError": "._exceptions",
+    "MapError": "._exceptions",
+    "ObjectFileError": "._exceptions",
+    "TypeInfoError": "._exceptions",
+    "Batch": ".batch",
+    "Decoder": ".decode",
+    "Map": ".maps",
+    "BpfObject": ".object",
+    "Globals": ".object",
+    "GlobalVar": ".object",
+    "Link": ".object",
+    "Program": ".object",
+    "load": ".object",
+    "PerfBuffer": ".perfbuf",
+    "Pipeline": ".pipeline",
+    "PipelineError": ".pipeline",
+    "RingBuffer": ".ringbuf",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "AttachError",

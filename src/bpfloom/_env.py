@@ -1,8 +1,12 @@
 """The kernel interfaces bpfloom needs, checked (and mounted when root) before use.
 
 A fresh machine may have neither tracefs (tracepoint ids live there) nor bpffs. As
-root we mount them where libbpf looks; otherwise we say exactly what to run. Missing
-privileges are reported up front, before libbpf fails with a bare EPERM.
+root we mount them where libbpf looks; otherwise we say exactly what to run. Both stay
+mounted when bpfloom exits, as they would after a boot that mounted them: other tools
+(bpftool, systemd) expect them there. bpffs is mounted with mode 0700, as systemd
+mounts it, so that only root can pin objects there; tracefs with its default mode
+(0700). Missing privileges are reported up front, before libbpf fails with a bare
+EPERM.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from ._exceptions import BpfPermissionError, EnvironmentSetupError
 
 TRACEFS = "/sys/kernel/tracing"
 BPFFS = "/sys/fs/bpf"
+CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
 CAP_BPF = 39
@@ -42,6 +47,18 @@ def effective_capabilities() -> int:
     return 0
 
 
+def lockdown_mode() -> str | None:
+    """The kernel's lockdown mode (``none``, ``integrity``, ``confidentiality``), or
+    None when securityfs does not say."""
+    try:
+        with open("/sys/kernel/security/lockdown") as f:
+            text = f.read()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1 : end] if 0 <= start < end else None
+
+
 def check_privileges() -> None:
     """Raise ``BpfPermissionError`` unless we may load BPF and open perf events."""
     caps = effective_capabilities()
@@ -67,7 +84,10 @@ def _ensure_mount(target: str, fstype: str, hint: str) -> None:
         raise EnvironmentSetupError(f"{fstype} is not mounted at {target}; run as root: {hint}")
     try:
         os.makedirs(target, exist_ok=True)
-        _syscalls.mount("nodev" if fstype == "tracefs" else "bpf", target, fstype)
+        if fstype == "tracefs":
+            _syscalls.mount("nodev", target, fstype)
+        else:
+            _syscalls.mount("bpf", target, fstype, "mode=0700")
     except OSError as exc:
         raise EnvironmentSetupError(
             f"{fstype} is not mounted at {target} and mounting it failed ({exc.strerror}); "
@@ -84,5 +104,5 @@ def prepare() -> None:
             return
         check_privileges()
         _ensure_mount(TRACEFS, "tracefs", f"mount -t tracefs nodev {TRACEFS}")
-        _ensure_mount(BPFFS, "bpf", f"mount -t bpf bpf {BPFFS}")
+        _ensure_mount(BPFFS, "bpf", f"mount -t bpf -o mode=0700 bpf {BPFFS}")
         _ready = True

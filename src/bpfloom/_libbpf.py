@@ -34,13 +34,26 @@ from ctypes import (
 )
 from typing import Any
 
-_lib_name = ctypes.util.find_library("bpf") or "libbpf.so.1"
-try:
-    lib = ctypes.CDLL(_lib_name, use_errno=True)
-except OSError as exc:  # pragma: no cover - depends on the machine
-    raise ImportError(
-        f"cannot load libbpf ({_lib_name}): install the system library (Debian: libbpf1)"
-    ) from exc
+
+def _load_libbpf() -> ctypes.CDLL:
+    """libbpf by its soname; ``find_library`` (which runs ``ldconfig -p``, ~10 ms) only
+    when the soname is not on the loader's path."""
+    try:
+        return ctypes.CDLL("libbpf.so.1", use_errno=True)
+    except OSError:
+        pass
+    name = ctypes.util.find_library("bpf")
+    try:
+        if name is None:
+            raise OSError("not found")
+        return ctypes.CDLL(name, use_errno=True)
+    except OSError as exc:  # pragma: no cover - depends on the machine
+        raise ImportError(
+            "cannot load libbpf (libbpf.so.1): install the system library (Debian: libbpf1)"
+        ) from exc
+
+
+lib = _load_libbpf()
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -173,6 +186,10 @@ program_section_name = _fn("bpf_program__section_name", c_char_p, ProgPtr)
 program_fd = _fn("bpf_program__fd", c_int, ProgPtr)
 program_type = _fn("bpf_program__type", c_uint, ProgPtr)
 program_expected_attach_type = _fn("bpf_program__expected_attach_type", c_uint, ProgPtr)
+program_insns = _fn("bpf_program__insns", c_void_p, ProgPtr)
+program_insn_cnt = _fn("bpf_program__insn_cnt", c_size_t, ProgPtr)
+prog_type_str = _fn("libbpf_bpf_prog_type_str", c_char_p, c_uint)
+attach_type_str = _fn("libbpf_bpf_attach_type_str", c_char_p, c_uint)
 program_autoload = _fn("bpf_program__autoload", c_bool, ProgPtr)
 program_set_autoload = _fn("bpf_program__set_autoload", c_int, ProgPtr, c_bool)
 program_attach = _fn("bpf_program__attach", LinkPtr, ProgPtr)

@@ -35,9 +35,11 @@ _FLAG_DISABLED = 1 << 0
 _FLAG_WATERMARK = 1 << 14
 
 
-def mount(source: str, target: str, fstype: str) -> None:
-    """``mount(2)``; raises ``OSError`` with the errno on failure."""
-    ret = _libc.mount(source.encode(), target.encode(), fstype.encode(), 0, None)
+def mount(source: str, target: str, fstype: str, options: str = "") -> None:
+    """``mount(2)`` with ``options`` as the filesystem's data string (``mode=0700``);
+    raises ``OSError`` with the errno on failure."""
+    data = ctypes.c_char_p(options.encode()) if options else None
+    ret = _libc.mount(source.encode(), target.encode(), fstype.encode(), 0, data)
     if ret != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount -t {fstype} {source} {target}: {os.strerror(err)}")

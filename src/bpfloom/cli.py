@@ -32,10 +32,12 @@ from .perfbuf import PerfBuffer
 from .pipeline import Pipeline, StopSignals
 from .ringbuf import DEFAULT_POLL_INTERVAL, RingBuffer
 from .targets import AttachTargets, plan
-from .tools.tool import quiet_stdout, wait_for_stop
-from .types import Array, Enum, Int, Pointer, Type, strip
+from .tools.tool import SECONDS, escape_control, quiet_stdout, wait_for_stop
+from .tracepipe import TraceLine, TracePipe, trace_pipe_path
+from .types import Array, Enum, Float, Int, Type, strip
 
-EXIT_ERROR = 1
+EXIT_ERROR = 1  # the run failed: a missing file, a refused load, an I/O error
+EXIT_USAGE = 2  # the command line is wrong: an unknown option, a bad value
 RUN_OPTIONS = (
     "json",
     "duration",
@@ -50,21 +52,6 @@ RUN_OPTIONS = (
     "binary",
     "pid",
 )
-# Options of `run` that take a value: the word after one is never OBJECT.
-_VALUE_OPTIONS = frozenset(
-    (
-        "--duration",
-        "--event-type",
-        "--interval",
-        "--max-latency",
-        "--interface",
-        "--tc-hook",
-        "--xdp-mode",
-        "--binary",
-        "--pid",
-    )
-)
-
 
 # Error messages quote SEC names, paths and libbpf's log, which come from object files:
 # their control characters (a terminal escape sequence, say) are shown as escapes. Line
@@ -72,15 +59,29 @@ _VALUE_OPTIONS = frozenset(
 _ERROR_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(32), *range(0x7F, 0xA0)) if c not in (9, 10)}
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, status: int = EXIT_ERROR) -> NoReturn:
     click.echo(f"bpfloom: error: {message.translate(_ERROR_ESCAPES)}", err=True)
-    sys.exit(EXIT_ERROR)
+    sys.exit(status)
+
+
+def _usage_fail(exc: click.ClickException) -> NoReturn:
+    """click's error as one line with where to look for help (click itself prints Usage
+    and Try lines around it); status 2 for a wrong command line, 1 otherwise."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    _fail(message, EXIT_USAGE if isinstance(exc, click.UsageError) else EXIT_ERROR)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bpfloom")
 def main() -> None:
-    """bpfloom: run precompiled CO-RE eBPF objects and read their events from Python."""
+    """bpfloom: run precompiled CO-RE eBPF objects and read their events from Python.
+
+    Errors are one line on stderr. Exit status: 0 done (Ctrl-C and SIGTERM included),
+    1 the run failed, 2 the command line is wrong.
+    """
 
 
 # --- bpfloom run ------------------------------------------------------------------------
@@ -99,7 +100,7 @@ class _GlobalType(click.ParamType):  # type: ignore[type-arg]
         try:
             return decode.parse_text(self.var.type, value)
         except TypeInfoError as exc:
-            self.fail(f"{value!r} is not a valid {self.var.c_type}: {exc}", param, ctx)
+            self.fail(str(exc), param, ctx)
 
 
 def _is_bool(t: Type | None) -> bool:
@@ -109,7 +110,7 @@ def _is_bool(t: Type | None) -> bool:
 
 def _global_options(obj: BpfObject) -> list[click.Parameter]:
     options: list[click.Parameter] = []
-    for var in settable_globals(obj):
+    for var in option_globals(obj):
         try:
             default = obj.globals[var.name]
         except BpfloomError:
@@ -141,9 +142,23 @@ def _global_options(obj: BpfObject) -> list[click.Parameter]:
     return options
 
 
-def settable_globals(obj: BpfObject) -> list[GlobalVar]:
-    """Globals that make sense as options: everything but pointers (and functions)."""
-    return [v for v in obj.globals.info() if not isinstance(strip(v.type), Pointer)]
+def option_globals(obj: BpfObject) -> list[GlobalVar]:
+    """The globals offered as options: those named like C identifiers whose type text
+    can give (numbers, bools, enums, strings, arrays of those).
+
+    Function-local statics are not options: clang names them ``func.var`` (bpf_printk's
+    format strings are ``func.____fmt``), and they are the program's scratch space.
+    Pointers and structs are not either. The library reaches every global by its full
+    name (``obj.globals["func.var"]``).
+    """
+    return [v for v in obj.globals.info() if v.name.isidentifier() and _text_settable(v.type)]
+
+
+def _text_settable(t: Type | None) -> bool:
+    s = strip(t)
+    if isinstance(s, Array):
+        s = strip(s.element)
+    return isinstance(s, (Int, Enum, Float))
 
 
 def _run_options() -> list[click.Parameter]:
@@ -151,7 +166,7 @@ def _run_options() -> list[click.Parameter]:
         click.Option(["--json", "as_json"], is_flag=True, help="Print one JSON object per event."),
         click.Option(
             ["--duration"],
-            type=click.FloatRange(min=0, min_open=True),
+            type=SECONDS,
             default=None,
             help="Stop after this many seconds (default: run until Ctrl-C).",
         ),
@@ -163,7 +178,7 @@ def _run_options() -> list[click.Parameter]:
         ),
         click.Option(
             ["--max-latency", "max_latency"],
-            type=click.FloatRange(min=0, min_open=True),
+            type=SECONDS,
             default=None,
             metavar="SECONDS",
             help="Trade latency for overhead: programs built on bpfloom.h stop waking the "
@@ -177,8 +192,16 @@ def _run_options() -> list[click.Parameter]:
             "--json, else stderr).",
         ),
         click.Option(
+            ["--trace-pipe", "trace_pipe"],
+            is_flag=True,
+            help="Also print what programs write with bpf_printk, read from tracefs' "
+            "trace_pipe. It is system-wide: lines other BPF programs print while this "
+            "runs show up too, a line read here is not seen by another reader, and lines "
+            "left there before the run are thrown away.",
+        ),
+        click.Option(
             ["--interval"],
-            type=click.FloatRange(min=0, min_open=True),
+            type=SECONDS,
             default=5.0,
             show_default=True,
             help="Seconds between histogram prints (histogram maps only).",
@@ -226,9 +249,12 @@ def _run_options() -> list[click.Parameter]:
 RUN_HELP = """Load OBJECT, attach its programs, and print its events.
 
 OBJECT is a compiled eBPF object (clang -g -O2 -target bpf). Its global variables
-(const volatile, .data, .bss) become options named exactly like the variables, e.g.
---pid_target 618; bool globals are flags. Run `bpfloom run OBJECT --help` to list
-them with their types and defaults.
+(const volatile, .data, .bss) of number, bool, enum or string types become options
+named exactly like the variables, e.g. --pid_target 618; bool globals are flags.
+Function-local statics (bpf_printk's format strings among them) are not options.
+Setting a global that no program reads (a plain `const`, which the compiler folds into
+the code) prints a warning. Run `bpfloom run OBJECT --help` to list them with their
+types and defaults.
 
 Events of every ring buffer and perf buffer map are printed one per line: a table
 (TIME, then the record's fields) or, with --json, one JSON object per line. Maps whose
@@ -245,20 +271,39 @@ is detached at exit, on Ctrl-C and on errors.
 
 
 def _split_object(args: Sequence[str]) -> tuple[str | None, list[str]]:
-    """Take OBJECT out of ``run``'s arguments (it may stand before or after options)."""
+    """Take OBJECT out of ``run``'s arguments: the first argument that is neither one of
+    ``run``'s own options nor the value such an option takes (or the one after ``--``).
+
+    This is the grammar alone, never what the file system holds: a file in the current
+    directory named like an option's value cannot become the object. The object's
+    globals are options only it defines, so they must come after OBJECT.
+    """
+    takes_value: set[str] = set()
+    flags = {"-h", "--help"}
+    for option in _run_options():
+        assert isinstance(option, click.Option)
+        (flags if option.is_flag else takes_value).update(option.opts)
     rest = list(args)
-    for i, arg in enumerate(rest):
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
         if arg == "--":
-            break
-        if arg.startswith("-"):
-            continue
-        prev = rest[i - 1] if i else ""
-        if prev in _VALUE_OPTIONS:
-            continue
-        takes_value = prev.startswith("--") and "=" not in prev and prev not in ("--json",)
-        if takes_value and not (arg.endswith(".o") or os.path.isfile(arg)):
-            continue
-        return arg, rest[:i] + rest[i + 1 :]
+            if i + 1 == len(rest):
+                return None, rest[:i]
+            return rest[i + 1], rest[:i] + rest[i + 2 :]
+        if arg == "-" or not arg.startswith("-"):
+            return arg, rest[:i] + rest[i + 1 :]
+        name, has_value = arg.split("=", 1)[0], "=" in arg
+        if name in takes_value:
+            i += 1 if has_value else 2
+        elif name in flags:
+            i += 1
+        else:
+            _fail(
+                f"option {name!r} before OBJECT is not an option of run; the object's "
+                f"globals go after it: bpfloom run OBJECT {name} ...",
+                EXIT_USAGE,
+            )
     return None, rest
 
 
@@ -277,7 +322,7 @@ def run_command(args: tuple[str, ...]) -> None:
             click.echo(inner.get_help(click.Context(inner, info_name="bpfloom run")))
             click.echo("\nUsage: bpfloom run OBJECT [OPTIONS] [--GLOBAL VALUE ...]")
             return
-        _fail("missing OBJECT: bpfloom run OBJECT [OPTIONS] (see bpfloom run --help)")
+        _fail("missing OBJECT: bpfloom run OBJECT [OPTIONS] (see bpfloom run --help)", EXIT_USAGE)
     try:
         obj = BpfObject(obj_path)
     except BpfloomError as exc:
@@ -295,11 +340,10 @@ def run_command(args: tuple[str, ...]) -> None:
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
         except click.NoSuchOption as exc:
-            names = ", ".join(f"--{v.name}" for v in settable_globals(obj)) or "none"
-            _fail(f"{exc.format_message()} Globals of {obj_path}: {names}")
+            names = ", ".join(f"--{v.name}" for v in option_globals(obj)) or "none"
+            _fail(f"{exc.format_message()} Globals of {obj_path}: {names}", EXIT_USAGE)
         except click.ClickException as exc:
-            exc.show()
-            sys.exit(EXIT_ERROR)
+            _usage_fail(exc)
         except click.exceptions.Abort:
             sys.exit(EXIT_ERROR)
     except BpfloomError as exc:
@@ -308,7 +352,11 @@ def run_command(args: tuple[str, ...]) -> None:
         obj.close()
 
 
+MAX_COLUMN_WIDTH = 64  # a wider value overflows its cell rather than widen the column
+
+
 def _field_width(name: str, t: Type | None) -> int:
+    """A column's starting width: its header, or what the type usually needs."""
     s = strip(t)
     if isinstance(s, Array) and isinstance(strip(s.element), Int):
         return max(len(name) + 1, min(s.length, 32) + 1)
@@ -320,54 +368,75 @@ def _field_width(name: str, t: Type | None) -> int:
 class _Printer:
     """Prints events as a table or JSON lines; output is flushed per batch.
 
-    Safe to call from several reader threads. When stdout's reader goes away (``| head``)
-    it stops printing and calls ``on_broken_pipe``.
+    Table columns start at the width their type usually needs and widen to the widest
+    value seen so far (up to ``MAX_COLUMN_WIDTH``), so later rows stay aligned. Cells
+    are escaped: strings come from traced processes. Safe to call from several reader
+    threads. When stdout's reader goes away (``| head``) it stops printing and calls
+    ``on_broken_pipe``.
     """
 
     def __init__(self, as_json: bool, on_broken_pipe: Callable[[], None] | None = None) -> None:
         self.as_json = as_json
-        self.header_for: set[int] = set()
+        self.widths: dict[int, list[int]] = {}  # id(decoder) -> column widths
         self.broken_pipe = False
         self._on_broken_pipe = on_broken_pipe
         self._lock = threading.Lock()
 
     def print_batch(self, batch: Batch) -> None:
+        self._write(lambda: self.batch(batch.decoder, batch))
+
+    def print_trace_line(self, line: TraceLine) -> None:
+        """One bpf_printk line from trace_pipe."""
+        if self.as_json:
+            text = json.dumps({"trace_pipe": line.as_dict()}, ensure_ascii=False)
+        else:
+            stamp = time.strftime("%H:%M:%S")
+            where = escape_control(f"{line.comm}-{line.pid} [{line.cpu:03d}]")
+            text = f"{stamp} TRACE {where} {escape_control(line.message)}"
+        self._write(lambda: [text])
+
+    def _write(self, make_lines: Callable[[], list[str]]) -> None:
         with self._lock:
             if self.broken_pipe:
                 return
             try:
-                self.batch(batch.decoder, batch)
+                lines = make_lines()
+                if lines:
+                    sys.stdout.write("\n".join(lines) + "\n")
+                    sys.stdout.flush()
             except BrokenPipeError:
                 self.broken_pipe = True
                 if self._on_broken_pipe is not None:
                     self._on_broken_pipe()
 
-    def batch(self, decoder: Decoder, events: Iterable[Any]) -> None:
-        out: list[str] = []
+    def batch(self, decoder: Decoder, events: Iterable[Any]) -> list[str]:
+        """The output lines of a batch of events (a header first, once per decoder)."""
         if self.as_json:
-            for ev in events:
-                out.append(json.dumps(decode.to_jsonable(ev), ensure_ascii=False))
-        else:
+            return [json.dumps(decode.to_jsonable(ev), ensure_ascii=False) for ev in events]
+        out: list[str] = []
+        widths = self.widths.get(id(decoder))
+        if widths is None:
             pairs = zip(decoder.c_fields, decoder.field_types, strict=True)
-            widths = [_field_width(n, t) for n, t in pairs]
-            if id(decoder) not in self.header_for:
-                self.header_for.add(id(decoder))
-                names = [n.upper() for n in decoder.c_fields]
-                header = "".join(n.ljust(w) for n, w in zip(names, widths, strict=True))
-                out.append("TIME     " + header)
-            now = time.strftime("%H:%M:%S")
-            for ev in events:
-                cells = [_cell(v).ljust(w - 1) + " " for v, w in zip(ev, widths, strict=True)]
-                out.append(f"{now} " + "".join(cells).rstrip())
-        if out:
-            sys.stdout.write("\n".join(out) + "\n")
-            sys.stdout.flush()
+            widths = self.widths[id(decoder)] = [_field_width(n, t) for n, t in pairs]
+            names = [n.upper() for n in decoder.c_fields]
+            header = "".join(n.ljust(w) for n, w in zip(names, widths, strict=True))
+            out.append(("TIME     " + header).rstrip())
+        now = time.strftime("%H:%M:%S")
+        last = len(widths) - 1
+        for ev in events:
+            cells = [escape_control(_cell(v)) for v in ev]
+            for i, cell in enumerate(cells[:last]):
+                if len(cell) >= widths[i]:
+                    widths[i] = max(widths[i], min(len(cell) + 1, MAX_COLUMN_WIDTH))
+                cells[i] = cell.ljust(widths[i] - 1) + " "
+            out.append(f"{now} " + "".join(cells).rstrip())
+        return out
 
 
 def _cell(value: Any) -> str:
     if isinstance(value, str):
         return value
-    if isinstance(value, (tuple, list)) and not isinstance(value, str):
+    if isinstance(value, (tuple, list)):
         return json.dumps(decode.to_jsonable(value), ensure_ascii=False)
     return str(value)
 
@@ -400,11 +469,25 @@ def _print_histograms(obj: BpfObject, as_json: bool) -> None:
     sys.stdout.flush()
 
 
-def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
+def _set_globals(obj: BpfObject, opts: dict[str, Any]) -> None:
+    """Set the globals given on the command line; warn (once each) about those that
+    no program reads, since setting them changes nothing."""
     ctx = click.get_current_context()
-    for var in settable_globals(obj):
-        if ctx.get_parameter_source(var.name) == click.core.ParameterSource.COMMANDLINE:
-            obj.globals[var.name] = opts[var.name]
+    for var in option_globals(obj):
+        if ctx.get_parameter_source(var.name) != click.core.ParameterSource.COMMANDLINE:
+            continue
+        obj.globals[var.name] = opts[var.name]
+        if not obj.globals.referenced(var.name):
+            click.echo(
+                f"bpfloom: warning: no program reads global {var.name!r}, so setting it "
+                "changes nothing (a plain `const` is folded into the code by the compiler; "
+                "declare it `const volatile`)",
+                err=True,
+            )
+
+
+def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
+    _set_globals(obj, opts)
     has_hist = any(is_log2_hist(m.value_type) for m in obj.maps.values())
     as_json = bool(opts["as_json"])
     # Take SIGINT/SIGTERM over before anything is attached: from then on the programs
@@ -415,13 +498,26 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
         poll_interval = opts["max_latency"]
         obj.use_polled_wakeups()
     targets = _attach_targets(obj, opts)
+    printk = [p.name for p in obj.programs.values() if p.autoload and p.uses_trace_printk]
     with StopSignals() as signals:
         obj.load()
         readers: list[RingBuffer | PerfBuffer] = [
             obj.open_reader(m.name, opts["event_type"], poll_interval=poll_interval)
             for m in obj.event_buffers()
         ]
+        if printk and not opts["trace_pipe"]:
+            who = (
+                f"program {printk[0]} prints"
+                if len(printk) == 1
+                else (f"programs {', '.join(printk)} print")
+            )
+            click.echo(
+                f"bpfloom: note: {who} with bpf_printk; the lines go to "
+                f"{trace_pipe_path()} (add --trace-pipe to print them here)",
+                err=True,
+            )
         printer = _Printer(as_json, on_broken_pipe=signals.stop.set)
+        trace_pipe = TracePipe(printer.print_trace_line) if opts["trace_pipe"] else None
         pipeline = (
             Pipeline(readers, printer.print_batch, executor="inline", batch=True)
             if readers
@@ -432,18 +528,22 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
         if pipeline is not None:
             pipeline.start()
         try:
+            if trace_pipe is not None:
+                trace_pipe.start()
             links = _attach(obj, targets)
             skipped: list[Program] = getattr(obj, "skipped_programs", [])
-            if not links and not readers and not has_hist:
+            if not links and not readers and not has_hist and trace_pipe is None:
                 raise AttachError(_nothing_to_run(obj, skipped))
             for prog in skipped:
                 click.echo(f"bpfloom: note: {_skip_reason(prog)}", err=True)
-            if not readers and not has_hist:
+            if not readers and not has_hist and trace_pipe is None and not printk:
                 click.echo(
                     "bpfloom: note: the object has no ring/perf buffer or histogram map; "
                     "programs stay attached until the end",
                     err=True,
                 )
+            # As every tool does: people (and scripts, tests) know tracing has begun.
+            click.echo("bpfloom run: tracing; Ctrl-C to stop", err=True)
             wait_for_stop(
                 signals.stop,
                 pipeline,
@@ -453,6 +553,10 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
             )
         finally:
             stats = pipeline.stop() if pipeline is not None else None
+            if trace_pipe is not None:
+                trace_pipe.close()
+    if trace_pipe is not None:
+        click.echo(f"bpfloom: {trace_pipe.lines} bpf_printk lines from trace_pipe", err=True)
     if printer.broken_pipe:
         quiet_stdout()
     elif has_hist:
@@ -473,8 +577,9 @@ def _is_probe(prog: Program) -> bool:
 
 def _attach_targets(obj: BpfObject, opts: dict[str, Any]) -> AttachTargets:
     """The attach targets of the command line and the source's attach comments,
-    checked before anything is loaded: an option that applies to no program, an
-    interface or binary that does not exist, or a malformed comment is an error."""
+    checked before anything is loaded: an option that applies to no program (a usage
+    error), an interface or binary that does not exist, or a malformed comment (an
+    ``AttachError``) ends the run with one line of error."""
     progs = [p for p in obj.programs.values() if p.autoload]
     net = {p.name: "xdp" if p.is_xdp else "tc" for p in progs if p.is_xdp or p.is_tc}
     kinds = set(net.values())
@@ -486,8 +591,11 @@ def _attach_targets(obj: BpfObject, opts: dict[str, Any]) -> AttachTargets:
         ("--pid", opts["pid"] is not None, any(map(_is_probe, progs)), "uprobe or USDT"),
     ]
     for option, given, applies, what in needs:
-        if given and not applies:
-            raise AttachError(f"{option}: {obj.path} has no {what} program to apply it to")
+        if given and not applies:  # a wrong command line for this object: status 2
+            raise click.UsageError(
+                f"{option}: {obj.path} has no {what} program to apply it to",
+                ctx=click.get_current_context(),
+            )
     comments = attach_comments.source_comments(obj.path, net).programs if net else {}
     targets = AttachTargets(
         interface=opts["interface"],
@@ -570,7 +678,7 @@ def _summary(obj: BpfObject, stats: dict[str, Any] | None, show_stats: bool, as_
 @main.command("demo")
 @click.option(
     "--duration",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     default=5.0,
     show_default=True,
     help="Seconds to trace.",
@@ -618,11 +726,18 @@ _add_tool_commands()
 
 
 def entry() -> None:
-    """Console entry point: turns any unexpected exception into one line, exit 1."""
+    """Console entry point: every error is one line on stderr (``bpfloom: error: ...``)
+    with status 2 for a wrong command line and 1 for a failed run; an unexpected
+    exception too (status 1), unless BPFLOOM_DEBUG is set."""
     try:
-        main.main(standalone_mode=True)
+        status = main.main(prog_name="bpfloom", standalone_mode=False)
+        sys.exit(status if isinstance(status, int) else 0)
     except SystemExit:
         raise
+    except click.exceptions.Abort:  # Ctrl-C or end of input at a prompt
+        sys.exit(130)
+    except click.ClickException as exc:
+        _usage_fail(exc)
     except KeyboardInterrupt:
         sys.exit(130)
     except BpfloomError as exc:

@@ -98,6 +98,14 @@ Rows: TypeAlias = npt.NDArray[np.uint8]
 
 _namedtuple: Any = namedtuple  # called with field names known only at run time
 _MAX_DEPTH = 64  # nesting bound; a struct cannot contain itself by value
+MAX_SIZE = (1 << 30) - 1
+"""The largest value, in bytes and in array elements, that is decoded or encoded.
+
+No record the kernel hands over is larger: a ring buffer record's length has 30 bits
+(the top two of its header are the busy and discard flags), a perf sample is under
+64 KiB, and map values are limited to what kmalloc gives (4 MiB on x86-64). A bigger
+type (``char x[1UL << 40]`` in a hostile object's DWARF) is a ``TypeInfoError`` instead
+of an allocation or a numpy shape that cannot exist."""
 
 
 # --------------------------------------------------------------------------- layout
@@ -174,10 +182,16 @@ def _layout(t: Struct | Union) -> list[_Field]:
 
 
 def _size_of(t: Type | None) -> int:
+    """``sizeof(t)`` for a type to decode or encode: at most ``MAX_SIZE`` bytes."""
     try:
-        return sizeof(t)
+        size = sizeof(t)
     except ValueError as exc:
         raise TypeInfoError(f"{describe(t)} has no size: {exc}") from exc
+    if size > MAX_SIZE:
+        raise TypeInfoError(
+            f"{describe(t)} is {size} bytes; bpfloom decodes values of at most {MAX_SIZE}"
+        )
+    return size
 
 
 def _is_char(t: Type | None) -> bool:
@@ -192,12 +206,23 @@ def _is_char(t: Type | None) -> bool:
 
 
 def _array_shape(t: Array) -> tuple[tuple[int, ...], Type | None]:
-    """The dimensions of a (multi-dimensional) array and its innermost non-array element."""
+    """The dimensions of a (multi-dimensional) array and its innermost non-array element.
+
+    Raises ``TypeInfoError`` for more than ``_MAX_DEPTH`` dimensions (a cyclic array from
+    a hostile file) or more than ``MAX_SIZE`` elements (zero dimensions count as one:
+    ``x[1 << 40][0]`` would still be ``1 << 40`` empty lists).
+    """
     dims: list[int] = []
     cur: Type | None = t
     while isinstance(cur, Array):
+        if len(dims) == _MAX_DEPTH:
+            raise TypeInfoError(f"{describe(t)} has too many dimensions")
         dims.append(cur.length)
         cur = strip(cur.element)
+    if math.prod(max(d, 1) for d in dims) > MAX_SIZE:
+        raise TypeInfoError(
+            f"{describe(t)} has too many elements; bpfloom decodes at most {MAX_SIZE}"
+        )
     return tuple(dims), cur
 
 
@@ -610,6 +635,7 @@ class _Builder:
         return node
 
     def _make(self, s: Type, depth: int) -> _Node:
+        _size_of(s)  # refuse what has no size or is too big before building anything
         if isinstance(s, Int):
             if s.is_bool:
                 return _BoolNode(s.size)
@@ -677,6 +703,8 @@ class Decoder:
     bitfields, zero-length (flexible) arrays and arrays of such; 16-byte ints and other
     oddities appear as opaque ``V<n>`` fields. For a non-aggregate type it is the plain
     dtype of that value (``<u4``, ``S16``, ...).
+
+    A type of more than ``MAX_SIZE`` bytes or array elements raises ``TypeInfoError``.
 
     Thread-safe: a decoder holds no per-call state.
     """

@@ -101,7 +101,10 @@ def dwarf_types(path: str | os.PathLike[str]) -> list[Type]:
         # BPF objects use REL relocations against section symbols (value 0), whose
         # addend already sits in place: unrelocated DWARF reads the same for every
         # offset we use, and pyelftools' relocation pass costs seconds per object.
-        info = elf.get_dwarf_info(relocate_dwarf_sections=False)
+        # RELA objects (gcc's x86-64 .o) keep the addend in the relocation, so their
+        # string offsets read 0 until relocated: those few are relocated.
+        rela = any(s.name.startswith(".rela.debug_") for s in elf.iter_sections())
+        info = elf.get_dwarf_info(relocate_dwarf_sections=rela)
         return _Builder(info).build()
     except TypeInfoError:
         raise
@@ -311,10 +314,15 @@ class _Builder:
             if self._flag(die, "DW_AT_declaration"):
                 return Fwd(name, is_union=is_union)
             size = self._int_attr(die, "DW_AT_byte_size", 0)
+            if size < 0:
+                raise TypeInfoError(f"{name or '(anon)'} has a negative byte size")
             cls = Union if is_union else Struct
             return cls(name, size, decl_file=self._decl_file(die))
         if tag == _ENUM_TAG:
-            return Enum(name, self._int_attr(die, "DW_AT_byte_size", 4))
+            size = self._int_attr(die, "DW_AT_byte_size", 4)
+            if size <= 0:
+                raise TypeInfoError(f"enum {name or '(anon)'} has no byte size")
+            return Enum(name, size)
         if tag == "DW_TAG_array_type":
             return Array()
         if tag == "DW_TAG_subroutine_type":
@@ -408,7 +416,14 @@ class _Builder:
         return self._const(attr)
 
     def _fill_enum(self, die: DIE, t: Enum) -> None:
-        """Enumerator values, signed as the enum's underlying type says."""
+        """Enumerator values, signed as the enum's underlying type says.
+
+        A dataN value is zero-extended, as gcc means it (clang writes sdata/udata): gcc
+        writes ``SA = 200`` of a signed enum as data1 0xc8 and negative values as sdata
+        (gcc's dwarf2out.c: "consumers always zero extend"). Only a dataN form at least
+        as wide as a signed enum, with its top bit set, holds a negative value (data4
+        0xffffffff in a 4-byte enum: no positive value of that enum has that bit).
+        """
         encoding = self._underlying_encoding(die)
         t.signed = encoding in (ATE_SIGNED, ATE_SIGNED_CHAR)
         for child in self._kids(die, "DW_TAG_enumerator"):
@@ -417,8 +432,8 @@ class _Builder:
                 raise TypeInfoError(f"enumerator of {t.name or '(anon)'} has no value")
             value = self._const(attr)
             bits = _DATA_FORMS.get(attr.form)
-            if bits is not None and t.signed and value >= 1 << (bits - 1):
-                value -= 1 << bits  # dataN forms carry raw bits; the enum says signed
+            if bits is not None and t.signed and bits >= t.size * 8 and value >> (bits - 1):
+                value -= 1 << bits  # sign bit of a form as wide as the enum: negative
             if encoding is None and value < 0:
                 t.signed = True  # no underlying type: a negative value decides
             t.values[self._name(child)] = value
@@ -450,29 +465,55 @@ class _Builder:
         outer.element = element
 
     def _subrange_length(self, die: DIE) -> int:
-        """Element count of one dimension; 0 for a flexible or non-constant bound."""
+        """Element count of one dimension; 0 for a flexible, zero-length or variable one."""
         count = die.attributes.get("DW_AT_count")
-        upper = die.attributes.get("DW_AT_upper_bound")
         if count is not None:
-            value = self._bound(count)
-            return 0 if value is None else value
-        if upper is not None:
-            high = self._bound(upper)
-            if high is None:
-                return 0
-            low = self._int_attr(die, "DW_AT_lower_bound", 0)
-            return max(high - low + 1, 0)
-        return 0
+            value = _bound(count)
+            return 0 if value is None or value < 0 else value
+        upper = die.attributes.get("DW_AT_upper_bound")
+        if upper is None:
+            return 0  # flexible array member (``char tail[]``): no bound at all
+        high = _bound(upper)
+        if high is None:
+            return 0
+        low_attr = die.attributes.get("DW_AT_lower_bound")
+        low = 0 if low_attr is None else _bound(low_attr)
+        if low is None:
+            return 0
+        return max(high - low + 1, 0)
 
-    def _bound(self, attr: AttributeValue) -> int | None:
-        """A constant array bound, or None for a non-constant or negative (-1) one."""
-        if attr.form not in _CONST_FORMS:
-            return None  # a DWARF expression or reference: variable length
-        value = self._const(attr)
-        bits = _DATA_FORMS.get(attr.form)
-        if bits is not None and value >= 1 << (bits - 1):
-            return None  # gcc writes "no upper bound" as all ones
-        return value if value >= 0 else None
+
+def _bound(attr: AttributeValue) -> int | None:
+    """The value of a DW_AT_count/upper_bound/lower_bound, or None if not a constant.
+
+    What compilers write (observed with ``llvm-dwarfdump-16 -v``; tests/test_array_bounds.py
+    checks each case):
+
+    * clang-16 (``-target bpf`` and x86, DWARF 2-5) writes ``DW_AT_count`` in the
+      smallest unsigned form: ``char a[128]`` is data1 0x80, ``a[255]`` data1 0xff,
+      ``a[256]`` data2, ``a[65536]`` data4, ``a[1UL << 32]`` data8. ``int z[0]`` is a
+      count of 0; a flexible ``char tail[]`` has no bound attribute at all; a VLA's count
+      is a reference to a variable.
+    * gcc 12 writes ``DW_AT_upper_bound`` (count - 1), also in the smallest unsigned
+      form: ``a[256]`` is data1 0xff, ``a[65536]`` data2 0xffff, and ``a[1UL << 32]``
+      data4 0xffffffff. ``int z[0]`` is a count of 0 (data1 or implicit_const); a
+      flexible array has no bound; a VLA's bound is an expression (exprloc/block).
+    * g++ 12 writes ``int z[0]`` as an upper bound of -1 in data8 (0xffffffffffffffff);
+      older gcc wrote that -1 as sdata (drgn handles both, osandov/drgn#279).
+
+    So dataN, udata are unsigned: the top bit of data1/2/4 is part of the number (a data1
+    upper bound of 255 is a 256-element array, a data4 0xffffffff one of 2^32 elements).
+    The only "-1" is all ones in data8 (no 64-bit count can be 2^64 - 1) or a negative
+    sdata/implicit_const, and the caller makes a length of 0 of it. A non-constant form
+    (expression, block, reference) is a variable length: None. Absurdly large values are
+    kept: decoders refuse types that big (bpfloom.decode.MAX_SIZE).
+    """
+    if attr.form not in _CONST_FORMS:
+        return None  # a DWARF expression or reference: variable length
+    value = _Builder._const(attr)
+    if attr.form == "DW_FORM_data8" and value == (1 << 64) - 1:
+        return -1
+    return value
 
 
 class _LineHeader:

@@ -14,11 +14,14 @@ further use with ``ClosedError``.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
 
 from . import _env, _libbpf
 from ._exceptions import (
@@ -33,6 +36,7 @@ from ._exceptions import (
 from .btf import Btf, parse_btf
 from .decode import Decoder, encode
 from .maps import Map
+from .relocations import data_references
 from .ringbuf import DEFAULT_POLL_INTERVAL
 from .typeinfo import TypeInfo
 from .types import Datasec, Struct, Type, Var, describe, sizeof, strip
@@ -163,6 +167,10 @@ class Program:
         self._ptr = ptr
         self.name = _libbpf.cstr(_libbpf.program_name(ptr))
         self.section = _libbpf.cstr(_libbpf.program_section_name(ptr))
+        #: Whether the program calls bpf_trace_printk/bpf_trace_vprintk (bpf_printk):
+        #: its output then goes to tracefs' trace_pipe. Read from the instructions at
+        #: open; libbpf may drop them once the object is loaded.
+        self.uses_trace_printk = _calls_helper(ptr, TRACE_PRINTK_HELPERS)
 
     def __repr__(self) -> str:
         return f"<Program {self.name} SEC({self.section!r})>"
@@ -189,6 +197,17 @@ class Program:
     def is_tc(self) -> bool:
         """A tc classifier (``SEC("tc")``, ``SEC("classifier")``)."""
         return self.prog_type == _libbpf.BPF_PROG_TYPE_SCHED_CLS
+
+    @property
+    def kind(self) -> tuple[str, str]:
+        """libbpf's names of the program type and expected attach type
+        (``("tracing", "trace_fentry")``, ``("xdp", "xdp")``…)."""
+        prog_type = _libbpf.program_type(self._ptr)
+        attach_type = _libbpf.program_expected_attach_type(self._ptr)
+        return (
+            _libbpf.cstr(_libbpf.prog_type_str(prog_type)) or f"type {prog_type}",
+            _libbpf.cstr(_libbpf.attach_type_str(attach_type)) or f"type {attach_type}",
+        )
 
     @property
     def fd(self) -> int:
@@ -378,6 +397,24 @@ class Program:
             ) from exc
 
 
+_INSN = np.dtype([("code", "u1"), ("regs", "u1"), ("off", "<i2"), ("imm", "<i4")])
+BPF_CALL = 0x85  # BPF_JMP | BPF_CALL
+# bpf_trace_printk and bpf_trace_vprintk (include/uapi/linux/bpf.h's helper ids)
+TRACE_PRINTK_HELPERS = (6, 177)
+
+
+def _calls_helper(prog: int, helpers: tuple[int, ...]) -> bool:
+    """Whether program ``prog`` calls one of the kernel ``helpers`` (by helper id)."""
+    count = int(_libbpf.program_insn_cnt(prog))
+    address = _libbpf.program_insns(prog)
+    if not count or not address:
+        return False
+    insns = np.frombuffer(_libbpf.bytes_at(address, count * _INSN.itemsize), dtype=_INSN)
+    # A helper call has src_reg 0 (1 is a BPF-to-BPF call, 2 a kfunc).
+    calls = insns[(insns["code"] == BPF_CALL) & (insns["regs"] >> 4 == 0)]
+    return bool(np.isin(calls["imm"], helpers).any())
+
+
 def _attach_uprobe_raw(
     prog: int, pid: int, path: str, offset: int, symbol: str | None, retprobe: bool
 ) -> int | None:
@@ -481,6 +518,96 @@ def _attach_error(prog: Program, hook: str, err: int, log: list[str]) -> AttachE
     return AttachError(msg, errno=err, program=prog.name, hook=hook)
 
 
+# Program types that run through a BPF trampoline (kernel/bpf/trampoline.c); a kernel
+# built without them (no DYNAMIC_FTRACE_WITH_DIRECT_CALLS) refuses them with EPERM at load.
+_TRAMPOLINE_PROG_TYPES = frozenset(("lsm", "ext", "struct_ops"))
+_TRAMPOLINE_ATTACH_TYPES = frozenset(("trace_fentry", "trace_fexit", "modify_return"))
+# Program types the kernel allows only with CAP_NET_ADMIN (or CAP_SYS_ADMIN).
+_NET_PROG_TYPES = frozenset(
+    (
+        "sched_cls",
+        "sched_act",
+        "xdp",
+        "cgroup_skb",
+        "cgroup_sock",
+        "lwt_in",
+        "lwt_out",
+        "lwt_xmit",
+        "lwt_seg6local",
+        "sock_ops",
+        "sk_skb",
+        "sk_msg",
+        "cgroup_device",
+        "cgroup_sock_addr",
+        "cgroup_sysctl",
+        "cgroup_sockopt",
+        "sk_reuseport",
+        "flow_dissector",
+        "sk_lookup",
+        "netfilter",
+    )
+)
+_FAILED_PROG = re.compile(r"prog '([^']+)': (?:BPF program load failed|failed to load)")
+_CAP_NAMES = {
+    _env.CAP_SYS_ADMIN: "CAP_SYS_ADMIN",
+    _env.CAP_NET_ADMIN: "CAP_NET_ADMIN",
+    _env.CAP_PERFMON: "CAP_PERFMON",
+    _env.CAP_BPF: "CAP_BPF",
+}
+
+
+def _refused_eperm(obj: BpfObject, log: list[str]) -> LoadError | BpfPermissionError:
+    """Why the kernel answered EPERM to a load, in the caller's terms.
+
+    ``prepare()`` has already checked CAP_BPF/CAP_PERFMON (or CAP_SYS_ADMIN), so EPERM
+    is rarely about those: the failing program (named in libbpf's log) may need a BPF
+    trampoline this kernel lacks (fentry/fexit/fmod_ret/lsm/freplace/struct_ops), or
+    CAP_NET_ADMIN (networking types), or a lockdown mode forbids it.
+    """
+    names = [m.group(1) for line in log if (m := _FAILED_PROG.search(line))]
+    prog = obj.programs.get(names[-1]) if names else None
+    caps = _env.effective_capabilities()
+    held = [name for cap, name in _CAP_NAMES.items() if caps & (1 << cap)]
+    has_caps = ", ".join(held) or "no BPF capabilities"
+    if prog is None:
+        return BpfPermissionError(
+            f"the kernel refused to load {obj.path}: operation not permitted "
+            f"(the caller has {has_caps})",
+            errno=1,
+        )
+    prog_type, attach_type = prog.kind
+    what = (
+        f"the kernel refused to load program {prog.name!r} of {obj.path} "
+        f"(SEC {prog.section!r}: program type {prog_type}, attach type {attach_type})"
+    )
+    if prog_type in _TRAMPOLINE_PROG_TYPES or attach_type in _TRAMPOLINE_ATTACH_TYPES:
+        return LoadError(
+            f"{what}: this kernel has no BPF trampolines, which {prog_type}/{attach_type} "
+            "programs need (as do all fentry, fexit, fmod_ret, lsm, freplace and struct_ops "
+            f"programs); not a permission problem, the caller has {has_caps}. Use "
+            'SEC("tp_btf/<tracepoint>") (typed arguments, as fentry has), '
+            'SEC("raw_tp/<tracepoint>") or SEC("tracepoint/<category>/<name>") instead',
+            errno=1,
+        )
+    net_ok = caps & ((1 << _env.CAP_NET_ADMIN) | (1 << _env.CAP_SYS_ADMIN))
+    if prog_type in _NET_PROG_TYPES and not net_ok:
+        return BpfPermissionError(
+            f"{what}: operation not permitted; {prog_type} programs need CAP_NET_ADMIN "
+            f"(the caller has {has_caps})",
+            errno=1,
+        )
+    lockdown = _env.lockdown_mode()
+    hint = (
+        f"the kernel is in lockdown mode {lockdown!r} (/sys/kernel/security/lockdown)"
+        if lockdown not in (None, "none")
+        else "a security module (SELinux, AppArmor, BPF LSM) or a sysctl may forbid it"
+    )
+    return BpfPermissionError(
+        f"{what}: operation not permitted although the caller has {has_caps}; {hint}",
+        errno=1,
+    )
+
+
 @dataclass(frozen=True)
 class GlobalVar:
     """A global variable of the object: where it lives and its type."""
@@ -509,9 +636,25 @@ class Globals(Mapping[str, Any]):
         self._obj = obj
         self._vars = variables  # name -> (info, map pointer)
         self._decoders: dict[str, Decoder] = {}
+        self._references: dict[str, set[int]] | None = None
 
     def info(self) -> list[GlobalVar]:
         return [v for v, _ in self._vars.values()]
+
+    def referenced(self, name: str) -> bool:
+        """Whether any program instruction refers to global ``name``.
+
+        False means no program reads or writes it: typically a plain ``const`` whose
+        value clang folded into the code, so setting it changes nothing (declare it
+        ``const volatile``). The object file's relocations are scanned on first use.
+        """
+        var, _ = self._lookup(name)
+        if self._references is None:
+            self._references = data_references(self._obj.path)
+        return any(
+            var.offset <= at < var.offset + max(var.size, 1)
+            for at in self._references.get(var.section, ())
+        )
 
     def __len__(self) -> int:
         return len(self._vars)
@@ -660,11 +803,7 @@ class BpfObject:
             err = -ret
             log = _libbpf.log_since(mark)
             if err == 1:  # EPERM
-                raise BpfPermissionError(
-                    f"the kernel refused to load {self.path}: operation not permitted "
-                    "(needs root, or CAP_BPF and CAP_PERFMON)",
-                    errno=err,
-                )
+                raise _refused_eperm(self, log)
             tail = _verifier_tail(log)
             msg = f"the kernel refused to load {self.path}: {os.strerror(err)}"
             if tail:

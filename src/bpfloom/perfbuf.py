@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import _syscalls
-from ._exceptions import BpfloomError, ClosedError, MapError
+from ._exceptions import BpfloomError, ClosedError, MapError, TypeInfoError
 from .batch import Batch, concat, empty_batch
 from .decode import Decoder, pad_records
 from .ringbuf import DEFAULT_POLL_INTERVAL, _require_tso
+from .types import describe
 
 if TYPE_CHECKING:
     from .maps import Map
@@ -42,6 +43,8 @@ PERF_RECORD_SAMPLE = 9
 _HEAD_OFFSET = 1024  # offsetof(struct perf_event_mmap_page, data_head)
 _TAIL_OFFSET = 1032  # data_tail
 _SAMPLE_DATA = 12  # perf_event_header (8) + u32 raw size
+# A sample's perf_event_header.size is a u16 covering the header and the raw size too.
+MAX_SAMPLE = 0xFFFF - _SAMPLE_DATA
 
 
 def online_cpus() -> list[int]:
@@ -115,6 +118,13 @@ class PerfBuffer:
         _require_tso()
         if pages <= 0 or pages & (pages - 1):
             raise BpfloomError(f"perf buffer pages must be a power of two, not {pages}")
+        if decoder.size > MAX_SAMPLE:
+            # perf_event_header.size is 16 bits: no sample can be that large, and short
+            # ones would be padded to it, each.
+            raise TypeInfoError(
+                f"perf buffer {perf_map.name!r} holds samples of at most {MAX_SAMPLE} bytes, "
+                f"but {describe(decoder.type)} is {decoder.size}: not its record type"
+            )
         self.name = perf_map.name
         self.decoder = decoder
         self.poll_interval = poll_interval

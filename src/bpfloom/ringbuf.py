@@ -33,9 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from ._exceptions import BpfloomError, ClosedError
+from ._exceptions import BpfloomError, ClosedError, TypeInfoError
 from .batch import Batch, concat, empty_batch
 from .decode import Decoder, pad_records
+from .types import describe
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
@@ -78,6 +79,12 @@ class RingBuffer:
         _require_tso()
         if size <= 0 or size & (size - 1):
             raise BpfloomError(f"ring buffer {name!r}: size {size} is not a power of two")
+        if decoder.size > size - HEADER_SIZE:
+            # No record can be that large; short records would be padded to it, each.
+            raise TypeInfoError(
+                f"ring buffer {name!r} holds records of at most {size - HEADER_SIZE} bytes, "
+                f"but {describe(decoder.type)} is {decoder.size}: not its record type"
+            )
         self.name = name
         self.decoder = decoder
         self.size = size

@@ -174,7 +174,9 @@ def _member_struct_names(t: Struct, depth: int = 0) -> set[str]:
         return out
     for m in t.members:
         inner = strip(m.type)
-        while isinstance(inner, Array):
+        for _ in range(64):  # bounded: a hostile file's array may contain itself
+            if not isinstance(inner, Array):
+                break
             inner = strip(inner.element)
         if isinstance(inner, (Struct, Union)):
             if inner.name:

@@ -207,28 +207,35 @@ def strip(t: Type | None) -> Type | None:
 
 
 def sizeof(t: Type | None) -> int:
-    """The size in bytes of ``t``; raises ``ValueError`` for types without a size."""
-    seen = 0
-    while True:
-        seen += 1
-        if seen > 64:
-            raise ValueError("type chain too deep")
+    """The size in bytes of ``t``; raises ``ValueError`` for types without a size.
+
+    Arrays are walked, not recursed into, and at most 64 links are followed, so a
+    cyclic or absurdly deep type from a hostile file is a ``ValueError`` too. A huge
+    array length is only multiplied: sizing never allocates.
+    """
+    count = 1
+    for _ in range(64):
         t = strip(t)
-        if isinstance(t, (Int, Float, Enum, Struct, Union)):
-            return t.size
-        if isinstance(t, Pointer):
-            return 8
         if isinstance(t, Array):
             if t.length == 0:
                 return 0
-            return t.length * sizeof(t.element)
+            count *= t.length
+            t = t.element
+            continue
+        if isinstance(t, (Int, Float, Enum, Struct, Union)):
+            return count * t.size
+        if isinstance(t, Pointer):
+            return count * 8
         raise ValueError(f"type {t!r} has no size")
+    raise ValueError("type chain too deep")
 
 
-def describe(t: Type | None) -> str:
+def describe(t: Type | None, _depth: int = 0) -> str:
     """A short C-like spelling of ``t`` for messages (``struct event``, ``char[16]``)."""
     if t is None:
         return "void"
+    if _depth > 16:
+        return "..."  # a cyclic or absurdly deep type from a hostile file
     for _ in range(16):
         if isinstance(t, TRANSPARENT) and not isinstance(t, Typedef):
             t = t.target
@@ -243,7 +250,7 @@ def describe(t: Type | None) -> str:
     if isinstance(t, Enum):
         return f"enum {t.name or '(anon)'}"
     if isinstance(t, Array):
-        return f"{describe(t.element)}[{t.length}]"
+        return f"{describe(t.element, _depth + 1)}[{t.length}]"
     if isinstance(t, Pointer):
-        return f"{describe(t.target)} *"
+        return f"{describe(t.target, _depth + 1)} *"
     return t.name or type(t).__name__.lower()

@@ -33,7 +33,7 @@ from ..rules import Alert, RuleSet, load_rules
 from .execsnoop import ExecSnoop
 from .exitsnoop import ExitSnoop
 from .opensnoop import OpenSnoop
-from .tool import Printer, Tool, fail, wait_for_stop
+from .tool import SECONDS, Printer, Tool, fail, wait_for_stop
 
 #: Which tool gives events of each kind, built with the options detection needs.
 TOOLS: dict[str, Callable[[], Tool]] = {
@@ -157,7 +157,7 @@ def format_alert(alert: Alert) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per alert.")
 @click.option(
     "--duration",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     default=None,
     metavar="SECONDS",
     help="Stop after this many seconds (default: run until Ctrl-C).",

@@ -303,7 +303,14 @@ def format_summary(rows: list[Record]) -> str:
 
 
 def _binary_path(binary: str | None, pid: int) -> str:
-    """The executable to trace: ``binary``, or the one process ``pid`` runs."""
+    """The executable to trace: ``binary``, or the one process ``pid`` runs.
+
+    ``binary`` is resolved once, here, to an absolute path with symlinks resolved (a
+    bare name is a file in the current directory, never looked up on PATH); the same
+    path is then read for the analysis and given to the uprobe, so both are one file.
+    """
+    if binary is not None:
+        binary = os.path.realpath(binary)
     if pid:
         exe = f"/proc/{pid}/exe"
         if not os.path.exists(f"/proc/{pid}"):

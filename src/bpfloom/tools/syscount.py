@@ -40,7 +40,7 @@ from typing import Any
 import click
 
 from .syscalls import syscall_name, syscall_table
-from .tool import Column, Printer, Record, Tool, common_options, run_tool
+from .tool import SECONDS, Column, Printer, Record, Tool, common_options, run_tool
 
 COMM_LEN = 15  # bytes of a task's comm, without the NUL
 DEFAULT_TOP = 10
@@ -222,7 +222,7 @@ def _errno_option(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option(
     "-i",
     "--interval",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     default=None,
     metavar="SECONDS",
     help="Print and reset the counts every SECONDS (default: print once, at exit).",

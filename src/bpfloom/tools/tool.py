@@ -20,6 +20,7 @@ with one offset taken when the tool starts (``wall_time``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import threading
@@ -256,11 +257,30 @@ def quiet_stdout() -> None:
 # --- the CLI run loop ---------------------------------------------------------------
 
 
+class Seconds(click.FloatRange):
+    """A click type for a positive, finite number of seconds: ``nan`` and ``inf``, which
+    a float range lets through, would make a run that never ends or ticks forever."""
+
+    name = "seconds"
+
+    def __init__(self) -> None:
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()
+
+
 def common_options(func: F) -> F:
     """``--json`` and ``--duration``, shared by every tool command."""
     func = click.option(
         "--duration",
-        type=click.FloatRange(min=0, min_open=True),
+        type=SECONDS,
         default=None,
         metavar="SECONDS",
         help="Stop after this many seconds (default: run until Ctrl-C).",
