@@ -106,11 +106,12 @@ def btf(obj: Path) -> Btf:
 @pytest.fixture(scope="module")
 def libbpf_btf(obj: Path) -> Btf:
     """The object's BTF after libbpf opened it (DATASEC sizes and offsets fixed up)."""
-    handle = _libbpf.open_file(str(obj))
+    handle, image = _libbpf.open_mem(obj.read_bytes(), obj.name)
     try:
         return parse_btf(_libbpf.btf_raw(_libbpf.object_btf(handle)))
     finally:
         _libbpf.object_close(handle)
+        del image  # libbpf read the object from it until now
 
 
 def one(btf: Btf, name: str, kind: type[Type]) -> Type:

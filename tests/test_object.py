@@ -331,7 +331,33 @@ BAD_FILES: list[tuple[str, Callable[[Path], Path], str]] = [
     ("C source", lambda d: Path(str(bpf_object("shapes"))[:-1] + "c"), "not an ELF file"),
     ("x86-64 ELF", lambda d: Path(shutil.which("true") or "/bin/true"), "not a BPF object"),
     ("no programs", lambda d: bpf_object("noprog"), "no BPF programs"),
+    # Opening these for reading would block (a FIFO with no writer) or never end.
+    ("FIFO", lambda d: _fifo(d / "pipe.bpf.o"), "not a regular file"),
+    ("character device", lambda d: Path("/dev/zero"), "not a regular file"),
+    ("corrupt names", lambda d: _corrupt_strtab(d / "names.bpf.o"), "libbpf cannot use"),
 ]
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def _corrupt_strtab(path: Path) -> Path:
+    """A copy of a test object whose section and symbol names are all 'Z's: libbpf
+    answers with an errno that once read as a message about the file itself."""
+    from elftools.elf.elffile import ELFFile
+
+    source = bpf_object("ecli/sigsnoop")
+    data = bytearray(source.read_bytes())
+    with open(source, "rb") as f:
+        strtab = ELFFile(f).get_section_by_name(".strtab")
+        start, size = strtab["sh_offset"], strtab["sh_size"]
+    for i in range(start, start + size):
+        if data[i]:
+            data[i] = ord("Z")
+    path.write_bytes(bytes(data))
+    return path
 
 
 @pytest.mark.parametrize(("what", "make", "phrase"), BAD_FILES, ids=[b[0] for b in BAD_FILES])
@@ -344,6 +370,8 @@ def test_bad_object_file_raises_object_file_error(
     assert type(info.value) is ObjectFileError
     assert phrase.lower() in str(info.value).lower()
     assert str(path) in str(info.value)
+    if path.exists():
+        assert "No such file" not in str(info.value)
 
 
 @pytest.mark.kernel

@@ -14,7 +14,7 @@ import pytest
 
 from bpfloom import BpfObject
 from bpfloom.tracepipe import parse_line
-from conftest import bpf_object
+from conftest import bpf_object, compile_bpf
 from toolrun import run_tool_cli
 
 PRINTK = str(bpf_object("ecli/printk"))
@@ -305,3 +305,56 @@ def test_corrupt_relocations_raise_object_file_error(tmp_path: Path) -> None:
             bad.write_bytes(corrupt)
             with contextlib.suppress(ObjectFileError):
                 data_references(bad)
+
+
+CLASHING = r"""
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+const volatile int duration = 3;   /* named like run's --duration */
+const volatile int target_pid = 0;
+
+struct event { int pid; int duration; };
+const struct event *unused __attribute__((unused));
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 4096);
+} rb SEC(".maps");
+
+SEC("tracepoint/syscalls/sys_enter_getppid")
+int emit(void *ctx)
+{
+    struct event e = { .pid = bpf_get_current_pid_tgid() >> 32, .duration = duration };
+    if (e.pid == target_pid)
+        bpf_ringbuf_output(&rb, &e, sizeof(e), 0);
+    return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+@pytest.mark.kernel
+def test_a_global_named_like_a_run_option_gets_its_own_flag(tmp_path: Path, start_tool) -> None:  # type: ignore[no-untyped-def]
+    path = str(compile_bpf(CLASHING, tmp_path))
+    help_text = run_tool_cli("run", path, "--help").stdout
+    assert re.search(r"^  --global-duration INT\s+global int in rodata", help_text, re.M)
+    assert re.search(r"^  --duration SECONDS\s", help_text, re.M)
+    pid = os.getpid()
+    run = start_tool(
+        "run",
+        path,
+        "--json",
+        "--duration",
+        "30",
+        "--global-duration",
+        "7",
+        "--target_pid",
+        str(pid),
+    )
+    _getppid(2)
+    result = run.stop()
+    assert result.returncode == 0, result.stderr
+    assert [(ev["pid"], ev["duration"]) for ev in result.json_lines()] == [(pid, 7)] * 2

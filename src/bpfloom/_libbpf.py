@@ -174,7 +174,7 @@ XDP_FLAGS_DRV_MODE = 1 << 2
 XDP_FLAGS_HW_MODE = 1 << 3
 XDP_FLAGS_REPLACE = 1 << 4
 
-object_open_file = _fn("bpf_object__open_file", ObjPtr, c_char_p, POINTER(OpenOpts))
+object_open_mem = _fn("bpf_object__open_mem", ObjPtr, c_void_p, c_size_t, POINTER(OpenOpts))
 object_load = _fn("bpf_object__load", c_int, ObjPtr)
 object_close = _fn("bpf_object__close", None, ObjPtr)
 object_btf = _fn("bpf_object__btf", BtfPtr, ObjPtr)
@@ -394,9 +394,14 @@ def remap_internal_map(map_ptr: int) -> None:
         raise OSError(err, f"mmap of {cstr(map_name(map_ptr))}: {os.strerror(err)}")
 
 
-def open_file(path: str) -> int:
-    opts = OpenOpts(sz=ctypes.sizeof(OpenOpts))
-    return check_ptr(object_open_file(os.fsencode(path), ctypes.byref(opts)), f"open {path}")
+def open_mem(image: bytes, name: str) -> tuple[int, Any]:
+    """``bpf_object__open_mem`` of an object file's bytes, named ``name`` as libbpf
+    would name the file (its maps' names derive from it). Returns the object and the
+    buffer libbpf reads from, which must outlive the object."""
+    buffer = ctypes.create_string_buffer(image, len(image))
+    opts = OpenOpts(sz=ctypes.sizeof(OpenOpts), object_name=os.fsencode(name))
+    ptr = object_open_mem(buffer, len(image), ctypes.byref(opts))
+    return check_ptr(ptr, "open"), buffer
 
 
 def attach_uprobe(

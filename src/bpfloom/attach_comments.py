@@ -92,11 +92,13 @@ class SourceComments:
     programs: Mapping[str, ProgramComments]
 
 
-def source_candidates(object_path: str) -> list[str]:
+def source_candidates(object_path: str, image: bytes | None = None) -> list[str]:
     """Where the object's C source may be: the file its DWARF names, then
-    ``<stem>.bpf.c`` and ``<stem>.c`` beside the object (duplicates removed)."""
+    ``<stem>.bpf.c`` and ``<stem>.c`` beside the object (duplicates removed).
+    ``image`` is the object file's contents when the caller has read them already
+    (``BpfObject.image``); else the file is read."""
     out: list[str] = []
-    named = _dwarf_source(object_path)
+    named = _dwarf_source(object_path, image)
     if named:
         out.append(named)
     folder, base = os.path.split(object_path)
@@ -148,11 +150,13 @@ def read_source(path: str) -> str | None:
     return b"".join(chunks).decode("utf-8", "replace")
 
 
-def source_comments(object_path: str, programs: Mapping[str, str]) -> SourceComments:
+def source_comments(
+    object_path: str, programs: Mapping[str, str], image: bytes | None = None
+) -> SourceComments:
     """Read the attach comments of ``programs`` (name -> ``"xdp"`` or ``"tc"``) from the
-    first readable source of ``object_path``. Raises ``AttachError`` for a malformed
-    annotation."""
-    for path in source_candidates(object_path):
+    first readable source of ``object_path`` (``image``: its contents, if read already).
+    Raises ``AttachError`` for a malformed annotation."""
+    for path in source_candidates(object_path, image):
         text = read_source(path)
         if text is not None:
             return SourceComments(path, parse(text, path, programs))
@@ -328,7 +332,7 @@ def _only_keys(
             raise _fail(where, kind, f"{key} must be {bound}")
 
 
-def _dwarf_source(object_path: str) -> str | None:
+def _dwarf_source(object_path: str, image: bytes | None) -> str | None:
     """The source file the object's first DWARF compile unit names, or ``None``.
 
     Only the compile unit's top entry is read (a few attributes); anything malformed
@@ -337,7 +341,11 @@ def _dwarf_source(object_path: str) -> str | None:
     try:
         from elftools.elf.elffile import ELFFile
 
-        with open(object_path, "rb") as f:
+        if image is None:
+            from .object import read_object_file  # bounded; refuses FIFOs and devices
+
+            image = read_object_file(object_path)
+        with io.BytesIO(image) as f:
             elf = ELFFile(f)
             if not elf.has_section(".debug_info"):
                 return None

@@ -4,9 +4,9 @@
 ``ecli run`` on plain objects: the object's globals become options named exactly like
 the variables (parsed by a second click command built from the object's BTF once the
 object is open), every program is attached by its ``SEC()`` name, events of every
-ring/perf buffer are printed as a table or JSON lines, and log2 histogram maps are
-printed every interval. Errors are one line on stderr and exit status 1 — never a
-traceback (set ``BPFLOOM_DEBUG=1`` to see one).
+ring/perf buffer are printed as a table or JSON lines, and the object's maps and
+globals are printed every interval and at exit (``bpfloom.mapdump``). Errors are one
+line on stderr and exit status 1 — never a traceback (set ``BPFLOOM_DEBUG=1`` to see one).
 """
 
 from __future__ import annotations
@@ -24,35 +24,21 @@ import click
 
 from . import attach_comments, decode
 from ._exceptions import AttachError, BpfloomError, TypeInfoError
+from ._terminal import escape_control
 from .batch import Batch
 from .decode import Decoder
-from .histogram import format_log2_hist, is_log2_hist
+from .mapdump import DEFAULT_MAX_ROWS, MapDump
 from .object import XDP_MODES, BpfObject, GlobalVar, Link, Program
 from .perfbuf import PerfBuffer
 from .pipeline import Pipeline, StopSignals
 from .ringbuf import DEFAULT_POLL_INTERVAL, RingBuffer
 from .targets import AttachTargets, plan
-from .tools.tool import SECONDS, escape_control, quiet_stdout, wait_for_stop
+from .tools.tool import SECONDS, quiet_stdout, wait_for_stop
 from .tracepipe import TraceLine, TracePipe, trace_pipe_path
 from .types import Array, Enum, Float, Int, Type, strip
 
 EXIT_ERROR = 1  # the run failed: a missing file, a refused load, an I/O error
 EXIT_USAGE = 2  # the command line is wrong: an unknown option, a bad value
-RUN_OPTIONS = (
-    "json",
-    "duration",
-    "event_type",
-    "interval",
-    "max_latency",
-    "stats",
-    "help",
-    "interface",
-    "tc_hook",
-    "xdp_mode",
-    "binary",
-    "pid",
-)
-
 # Error messages quote SEC names, paths and libbpf's log, which come from object files:
 # their control characters (a terminal escape sequence, say) are shown as escapes. Line
 # breaks and tabs stay: a verifier log tail is several lines.
@@ -108,20 +94,31 @@ def _is_bool(t: Type | None) -> bool:
     return isinstance(s, Int) and s.is_bool
 
 
+def _global_dest(var: GlobalVar) -> str:
+    """The click parameter name of a global's option: apart from run's own options'
+    names, so a global called ``duration`` or ``json`` cannot take their place."""
+    return f"global__{var.name}"
+
+
 def _global_options(obj: BpfObject) -> list[click.Parameter]:
+    """One option per global in ``option_globals``: ``--NAME``, or ``--global-NAME``
+    when run has an option of that name (``--json``, ``--duration``, ``-h``)."""
+    taken = {"-h", "--help"}
+    for option in _run_options():
+        taken.update(option.opts)
     options: list[click.Parameter] = []
     for var in option_globals(obj):
         try:
             default = obj.globals[var.name]
         except BpfloomError:
             default = None
-        flag = f"--{var.name}" if var.name not in RUN_OPTIONS else f"--global-{var.name}"
+        flag = f"--{var.name}" if f"--{var.name}" not in taken else f"--global-{var.name}"
         section = var.section.lstrip(".")
         help_text = f"global {var.c_type} in {section}"
         if _is_bool(var.type):
             options.append(
                 click.Option(
-                    [flag, var.name],
+                    [flag, _global_dest(var)],
                     is_flag=True,
                     default=bool(default),
                     show_default=True,
@@ -131,7 +128,7 @@ def _global_options(obj: BpfObject) -> list[click.Parameter]:
         else:
             options.append(
                 click.Option(
-                    [flag, var.name],
+                    [flag, _global_dest(var)],
                     type=_GlobalType(var),
                     default=default,
                     show_default=True,
@@ -204,7 +201,25 @@ def _run_options() -> list[click.Parameter]:
             type=SECONDS,
             default=5.0,
             show_default=True,
-            help="Seconds between histogram prints (histogram maps only).",
+            help="Seconds between prints of the maps. An object with ring/perf buffers "
+            "prints its maps only at exit unless --interval is given.",
+        ),
+        click.Option(
+            ["--map", "map"],
+            multiple=True,
+            metavar="NAME",
+            help="Print only this map (or .data/.bss variable); repeatable.",
+        ),
+        click.Option(
+            ["--no-maps", "no_maps"], is_flag=True, help="Print no maps (nor .data/.bss variables)."
+        ),
+        click.Option(
+            ["--map-entries", "map_entries"],
+            type=click.IntRange(min=0),
+            default=DEFAULT_MAX_ROWS,
+            show_default=True,
+            metavar="N",
+            help="Rows (or histograms) printed per map in text output; 0: all.",
         ),
         click.Option(
             ["--interface"],
@@ -257,10 +272,12 @@ the code) prints a warning. Run `bpfloom run OBJECT --help` to list them with th
 types and defaults.
 
 Events of every ring buffer and perf buffer map are printed one per line: a table
-(TIME, then the record's fields) or, with --json, one JSON object per line. Maps whose
-values hold a log2 histogram (a struct with a `slots` array) are printed every
---interval seconds and at exit. At exit, a summary of events received and lost goes to
-stderr.
+(TIME, then the record's fields) or, with --json, one JSON object per line. Hash and
+array maps, and .data/.bss globals holding counts, are printed every --interval seconds
+and at exit (at exit only for an object with ring/perf buffers, unless --interval is
+given): log2 histograms (a struct with a `slots` array) as bars, other maps as a key ->
+value table, and the names of empty maps. At exit, a summary of events received and
+lost goes to stderr.
 
 Programs attach by their SEC() names. XDP and tc programs attach to --interface, or to
 the interface their source's ecli attach comments name (/// @ifindex, /// @tchook;
@@ -409,6 +426,10 @@ class _Printer:
                 if self._on_broken_pipe is not None:
                     self._on_broken_pipe()
 
+    def lines(self, lines: Sequence[str]) -> None:
+        """Print whole lines (a map dump), never in the middle of a batch."""
+        self._write(lambda: list(lines))
+
     def batch(self, decoder: Decoder, events: Iterable[Any]) -> list[str]:
         """The output lines of a batch of events (a header first, once per decoder)."""
         if self.as_json:
@@ -441,32 +462,12 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _hist_unit(obj: BpfObject) -> str:
-    names = set(obj.globals)
-    if "targ_ms" in names:
-        return "msecs" if obj.globals["targ_ms"] else "usecs"
-    return "value"
-
-
-def _print_histograms(obj: BpfObject, as_json: bool) -> None:
-    unit = _hist_unit(obj)
-    for m in obj.maps.values():
-        if not is_log2_hist(m.value_type):
-            continue
-        for key, value in sorted(m.items(), key=lambda kv: str(kv[0])):
-            fields = value._asdict()
-            slots = list(fields["slots"])
-            if as_json:
-                row = {"map": m.name, "key": decode.to_jsonable(key), **decode.to_jsonable(value)}
-                sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
-                continue
-            label = f"{m.name} key = {key}"
-            if fields.get("comm"):
-                label += f" comm = {fields['comm']}"
-            text = format_log2_hist(slots, unit)
-            if text:
-                sys.stdout.write(f"\n{label}\n{text}\n")
-    sys.stdout.flush()
+def _print_maps(dump: MapDump, printer: _Printer) -> None:
+    if printer.as_json:
+        rows = dump.json_rows()
+        printer.lines([json.dumps(row, ensure_ascii=False) for row in rows])
+    else:
+        printer.lines(dump.text_lines())
 
 
 def _set_globals(obj: BpfObject, opts: dict[str, Any]) -> None:
@@ -474,9 +475,10 @@ def _set_globals(obj: BpfObject, opts: dict[str, Any]) -> None:
     no program reads, since setting them changes nothing."""
     ctx = click.get_current_context()
     for var in option_globals(obj):
-        if ctx.get_parameter_source(var.name) != click.core.ParameterSource.COMMANDLINE:
+        dest = _global_dest(var)
+        if ctx.get_parameter_source(dest) != click.core.ParameterSource.COMMANDLINE:
             continue
-        obj.globals[var.name] = opts[var.name]
+        obj.globals[var.name] = opts[dest]
         if not obj.globals.referenced(var.name):
             click.echo(
                 f"bpfloom: warning: no program reads global {var.name!r}, so setting it "
@@ -488,8 +490,13 @@ def _set_globals(obj: BpfObject, opts: dict[str, Any]) -> None:
 
 def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
     _set_globals(obj, opts)
-    has_hist = any(is_log2_hist(m.value_type) for m in obj.maps.values())
+    ctx = click.get_current_context()
     as_json = bool(opts["as_json"])
+    if opts["no_maps"] and opts["map"]:
+        _fail("--map and --no-maps exclude each other")
+    dump = None if opts["no_maps"] else MapDump(obj, opts["map"] or None, opts["map_entries"])
+    if dump is not None and not dump.sources:
+        dump = None
     # Take SIGINT/SIGTERM over before anything is attached: from then on the programs
     # trace, and Ctrl-C must be the clean stop with a summary. A signal during set-up
     # only sets `stop`; wait_for_stop() then returns at once.
@@ -532,23 +539,31 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
                 trace_pipe.start()
             links = _attach(obj, targets)
             skipped: list[Program] = getattr(obj, "skipped_programs", [])
-            if not links and not readers and not has_hist and trace_pipe is None:
+            # Maps do not count as something to read here: with no program attached,
+            # nothing can change them.
+            if not links and not readers and trace_pipe is None:
                 raise AttachError(_nothing_to_run(obj, skipped))
             for prog in skipped:
                 click.echo(f"bpfloom: note: {_skip_reason(prog)}", err=True)
-            if not readers and not has_hist and trace_pipe is None and not printk:
+            if not readers and dump is None and trace_pipe is None and not printk:
                 click.echo(
-                    "bpfloom: note: the object has no ring/perf buffer or histogram map; "
+                    "bpfloom: note: the object has no ring/perf buffer or map to print; "
                     "programs stay attached until the end",
                     err=True,
                 )
             # As every tool does: people (and scripts, tests) know tracing has begun.
             click.echo("bpfloom run: tracing; Ctrl-C to stop", err=True)
+            # With events, scratch maps (a pid -> timestamp hash) would interleave with
+            # the event stream: their maps print at exit, unless --interval asks.
+            periodic = dump is not None and (
+                not readers
+                or ctx.get_parameter_source("interval") == click.core.ParameterSource.COMMANDLINE
+            )
             wait_for_stop(
                 signals.stop,
                 pipeline,
                 opts["duration"],
-                (lambda: _print_histograms(obj, as_json)) if has_hist else None,
+                (lambda: _print_maps(dump, printer)) if periodic and dump is not None else None,
                 float(opts["interval"]),
             )
         finally:
@@ -559,8 +574,10 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
         click.echo(f"bpfloom: {trace_pipe.lines} bpf_printk lines from trace_pipe", err=True)
     if printer.broken_pipe:
         quiet_stdout()
-    elif has_hist:
-        _print_histograms(obj, as_json)
+    elif dump is not None:
+        _print_maps(dump, printer)
+        if printer.broken_pipe:
+            quiet_stdout()
     _summary(obj, stats, bool(opts["stats"]), as_json)
 
 
@@ -596,7 +613,9 @@ def _attach_targets(obj: BpfObject, opts: dict[str, Any]) -> AttachTargets:
                 f"{option}: {obj.path} has no {what} program to apply it to",
                 ctx=click.get_current_context(),
             )
-    comments = attach_comments.source_comments(obj.path, net).programs if net else {}
+    comments = {}
+    if net:
+        comments = dict(attach_comments.source_comments(obj.path, net, obj.image).programs)
     targets = AttachTargets(
         interface=opts["interface"],
         tc_hook=opts["tc_hook"],
@@ -656,7 +675,7 @@ def _nothing_to_run(obj: BpfObject, skipped: list[Program]) -> str:
         parts.append(f"{names} name no attach target")
     return (
         f"nothing to run: no program of {obj.path} was attached and it has no ring/perf "
-        f"buffer or histogram map to read; " + "; ".join(parts)
+        f"buffer to read; " + "; ".join(parts)
     )
 
 

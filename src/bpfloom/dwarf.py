@@ -83,17 +83,22 @@ _CHAIN_LIMIT = 64  # longest typedef/qualifier chain we follow by hand
 DW_OP_PLUS_UCONST = 0x23
 
 
-def dwarf_types(path: str | os.PathLike[str]) -> list[Type]:
+def dwarf_types(source: str | os.PathLike[str] | bytes, name: str | None = None) -> list[Type]:
     """Every named struct, union, enum and typedef defined in the object's DWARF.
 
     Types they reference are built too and shared (one object per DIE), so cycles
     through pointers work. Declarations (``struct foo;``) are not listed but appear as
     ``Fwd`` where referenced. Returns ``[]`` when the object has no ``.debug_info``.
-    Raises ``OSError`` if the file cannot be read, ``TypeInfoError`` for anything
-    malformed or unsupported.
+    ``source`` is the object file's path or its bytes (``name`` then says what to call
+    it in messages). Raises ``OSError`` if the file cannot be read, ``TypeInfoError``
+    for anything malformed or unsupported.
     """
-    with open(path, "rb") as f:
-        image = f.read()
+    if isinstance(source, bytes):
+        image, path = source, name or "the object"
+    else:
+        with open(source, "rb") as f:
+            image = f.read()
+        path = os.fspath(source)
     try:
         elf = ELFFile(io.BytesIO(image))
         if not elf.has_section(".debug_info") and not elf.has_section(".zdebug_info"):
@@ -110,7 +115,7 @@ def dwarf_types(path: str | os.PathLike[str]) -> list[Type]:
         raise
     except Exception as exc:  # pyelftools signals bad input with many exception types
         raise TypeInfoError(
-            f"cannot read the DWARF of {os.fspath(path)} ({type(exc).__name__}: {exc})"
+            f"cannot read the DWARF of {path} ({type(exc).__name__}: {exc})"
         ) from exc
 
 

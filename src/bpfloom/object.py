@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import stat
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -650,7 +651,7 @@ class Globals(Mapping[str, Any]):
         """
         var, _ = self._lookup(name)
         if self._references is None:
-            self._references = data_references(self._obj.path)
+            self._references = data_references(self._obj.image, self._obj.path)
         return any(
             var.offset <= at < var.offset + max(var.size, 1)
             for at in self._references.get(var.section, ())
@@ -661,6 +662,11 @@ class Globals(Mapping[str, Any]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._vars)
+
+    def __contains__(self, name: object) -> bool:
+        # Mapping's version looks the name up and expects KeyError; ours raises
+        # GlobalError (with the valid names) instead.
+        return name in self._vars
 
     def _lookup(self, name: str) -> tuple[GlobalVar, int]:
         try:
@@ -717,13 +723,22 @@ class BpfObject:
         self._failed = False
         self._links: list[Link] = []
         self._readers: list[RingBuffer | PerfBuffer] = []
-        _check_elf(self.path)
+        #: The object file's bytes, read once (``read_object_file``); libbpf works on
+        #: them in place, so they live as long as the object.
+        self.image = read_object_file(self.path)
+        self._name = os.path.basename(self.path)
         mark = _libbpf.log_mark()
         try:
-            self._ptr = _libbpf.open_file(self.path)
+            self._ptr, self._image_buffer = _libbpf.open_mem(self.image, self._name)
         except OSError as exc:
+            # The file was read: an errno here is libbpf's verdict on its contents
+            # (ENOENT for a missing section, EINVAL for a bad one), not about the file.
+            reason = _libbpf.strerror(exc.errno or 22)
             raise ObjectFileError(
-                _with_log(f"cannot open {self.path}: {exc.strerror}", _libbpf.log_since(mark)),
+                _with_log(
+                    f"{self.path}: libbpf cannot use this object ({reason})",
+                    _libbpf.log_since(mark),
+                ),
                 errno=exc.errno,
             ) from exc
         try:
@@ -745,7 +760,7 @@ class BpfObject:
             raise ObjectFileError(f"{self.path} has no BPF programs (no SEC() functions)")
         btf_ptr = _libbpf.object_btf(self._ptr)
         self.btf: Btf | None = parse_btf(_libbpf.btf_raw(btf_ptr)) if btf_ptr else None
-        self.types = TypeInfo(self.path, self.btf)
+        self.types = TypeInfo(self.path, self.btf, self.image)
         self.maps: dict[str, Map] = {}
         variables: dict[str, tuple[GlobalVar, int]] = {}
         m = _libbpf.object_next_map(self._ptr, None)
@@ -1057,16 +1072,50 @@ def _datasec_globals(sec: Datasec) -> list[GlobalVar]:
     return out
 
 
-def _check_elf(path: str) -> None:
+MAX_OBJECT_SIZE = 256 << 20  # far above any real object; bounds what a file makes us read
+
+
+def read_object_file(path: str) -> bytes:
+    """The bytes of the object file at ``path``, read once, after checks that it is a
+    readable regular file holding a whole ELF header of a BPF object.
+
+    Everything bpfloom learns from the object (libbpf's open, BTF, DWARF, relocations)
+    is parsed from these bytes, so it all comes from one file even if ``path`` is
+    replaced meanwhile. The file is opened non-blocking and checked with ``fstat``
+    before anything is read: a FIFO or a device never blocks or streams forever.
+    """
     try:
-        with open(path, "rb") as f:
-            head = f.read(64)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ObjectFileError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ObjectFileError(f"{path}: is a directory, not an object file") from None
     except OSError as exc:
         raise ObjectFileError(f"{path}: {exc.strerror}", errno=exc.errno) from exc
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ObjectFileError(f"{path}: is a directory, not an object file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ObjectFileError(
+                f"{path}: not a regular file (a FIFO, socket or device), not an object file"
+            )
+        if info.st_size > MAX_OBJECT_SIZE:
+            raise ObjectFileError(
+                f"{path}: {info.st_size} bytes; BPF objects are far smaller "
+                f"(bpfloom reads at most {MAX_OBJECT_SIZE})"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            image = f.read(MAX_OBJECT_SIZE + 1)
+    except OSError as exc:
+        raise ObjectFileError(f"{path}: {exc.strerror}", errno=exc.errno) from exc
+    finally:
+        os.close(fd)
+    _check_elf(path, image)
+    return image
+
+
+def _check_elf(path: str, image: bytes) -> None:
+    """Refuse what is not a whole ELF64 object for the BPF machine, with a reason."""
+    head = image[:64]
     if head[:4] != ELF_MAGIC:
         raise ObjectFileError(f"{path}: not an ELF file (expected a compiled *.bpf.o)")
     if len(head) < 20:
@@ -1083,10 +1132,9 @@ def _check_elf(path: str) -> None:
         raise ObjectFileError(f"{path}: truncated ELF file ({len(head)} bytes, no full header)")
     shoff = int.from_bytes(head[0x28:0x30], order)
     shend = shoff + int.from_bytes(head[0x3A:0x3C], order) * int.from_bytes(head[0x3C:0x3E], order)
-    size = os.path.getsize(path)
-    if shend > size:
+    if shend > len(image):
         raise ObjectFileError(
-            f"{path}: truncated ELF file ({size} bytes, but its section headers end at "
+            f"{path}: truncated ELF file ({len(image)} bytes, but its section headers end at "
             f"byte {shend})"
         )
 

@@ -32,17 +32,27 @@ R_BPF_64_64 = 1  # ld_imm64 of a map or data address
 _INSN_SIZE = 8
 
 
-def data_references(path: str | os.PathLike[str]) -> dict[str, set[int]]:
-    """Section name → byte offsets that program instructions load the address of."""
-    with open(path, "rb") as f:
-        image = f.read()
+def data_references(
+    source: str | os.PathLike[str] | bytes, name: str | None = None
+) -> dict[str, set[int]]:
+    """Section name → byte offsets that program instructions load the address of.
+
+    ``source`` is the object file's path or its bytes (``name`` then names it in
+    messages).
+    """
+    if isinstance(source, bytes):
+        image, path = source, name or "the object"
+    else:
+        with open(source, "rb") as f:
+            image = f.read()
+        path = os.fspath(source)
     try:
         return _scan(ELFFile(io.BytesIO(image)))
     except ObjectFileError:
         raise
     except Exception as exc:  # pyelftools signals bad input with many exception types
         raise ObjectFileError(
-            f"cannot read the relocations of {os.fspath(path)} ({type(exc).__name__}: {exc})"
+            f"cannot read the relocations of {path} ({type(exc).__name__}: {exc})"
         ) from exc
 
 

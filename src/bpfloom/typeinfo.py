@@ -56,8 +56,9 @@ def _is_program_defined(t: Struct | Union) -> bool:
 class TypeInfo:
     """Types of one object file: BTF (may be None) plus lazily parsed DWARF."""
 
-    def __init__(self, path: str, btf: Btf | None) -> None:
+    def __init__(self, path: str, btf: Btf | None, image: bytes | None = None) -> None:
         self.path = path
+        self.image = image
         self.btf = btf
         self._dwarf: list[Type] | None = None
 
@@ -65,7 +66,8 @@ class TypeInfo:
     def dwarf(self) -> list[Type]:
         """All named types from the object's DWARF (empty without ``-g``)."""
         if self._dwarf is None:
-            self._dwarf = dwarf_types(self.path) or []
+            source = self.image if self.image is not None else self.path
+            self._dwarf = dwarf_types(source, self.path) or []
         return self._dwarf
 
     def find(self, name: str) -> Type:

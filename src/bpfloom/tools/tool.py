@@ -32,6 +32,7 @@ from typing import Any, ClassVar, TypeVar
 import click
 
 from .. import decode
+from .._terminal import escape_control as escape_control  # re-exported for the tools
 from ..batch import Batch
 from ..bpf import object_path
 from ..object import BpfObject
@@ -150,20 +151,6 @@ T = TypeVar("T", bound=Tool)
 
 
 # --- output -------------------------------------------------------------------------
-
-
-# Control characters would break a table row in two (a file name may hold a newline).
-_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in range(32)} | {
-    ord("\n"): "\\n",
-    ord("\t"): "\\t",
-    ord("\r"): "\\r",
-    0x7F: "\\x7f",
-}
-
-
-def escape_control(text: str) -> str:
-    """``text`` with its control characters as escapes (``\\n``, ``\\x1b``), for a table."""
-    return text.translate(_CONTROL_ESCAPES)
 
 
 def format_cell(value: Any) -> str:
@@ -381,7 +368,9 @@ def wait_for_stop(
     """Sleep until ``stop`` is set, ``duration`` passes or the pipeline stops running;
     call ``tick`` every ``interval`` seconds meanwhile."""
     deadline = None if duration is None else time.monotonic() + duration
-    next_tick = None if interval is None else time.monotonic() + interval
+    # Without a tick there is nothing to wake up for: waking at a past next_tick would
+    # spin the loop at 100% CPU.
+    next_tick = None if interval is None or tick is None else time.monotonic() + interval
     while not stop.is_set():
         now = time.monotonic()
         if deadline is not None and now >= deadline:
