@@ -90,7 +90,8 @@ def records(n: int, seed: int = 1) -> list[dict[str, Any]]:
                     "fd": -1 if err else 3,
                     "err": err,
                     "flags": 0,
-                    "path": rnd.choice(PATHS),
+                    "path": (opened := rnd.choice(PATHS)),
+                    "norm_path": opened,  # as detect's events carry it
                 }
             )
         elif kind < 0.85:
@@ -106,6 +107,7 @@ def records(n: int, seed: int = 1) -> list[dict[str, Any]]:
                     "pcomm": os.path.basename(path)[:15],
                     "parent_comm": rnd.choice(COMMS),
                     "path": path,
+                    "norm_path": path,
                     "args": [path, "-l", f"arg{i}"],
                     "ret": 0,
                     "cgroup": "/",

@@ -282,7 +282,7 @@ def test_cli_table(start_tool: Any) -> None:
 
 def test_format_args() -> None:
     assert format_args(["a", "b c"], False) == "a b c"
-    assert format_args(["a", "b\nc"], True) == "a b\\nc ..."
+    assert format_args(["a", "b\nc"], True) == "a b\nc ..."  # the printer escapes cells
     assert format_args(['x"y'], False, quote=True) == '"x\\"y"'
 
 

@@ -450,6 +450,22 @@ def test_tp_btf_needs_no_trampoline() -> None:
 
 
 @pytest.mark.kernel
+def test_a_long_verifier_log_is_quoted_from_its_end() -> None:
+    """libbpf prints the verifier's log as one message, here far above 8 KiB: the
+    LoadError still quotes its last lines, where the reason is."""
+    from bpfloom import _libbpf
+
+    mark = _libbpf.log_mark()
+    with BpfObject(bpf_object("bad_verifier_long")) as obj, pytest.raises(LoadError) as info:
+        obj.load()
+    log = "\n".join(_libbpf.log_since(mark))
+    assert len(log) > 8192
+    err = info.value
+    assert "invalid mem access 'map_value_or_null'" in err.log_tail
+    assert err.log_tail.splitlines()[-1].startswith("processed ")
+
+
+@pytest.mark.kernel
 @pytest.mark.parametrize("how", ["attach_all", "attach"])
 def test_kprobe_attach_raises_attach_error_naming_hook(how: str) -> None:
     with bpfloom.load(bpf_object("kprobe")) as obj:

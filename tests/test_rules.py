@@ -29,6 +29,7 @@ from bpfloom.rules import (
     Threshold,
     load_rules,
 )
+from bpfloom.tools.paths import lexical
 
 # Events and rule text.
 
@@ -48,6 +49,7 @@ def exec_event(**fields: Any) -> dict[str, Any]:
         "cgroup": "/user.slice",
     }
     event.update(fields)
+    event.setdefault("norm_path", lexical(event["path"]))  # as detect's events have
     return event
 
 
@@ -65,6 +67,7 @@ def open_event(**fields: Any) -> dict[str, Any]:
         "path": "/etc/passwd",
     }
     event.update(fields)
+    event.setdefault("norm_path", lexical(event["path"]))  # as detect's events have
     return event
 
 

@@ -294,14 +294,26 @@ _log: collections.deque[str] = collections.deque(maxlen=4000)
 _log_seq = 0
 
 
+# A va_list argument is passed as a pointer to the caller's va_list struct, on
+# x86-64 (24 bytes, SysV ABI) as on arm64 (32 bytes, AAPCS64): copying those bytes is
+# what va_copy() does there, which lets a message too long for the first buffer be
+# formatted again in a larger one.
+_VA_LIST_SIZE = 32 if os.uname().machine == "aarch64" else 24
+_LOG_MESSAGE_MAX = 16 << 20  # a verifier log may be megabytes; we keep its end
+
+
 def _on_print(level: int, fmt: bytes, va_list: int) -> int:
-    # On x86-64 and arm64 a va_list argument is passed as a pointer, which vsnprintf
-    # accepts as-is; the message is formatted into a bounded buffer.
     global _log_seq
     if level == LIBBPF_DEBUG:
         return 0
+    saved = ctypes.string_at(va_list, _VA_LIST_SIZE)
     buf = ctypes.create_string_buffer(8192)
-    _vsnprintf(buf, len(buf), fmt, va_list)
+    needed = _vsnprintf(buf, len(buf), fmt, va_list)
+    if needed >= len(buf):
+        # The verifier's log arrives as one message: its last lines say why.
+        ctypes.memmove(va_list, saved, _VA_LIST_SIZE)
+        buf = ctypes.create_string_buffer(min(needed, _LOG_MESSAGE_MAX) + 1)
+        _vsnprintf(buf, len(buf), fmt, va_list)
     text = buf.value.decode("utf-8", "replace")
     with _log_lock:
         for line in text.splitlines():

@@ -24,7 +24,7 @@ import click
 
 from . import attach_comments, decode
 from ._exceptions import AttachError, BpfloomError, TypeInfoError
-from ._terminal import escape_control
+from ._terminal import escape_control, escape_lines, json_line
 from .batch import Batch
 from .decode import Decoder
 from .mapdump import DEFAULT_MAX_ROWS, MapDump
@@ -39,15 +39,16 @@ from .types import Array, Enum, Float, Int, Type, strip
 
 EXIT_ERROR = 1  # the run failed: a missing file, a refused load, an I/O error
 EXIT_USAGE = 2  # the command line is wrong: an unknown option, a bad value
-# Error messages quote SEC names, paths and libbpf's log, which come from object files:
-# their control characters (a terminal escape sequence, say) are shown as escapes. Line
-# breaks and tabs stay: a verifier log tail is several lines.
-_ERROR_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(32), *range(0x7F, 0xA0)) if c not in (9, 10)}
 
 
 def _fail(message: str, status: int = EXIT_ERROR) -> NoReturn:
-    click.echo(f"bpfloom: error: {message.translate(_ERROR_ESCAPES)}", err=True)
+    _stderr(f"bpfloom: error: {message}")
     sys.exit(status)
+
+
+def _stderr(message: str) -> None:
+    """A message on stderr, escaped: it may quote names an object file chose."""
+    click.echo(escape_lines(message), err=True)
 
 
 def _usage_fail(exc: click.ClickException) -> NoReturn:
@@ -341,7 +342,7 @@ def run_command(args: tuple[str, ...]) -> None:
             return
         _fail("missing OBJECT: bpfloom run OBJECT [OPTIONS] (see bpfloom run --help)", EXIT_USAGE)
     try:
-        obj = BpfObject(obj_path)
+        obj = BpfObject(obj_path, strings="surrogateescape")
     except BpfloomError as exc:
         _fail(str(exc))
     try:
@@ -405,7 +406,7 @@ class _Printer:
     def print_trace_line(self, line: TraceLine) -> None:
         """One bpf_printk line from trace_pipe."""
         if self.as_json:
-            text = json.dumps({"trace_pipe": line.as_dict()}, ensure_ascii=False)
+            text = json_line({"trace_pipe": line.as_dict()})
         else:
             stamp = time.strftime("%H:%M:%S")
             where = escape_control(f"{line.comm}-{line.pid} [{line.cpu:03d}]")
@@ -433,7 +434,7 @@ class _Printer:
     def batch(self, decoder: Decoder, events: Iterable[Any]) -> list[str]:
         """The output lines of a batch of events (a header first, once per decoder)."""
         if self.as_json:
-            return [json.dumps(decode.to_jsonable(ev), ensure_ascii=False) for ev in events]
+            return [json_line(decode.to_jsonable(ev)) for ev in events]
         out: list[str] = []
         widths = self.widths.get(id(decoder))
         if widths is None:
@@ -465,7 +466,7 @@ def _cell(value: Any) -> str:
 def _print_maps(dump: MapDump, printer: _Printer) -> None:
     if printer.as_json:
         rows = dump.json_rows()
-        printer.lines([json.dumps(row, ensure_ascii=False) for row in rows])
+        printer.lines([json_line(row) for row in rows])
     else:
         printer.lines(dump.text_lines())
 
@@ -480,11 +481,10 @@ def _set_globals(obj: BpfObject, opts: dict[str, Any]) -> None:
             continue
         obj.globals[var.name] = opts[dest]
         if not obj.globals.referenced(var.name):
-            click.echo(
+            _stderr(
                 f"bpfloom: warning: no program reads global {var.name!r}, so setting it "
                 "changes nothing (a plain `const` is folded into the code by the compiler; "
-                "declare it `const volatile`)",
-                err=True,
+                "declare it `const volatile`)"
             )
 
 
@@ -518,10 +518,9 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
                 if len(printk) == 1
                 else (f"programs {', '.join(printk)} print")
             )
-            click.echo(
+            _stderr(
                 f"bpfloom: note: {who} with bpf_printk; the lines go to "
-                f"{trace_pipe_path()} (add --trace-pipe to print them here)",
-                err=True,
+                f"{trace_pipe_path()} (add --trace-pipe to print them here)"
             )
         printer = _Printer(as_json, on_broken_pipe=signals.stop.set)
         trace_pipe = TracePipe(printer.print_trace_line) if opts["trace_pipe"] else None
@@ -544,12 +543,11 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
             if not links and not readers and trace_pipe is None:
                 raise AttachError(_nothing_to_run(obj, skipped))
             for prog in skipped:
-                click.echo(f"bpfloom: note: {_skip_reason(prog)}", err=True)
+                _stderr(f"bpfloom: note: {_skip_reason(prog)}")
             if not readers and dump is None and trace_pipe is None and not printk:
-                click.echo(
+                _stderr(
                     "bpfloom: note: the object has no ring/perf buffer or map to print; "
-                    "programs stay attached until the end",
-                    err=True,
+                    "programs stay attached until the end"
                 )
             # As every tool does: people (and scripts, tests) know tracing has begun.
             click.echo("bpfloom run: tracing; Ctrl-C to stop", err=True)

@@ -19,7 +19,9 @@ C type                        Python value
 integers (1, 2, 4, 8, 16 B)   ``int``
 ``_Bool`` / BTF bool          ``bool``
 ``char[N]`` (``char`` named,  ``str``: bytes up to the first NUL, UTF-8 with
-or BTF/DWARF char encoding)   ``errors="replace"``; bytes after the NUL are ignored
+or BTF/DWARF char encoding)   ``errors="replace"`` (or ``Decoder(t, strings=
+                              "surrogateescape")``: lossless); bytes after the NUL
+                              are ignored
 other arrays                  ``list`` (nested lists for multi-dimensional arrays)
 struct / union                an event: a namedtuple-like tuple (see below)
 enum                          the enumerator's name (``str``) when known, else the ``int``
@@ -97,6 +99,11 @@ Rows: TypeAlias = npt.NDArray[np.uint8]
 """``n`` records as a 2-D ``uint8`` array whose last axis is contiguous (stride 1)."""
 
 _namedtuple: Any = namedtuple  # called with field names known only at run time
+#: How ``char`` arrays that are not valid UTF-8 become ``str``: "replace" (U+FFFD for
+#: each bad sequence: safe to print, lossy) or "surrogateescape" (lossless, as
+#: ``os.fsdecode`` does: bad bytes become lone surrogates that
+#: ``s.encode("utf-8", "surrogateescape")`` turns back into the exact bytes).
+STRING_POLICIES = ("replace", "surrogateescape")
 _MAX_DEPTH = 64  # nesting bound; a struct cannot contain itself by value
 MAX_SIZE = (1 << 30) - 1
 """The largest value, in bytes and in array elements, that is decoded or encoded.
@@ -440,18 +447,20 @@ class _StringNode(_Node):
     Instead of decoding ``n`` small ``bytes`` objects one by one, the bytes of every
     string up to its first NUL are packed into one buffer, each followed by a NUL, and
     decoded in one call, then split on NUL. This is exact: a string holds no NUL, and a
-    NUL (ASCII) ends any incomplete UTF-8 sequence, so "replace" yields the same
-    characters as decoding each string alone. It measures ~2x faster than per-string
-    ``bytes.decode`` for many short strings; but its fixed cost (~15 us) dominates a
-    small batch, and it scans every byte of long buffers (paths), so few strings and
-    long ones are decoded one by one from a single copy (measured: 256-byte strings
-    2-7x faster that way at any batch size; 16-byte ones up to ~32 per batch).
+    NUL (ASCII) ends any incomplete UTF-8 sequence, so "replace" (and
+    "surrogateescape") yields the same characters as decoding each string alone. It
+    measures ~2x faster than per-string ``bytes.decode`` for many short strings; but its
+    fixed cost (~15 us) dominates a small batch, and it scans every byte of long buffers
+    (paths), so few strings and long ones are decoded one by one from a single copy
+    (measured: 256-byte strings 2-7x faster that way at any batch size; 16-byte ones up
+    to ~32 per batch).
     """
 
-    def __init__(self, outer: tuple[int, ...], length: int):
+    def __init__(self, outer: tuple[int, ...], length: int, errors: str = "replace"):
         self._outer = outer
         self._count = math.prod(outer)
         self._length = length
+        self._errors = errors
         self.size = self._count * length
         base = np.dtype(f"S{length}") if length else None
         self.dtype = None if base is None else (np.dtype((base, outer)) if outer else base)
@@ -467,7 +476,7 @@ class _StringNode(_Node):
         elif total <= _FEW_STRINGS or length >= _LONG_STRING:
             raw = rows[:, off : off + self.size].tobytes()
             strings = [
-                raw[i : i + length].split(b"\0", 1)[0].decode("utf-8", "replace")
+                raw[i : i + length].split(b"\0", 1)[0].decode("utf-8", self._errors)
                 for i in range(0, len(raw), length)
             ]
         else:
@@ -477,7 +486,7 @@ class _StringNode(_Node):
             keep = np.ones((total, length + 1), dtype=np.bool_)
             np.logical_or.accumulate(chars == 0, axis=1, out=keep[:, :length])
             np.logical_not(keep[:, :length], out=keep[:, :length])
-            text = packed[keep].tobytes().decode("utf-8", "replace")
+            text = packed[keep].tobytes().decode("utf-8", self._errors)
             strings = text.split("\0")
             strings.pop()  # the text ends with a separator
         if not self._outer:
@@ -616,7 +625,8 @@ def _number_struct(
 class _Builder:
     """Compiles types into nodes, sharing one node per distinct type object."""
 
-    def __init__(self) -> None:
+    def __init__(self, strings: str = "replace") -> None:
+        self._strings = strings
         self._memo: dict[int, _Node] = {}
         self._keep: list[Type] = []  # keeps ids in _memo valid while building
 
@@ -660,7 +670,7 @@ class _Builder:
         if isinstance(s, Array):
             dims, element = _array_shape(s)
             if _is_char(element):
-                return _StringNode(dims[:-1], dims[-1])
+                return _StringNode(dims[:-1], dims[-1], self._strings)
             return _ArrayNode(dims, self.build(element, depth + 1))
         if isinstance(s, (Struct, Union)):
             return _AggregateNode(s, self.build, depth)
@@ -709,10 +719,13 @@ class Decoder:
     Thread-safe: a decoder holds no per-call state.
     """
 
-    def __init__(self, t: Type) -> None:
+    def __init__(self, t: Type, *, strings: str = "replace") -> None:
+        if strings not in STRING_POLICIES:
+            raise TypeInfoError(f"strings must be one of {', '.join(STRING_POLICIES)}")
         self.type = t
+        self.strings = strings
         self.size = _size_of(t)
-        self._node = _Builder().build(t)
+        self._node = _Builder(strings).build(t)
         if isinstance(self._node, _AggregateNode):
             self.event_type: type[Any] | None = self._node.event_type
             self.fields: tuple[str, ...] = tuple(f.py_name for f in self._node.fields)
@@ -729,6 +742,10 @@ class Decoder:
 
     def __repr__(self) -> str:
         return f"<Decoder {describe(self.type)} {self.size}B>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as its type and string policy (worker processes rebuild it)."""
+        return (_rebuild_decoder, (self.type, self.strings))
 
     def decode_batch(self, records: npt.NDArray[np.uint8]) -> list[Any]:
         """Decode ``n`` records given as a 2-D ``uint8`` array of shape ``(n, width)``.
@@ -784,6 +801,10 @@ class Decoder:
             padded[: raw.size] = raw
             raw = padded
         return self.decode_batch(raw[: self.size].reshape(1, self.size))[0]
+
+
+def _rebuild_decoder(t: Type, strings: str) -> Decoder:
+    return Decoder(t, strings=strings)
 
 
 @functools.lru_cache(maxsize=256)
@@ -928,7 +949,7 @@ def _encode_array(
 ) -> None:
     element = strip(t.element)
     if _is_char(element):
-        data = value.encode() if isinstance(value, str) else value
+        data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise _fail(path, f"{_short_repr(value)} is not a str ({describe(t)} needs one)")
         data = bytes(data)

@@ -65,10 +65,10 @@ BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 class _Codec:
     """Encode/decode one side (key or value) of a map: typed if BTF says, else raw."""
 
-    def __init__(self, t: Type | None, size: int) -> None:
+    def __init__(self, t: Type | None, size: int, strings: str = "replace") -> None:
         self.type = t
         self.size = size
-        self.decoder = Decoder(t) if t is not None else None
+        self.decoder = Decoder(t, strings=strings) if t is not None else None
 
     def encode(self, value: Any) -> bytes:
         if self.type is not None:
@@ -141,8 +141,8 @@ class Map:
 
     def _codecs(self) -> tuple[_Codec, _Codec]:
         if self._key is None or self._value is None:
-            self._key = _Codec(self.key_type, self.key_size)
-            self._value = _Codec(self.value_type, self.value_size)
+            self._key = _Codec(self.key_type, self.key_size, self._obj.strings)
+            self._value = _Codec(self.value_type, self.value_size, self._obj.strings)
         return self._key, self._value
 
     def _value_buffer_size(self) -> int:

@@ -35,7 +35,7 @@ from ._exceptions import (
     TypeInfoError,
 )
 from .btf import Btf, parse_btf
-from .decode import Decoder, encode
+from .decode import STRING_POLICIES, Decoder, encode
 from .maps import Map
 from .relocations import data_references
 from .ringbuf import DEFAULT_POLL_INTERVAL
@@ -687,7 +687,7 @@ class Globals(Mapping[str, Any]):
         data = _libbpf.bytes_at(self._memory(var, map_ptr), var.size)
         dec = self._decoders.get(name)
         if dec is None:
-            dec = self._decoders[name] = Decoder(var.type)
+            dec = self._decoders[name] = Decoder(var.type, strings=self._obj.strings)
         return dec.decode(data)
 
     def __setitem__(self, name: str, value: Any) -> None:
@@ -716,8 +716,14 @@ class BpfObject:
     Not thread-safe; readers made from it may be used from other threads.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, strings: str = "replace") -> None:
+        if strings not in STRING_POLICIES:
+            raise TypeInfoError(f"strings must be one of {', '.join(STRING_POLICIES)}")
         self.path = os.fspath(path)
+        #: How every decoder of this object turns ``char`` arrays into ``str``:
+        #: "replace" (invalid UTF-8 → U+FFFD) or "surrogateescape" (lossless; see
+        #: ``bpfloom.decode.STRING_POLICIES``). The tools and the CLI use the latter.
+        self.strings = strings
         self._ptr: int | None = None
         self.loaded = False
         self._failed = False
@@ -966,7 +972,7 @@ class BpfObject:
         from .ringbuf import RingBuffer
 
         m = self._buffer_map(map_name, "ringbuf")
-        decoder = Decoder(self.record_type(m.name, event_type))
+        decoder = Decoder(self.record_type(m.name, event_type), strings=self.strings)
         reader = RingBuffer(
             m.fd, m.max_entries, decoder, name=m.name, owner=self, poll_interval=poll_interval
         )
@@ -988,7 +994,7 @@ class BpfObject:
         from .perfbuf import PerfBuffer
 
         m = self._buffer_map(map_name, "perf_event_array")
-        decoder = Decoder(self.record_type(m.name, event_type))
+        decoder = Decoder(self.record_type(m.name, event_type), strings=self.strings)
         reader = PerfBuffer(
             m,
             decoder,

@@ -52,7 +52,6 @@ from .batch import Batch
 from .decode import Decoder
 from .object import BpfObject
 from .stats import PipelineStats
-from .types import Type
 
 log = logging.getLogger("bpfloom.pipeline")
 
@@ -820,13 +819,13 @@ class _AsyncRunner(_Executor):
 def _process_worker(
     inbox: Any,
     outbox: Any,
-    record_type: Type,
+    decoder: Decoder,
     handler: Callable[[Any], Any],
     batch_mode: bool,
     ts_field: str | None,
 ) -> None:
-    """A worker process: decode batches of raw records and run the handler on them."""
-    decoder = Decoder(record_type)
+    """A worker process: decode batches of raw records and run the handler on them
+    (``decoder`` arrives pickled as its type and string policy, and is rebuilt)."""
     parent = multiprocessing.parent_process()
     if parent is not None:
         # The pipeline's process may exit at once (a second signal) or die: then leave
@@ -877,10 +876,10 @@ class _Processes(_Executor):
 
     def start(self) -> None:
         p = self.p
-        types = {id(r.decoder.type): r.decoder.type for r in p.readers}
-        if len(types) != 1:
+        decoders = {(id(r.decoder.type), r.decoder.strings): r.decoder for r in p.readers}
+        if len(decoders) != 1:
             raise BpfloomError("the process executor needs one record type for all readers")
-        record_type = next(iter(types.values()))
+        decoder = next(iter(decoders.values()))
         ts_field = p._e2e_field
         ctx = multiprocessing.get_context("spawn")  # never fork a process with threads
         self.outbox = ctx.Queue()
@@ -888,7 +887,7 @@ class _Processes(_Executor):
         self.procs = [
             ctx.Process(
                 target=_process_worker,
-                args=(box, self.outbox, record_type, p.handler, p.batch, ts_field),
+                args=(box, self.outbox, decoder, p.handler, p.batch, ts_field),
                 daemon=True,
                 name=f"bpfloom-process-{i}",
             )

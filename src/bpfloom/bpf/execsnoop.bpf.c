@@ -24,6 +24,7 @@
  * name), failed execs at exit.
  */
 #include "bpfloom.h"
+#include "bpfloom_path.h"
 
 #define TASK_COMM_LEN 16
 #define PATH_LEN 256		/* the file name argument, cut beyond 255 bytes */
@@ -43,6 +44,10 @@ struct event {
 	char comm[TASK_COMM_LEN];	/* at exit: the new program's after a success */
 	char parent_comm[TASK_COMM_LEN];	/* the parent process's (its group leader's) */
 	char path[PATH_LEN];		/* the file name given to exec */
+	__s32 dirfd;			/* execveat: what a relative path is relative to */
+	__u32 fs_path_kind;		/* BPFLOOM_FS_PATH_*: what fs_path holds */
+	__s32 fs_path_cut;		/* bpfloom_path(): 1 cut, -1 unreadable */
+	char fs_path[PATH_LEN];		/* the executable as resolved, or a relative path's dir */
 	char args[TOTAL_MAX_ARGS][ARGSIZE];
 };
 BPFLOOM_RECORD(event);
@@ -52,6 +57,9 @@ const volatile bool ignore_failed = true;	/* report only successful execs */
 const volatile __u32 max_args = 20;		/* argv entries copied, 1..TOTAL_MAX_ARGS */
 const volatile bool filter_cg = false;		/* only tasks under cgroup_map[0] */
 const volatile char targ_comm[TASK_COMM_LEN] = {};	/* substring of comm; "" : any */
+/* Fill fs_path: the executable the kernel ran (its file's path), or for a failed
+ * exec of a relative path, the directory it starts from. Off by default. */
+const volatile bool resolve_paths = false;
 
 /* An all-zero entry that starts each exec (too big for the 512-byte stack). */
 static const struct event empty_event = {};
@@ -116,7 +124,7 @@ cut:
 	e->args_truncated = true;
 }
 
-static __always_inline int enter_exec(const char *filename, const char *const *argv)
+static __always_inline int enter_exec(int dirfd, const char *filename, const char *const *argv)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	__u32 uid = (__u32)bpf_get_current_uid_gid();
@@ -133,6 +141,7 @@ static __always_inline int enter_exec(const char *filename, const char *const *a
 	if (!e)
 		return 0;
 	e->uid = uid;
+	e->dirfd = dirfd;
 	if (bpf_probe_read_user_str(e->path, sizeof(e->path), filename) < 0)
 		e->path[0] = '\0';
 	read_args(e, argv);
@@ -164,6 +173,18 @@ static __always_inline int exit_exec(long ret)
 	/* real_parent is the forking thread; its process's name is its leader's. */
 	BPF_CORE_READ_STR_INTO(&e->parent_comm, task, real_parent, group_leader, comm);
 	e->ret = ret;
+	if (resolve_paths && ret == 0) {
+		struct file *exe = BPF_CORE_READ(task, mm, exe_file);
+
+		e->fs_path_kind = BPFLOOM_FS_PATH_FILE;
+		e->fs_path_cut = bpfloom_path(
+			exe ? (void *)exe + bpf_core_field_offset(struct file, f_path) : NULL,
+			e->fs_path, sizeof(e->fs_path));
+	} else if (resolve_paths && e->path[0] != '/') {
+		e->fs_path_kind = BPFLOOM_FS_PATH_DIR;
+		e->fs_path_cut = bpfloom_path(bpfloom_dirfd_path(e->dirfd), e->fs_path,
+					      sizeof(e->fs_path));
+	}
 
 	n = e->args_count;
 	if (n > TOTAL_MAX_ARGS)
@@ -178,14 +199,16 @@ SEC("tracepoint/syscalls/sys_enter_execve")
 int handle_enter_execve(struct trace_event_raw_sys_enter *ctx)
 {
 	/* execve(filename, argv, envp) */
-	return enter_exec((const char *)ctx->args[0], (const char *const *)ctx->args[1]);
+	return enter_exec(BPFLOOM_AT_FDCWD, (const char *)ctx->args[0],
+			  (const char *const *)ctx->args[1]);
 }
 
 SEC("tracepoint/syscalls/sys_enter_execveat")
 int handle_enter_execveat(struct trace_event_raw_sys_enter *ctx)
 {
 	/* execveat(dirfd, filename, argv, envp, flags) */
-	return enter_exec((const char *)ctx->args[1], (const char *const *)ctx->args[2]);
+	return enter_exec((int)ctx->args[0], (const char *)ctx->args[1],
+			  (const char *const *)ctx->args[2]);
 }
 
 SEC("tracepoint/syscalls/sys_exit_execve")

@@ -15,6 +15,7 @@
  * autoload = false from user space before load.
  */
 #include "bpfloom.h"
+#include "bpfloom_path.h"
 
 #define TASK_COMM_LEN 16
 #define PATH_LEN 256		/* as libbpf-tools' NAME_MAX-sized buffer */
@@ -27,8 +28,11 @@ struct open_event {
 	__u32 tid;
 	__u32 uid;
 	__u32 path_truncated;	/* the path was longer than PATH_LEN - 1 bytes */
+	__u32 fs_path_kind;	/* BPFLOOM_FS_PATH_*: what fs_path holds (resolve_paths) */
+	__s32 fs_path_cut;	/* bpfloom_path(): 1 cut, -1 unreadable */
 	char comm[TASK_COMM_LEN];
-	char path[PATH_LEN];
+	char path[PATH_LEN];	/* as the program passed it */
+	char fs_path[PATH_LEN];	/* the opened file's path, or a relative path's directory */
 };
 BPFLOOM_RECORD(open_event);
 
@@ -37,6 +41,7 @@ struct open_args {
 	__u64 path;		/* const char __user * */
 	__u64 how;		/* const struct open_how __user *, openat2 only */
 	__u64 flags;		/* open/openat flags (openat2: read from `how` at exit) */
+	__s64 dirfd;		/* openat/openat2: what a relative path is relative to */
 };
 
 const volatile __u32 targ_tgid = 0;		/* 0: every process */
@@ -45,6 +50,10 @@ const volatile bool filter_uid = false;
 const volatile __u32 targ_uid = 0;
 const volatile bool targ_failed = false;	/* only failed opens */
 const volatile char targ_comm[TASK_COMM_LEN] = {};	/* substring; "" : any */
+/* Fill fs_path: the file opened (as the kernel resolved it), or for a failed open
+ * of a relative path, the directory it starts from. Off by default: it walks the
+ * dentries of every open. */
+const volatile bool resolve_paths = false;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -74,11 +83,11 @@ static __always_inline bool trace_allowed(__u32 tgid, __u32 tid)
 	return bpfloom_comm_contains(comm, targ_comm);
 }
 
-static __always_inline int trace_enter(__u64 path, __u64 how, __u64 flags)
+static __always_inline int trace_enter(__s64 dirfd, __u64 path, __u64 how, __u64 flags)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
-	struct open_args args = { .path = path, .how = how, .flags = flags };
+	struct open_args args = { .path = path, .how = how, .flags = flags, .dirfd = dirfd };
 
 	if (!trace_allowed(id >> 32, tid))
 		return 0;
@@ -90,21 +99,21 @@ SEC("tracepoint/syscalls/sys_enter_open")
 int enter_open(struct syscall_trace_enter *ctx)
 {
 	/* open(path, flags, mode) */
-	return trace_enter(ctx->args[0], 0, ctx->args[1]);
+	return trace_enter(BPFLOOM_AT_FDCWD, ctx->args[0], 0, ctx->args[1]);
 }
 
 SEC("tracepoint/syscalls/sys_enter_openat")
 int enter_openat(struct syscall_trace_enter *ctx)
 {
 	/* openat(dfd, path, flags, mode) */
-	return trace_enter(ctx->args[1], 0, ctx->args[2]);
+	return trace_enter((int)ctx->args[0], ctx->args[1], 0, ctx->args[2]);
 }
 
 SEC("tracepoint/syscalls/sys_enter_openat2")
 int enter_openat2(struct syscall_trace_enter *ctx)
 {
 	/* openat2(dfd, path, how, size) */
-	return trace_enter(ctx->args[1], ctx->args[2], 0);
+	return trace_enter((int)ctx->args[0], ctx->args[1], ctx->args[2], 0);
 }
 
 static __always_inline int trace_exit(struct syscall_trace_exit *ctx)
@@ -145,6 +154,17 @@ static __always_inline int trace_exit(struct syscall_trace_exit *ctx)
 	 */
 	e->path_truncated = len == PATH_LEN &&
 		(bpf_probe_read_user(&last, 1, (void *)(args->path + PATH_LEN - 1)) || last);
+	e->fs_path_kind = BPFLOOM_FS_PATH_NONE;
+	e->fs_path_cut = 0;
+	e->fs_path[0] = '\0';
+	if (resolve_paths && ret >= 0) {
+		e->fs_path_kind = BPFLOOM_FS_PATH_FILE;
+		e->fs_path_cut = bpfloom_path(bpfloom_fd_path(ret), e->fs_path, sizeof(e->fs_path));
+	} else if (resolve_paths && e->path[0] != '/') {
+		e->fs_path_kind = BPFLOOM_FS_PATH_DIR;
+		e->fs_path_cut = bpfloom_path(bpfloom_dirfd_path(args->dirfd), e->fs_path,
+					      sizeof(e->fs_path));
+	}
 	bpfloom_submit(e);
 cleanup:
 	bpf_map_delete_elem(&start, &tid);

@@ -30,6 +30,7 @@ DEFAULT_SCHEMA: Schema = {
         "comm": str,
         "parent_comm": str,
         "path": str,
+        "norm_path": str,
         "args": list,
         "ret": int,
         "cgroup": str,
@@ -45,6 +46,7 @@ DEFAULT_SCHEMA: Schema = {
         "err": int,
         "flags": int,
         "path": str,
+        "norm_path": str,
     },
     "exit": {
         "event": str,
@@ -58,7 +60,11 @@ DEFAULT_SCHEMA: Schema = {
         "signal": int,
     },
 }
-"""The events of ``bpfloom detect``: kind -> field -> type (``list`` is a list of str)."""
+"""The events of ``bpfloom detect``: kind -> field -> type (``list`` is a list of str).
+
+``path`` is the path as the program passed it; ``norm_path`` the one spelling of the
+file it named, resolved by the kernel where the call succeeded (see
+``bpfloom.tools.paths`` for what is and is not normalized)."""
 
 DEFAULT_RULES = Path(__file__).with_name("default.yaml")
 

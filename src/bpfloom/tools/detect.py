@@ -27,6 +27,7 @@ from typing import Any
 import click
 
 from .._exceptions import BpfloomError
+from .._terminal import escape_control
 from ..batch import Batch
 from ..pipeline import Pipeline, StopSignals
 from ..rules import Alert, RuleSet, load_rules
@@ -37,8 +38,8 @@ from .tool import SECONDS, Printer, Tool, fail, wait_for_stop
 
 #: Which tool gives events of each kind, built with the options detection needs.
 TOOLS: dict[str, Callable[[], Tool]] = {
-    "exec": lambda: ExecSnoop(include_failed=True),
-    "open": lambda: OpenSnoop(),
+    "exec": lambda: ExecSnoop(include_failed=True, resolve_paths=True),
+    "open": lambda: OpenSnoop(full_path=True),
     "exit": lambda: ExitSnoop(),
 }
 
@@ -139,9 +140,11 @@ class Detector:
 
 
 def format_alert(alert: Alert) -> str:
-    """One text line: time, priority, rule, and the rule's rendered output."""
+    """One text line: time, priority, rule, and the rule's rendered output, escaped: the
+    output quotes paths, arguments and names a traced process chose, and a newline in
+    one must not forge a second alert."""
     stamp = time.strftime("%H:%M:%S", time.localtime(alert.time))
-    return f"{stamp} {alert.priority:<8} {alert.rule}: {alert.output}"
+    return escape_control(f"{stamp} {alert.priority:<8} {alert.rule}: {alert.output}")
 
 
 @click.command("detect")
@@ -194,7 +197,7 @@ def cli(
     if list_rules:
         for rule in rules.rules:
             kinds = ",".join(sorted(rule.applies_to))
-            click.echo(f"{rule.priority:<13} {rule.name}  [{kinds}]")
+            click.echo(escape_control(f"{rule.priority:<13} {rule.name}  [{kinds}]"))
         return
     _run_detector(rules, as_json, duration, workers)
 
@@ -231,8 +234,10 @@ def _run_detector(rules: RuleSet, as_json: bool, duration: float | None, workers
     fired = ", ".join(f"{n} {name!r}" for name, n in sorted(detector.alerts.items())) or "none"
     suppressed = sum(rules.suppressed.values())
     click.echo(
-        f"bpfloom detect: {stats['received']} events; lost {stats['dropped_kernel']} in the "
-        f"kernel, {stats['dropped_queue']} in user space; alerts: {fired}"
-        + (f"; {suppressed} suppressed by rate limits" if suppressed else ""),
+        escape_control(
+            f"bpfloom detect: {stats['received']} events; lost {stats['dropped_kernel']} in "
+            f"the kernel, {stats['dropped_queue']} in user space; alerts: {fired}"
+            + (f"; {suppressed} suppressed by rate limits" if suppressed else "")
+        ),
         err=True,
     )

@@ -42,7 +42,8 @@ import click
 
 from .._exceptions import BpfloomError, MapError
 from .cgroups import CgroupPaths, cgroup2_mount
-from .tool import Column, Record, Tool, common_options, escape_control, run_tool, wall_time
+from .paths import norm_path
+from .tool import Column, Record, Tool, common_options, run_tool, wall_time
 
 DEFAULT_MAX_ARGS = 20  # libbpf-tools' DEFAULT_MAXARGS
 TOTAL_MAX_ARGS = 60  # argv slots of the BPF record (TOTAL_MAX_ARGS in execsnoop.bpf.c)
@@ -55,7 +56,7 @@ def format_args(args: list[str], truncated: bool, quote: bool = False) -> str:
     escaped when ``quote``, as libbpf-tools' ``-q``), `` ...`` when it was cut."""
     if quote:
         args = ['"' + a.replace('"', '\\"') + '"' for a in args]
-    text = escape_control(" ".join(args))
+    text = " ".join(args)  # the printer escapes every cell
     return text + " ..." if truncated else text
 
 
@@ -86,6 +87,8 @@ class ExecSnoop(Tool):
     ``comm`` (a substring of the name at exit, at most 15 bytes), ``cgroup`` (a
     cgroup v2 directory; its tasks and those of cgroups below it), failed execs unless
     ``include_failed``. ``max_args`` bounds the argv entries copied (1-60).
+    ``resolve_paths`` asks the kernel which file each exec ran and gives records a
+    ``norm_path`` (``bpfloom.tools.paths``), as ``bpfloom detect`` needs.
 
     Raises ``ValueError`` for out-of-range arguments, ``BpfloomError`` when the cgroup
     is not a cgroup v2 directory (and for load errors, as any tool).
@@ -106,6 +109,7 @@ class ExecSnoop(Tool):
         timestamps: bool = False,
         print_uid: bool = False,
         quote: bool = False,
+        resolve_paths: bool = False,
     ) -> None:
         if not 1 <= max_args <= TOTAL_MAX_ARGS:
             raise ValueError(f"max_args must be 1 to {TOTAL_MAX_ARGS}, not {max_args}")
@@ -115,6 +119,7 @@ class ExecSnoop(Tool):
             raise ValueError(f"comm {comm!r} is longer than {COMM_LEN} bytes")
         self.uid, self.comm = uid, comm
         self.include_failed, self.max_args = include_failed, max_args
+        self.resolve_paths = resolve_paths
         self.cgroups = CgroupPaths()
         self.columns = (
             *((Column("TIME", 8),) if timestamps else ()),
@@ -158,9 +163,10 @@ class ExecSnoop(Tool):
         g["ignore_failed"] = not self.include_failed
         g["max_args"] = self.max_args
         g["filter_cg"] = self.cgroup is not None
+        g["resolve_paths"] = self.resolve_paths
 
     def record(self, event: Any) -> Record:
-        return {
+        record: Record = {
             "event": "exec",
             "time": wall_time(event.ts_ns),
             "pid": event.pid,
@@ -175,6 +181,11 @@ class ExecSnoop(Tool):
             "ret": event.ret,
             "cgroup": self.cgroups.path(event.cgroup_id),
         }
+        if self.resolve_paths:
+            record["norm_path"] = norm_path(
+                event.path, event.fs_path, event.fs_path_kind, event.fs_path_cut
+            )
+        return record
 
 
 @click.command("execsnoop")

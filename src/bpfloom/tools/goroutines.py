@@ -39,7 +39,6 @@ spent RUNNABLE after it, to the goroutine the g next shows.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -48,6 +47,7 @@ from typing import Any
 
 import click
 
+from .._terminal import json_line
 from .gobinary import CASGSTATUS, GoBinary, GoBinaryError, host_goarch, read_go_binary
 from .tool import Column, Record, Tool, common_options, run_tool, wall_time
 
@@ -281,7 +281,7 @@ class GoroutineTracer(Tool):
         if not rows:
             return None
         if self.json_summary:
-            return "\n".join(json.dumps({"summary": row}) for row in rows)
+            return "\n".join(json_line({"summary": row}) for row in rows)
         return format_summary(rows)
 
 

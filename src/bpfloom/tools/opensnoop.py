@@ -32,7 +32,8 @@ import click
 
 from .. import _env
 from .._exceptions import AttachError
-from .tool import Column, Record, Tool, common_options, escape_control, run_tool, wall_time
+from .paths import norm_path
+from .tool import Column, Record, Tool, common_options, run_tool, wall_time
 
 COMM_LEN = 15  # bytes of a task's comm, without the NUL
 ANY_UID = 0xFFFFFFFF  # (u32)-1 is no user id
@@ -55,7 +56,9 @@ class OpenSnoop(Tool):
     """Traces file opens. Filters run in the kernel: ``pid`` (thread group), ``tid``,
     ``uid`` (real uid; None: any), ``comm`` (a substring of the name, at most 15
     bytes), ``failed_only``. ``extended`` adds the FLAGS column, ``timestamps`` TIME,
-    ``print_uid`` UID (the records always carry every key).
+    ``print_uid`` UID (the records always carry every key). ``full_path`` asks the
+    kernel where each opened file is (``bpfloom_path.h``: a dentry walk per open) and
+    gives records a ``norm_path`` (``bpfloom.tools.paths``), shown in PATH.
 
     Raises ``ValueError`` for out-of-range arguments, ``AttachError`` when the kernel
     has none of the open tracepoints (and load errors, as any tool).
@@ -76,6 +79,7 @@ class OpenSnoop(Tool):
         extended: bool = False,
         timestamps: bool = False,
         print_uid: bool = False,
+        full_path: bool = False,
     ) -> None:
         if pid < 0 or tid < 0:
             raise ValueError("pid and tid must be positive (0: any)")
@@ -85,6 +89,7 @@ class OpenSnoop(Tool):
             raise ValueError(f"comm {comm!r} is longer than {COMM_LEN} bytes")
         self.pid, self.tid, self.uid, self.comm = pid, tid, uid, comm
         self.failed_only = failed_only
+        self.full_path = full_path
         self.columns = (
             *((Column("TIME", 8),) if timestamps else ()),
             *((Column("UID", 7),) if print_uid else ()),
@@ -93,7 +98,7 @@ class OpenSnoop(Tool):
             Column("FD", 3, right=True),
             Column("ERR", 3, right=True),
             *((Column("FLAGS", 8, text=lambda r: f"{r['flags']:08o}"),) if extended else ()),
-            Column("PATH", 0, text=lambda r: escape_control(r["path"])),
+            Column("PATH", 0, key="norm_path" if full_path else ""),
         )
         super().__init__()
 
@@ -117,10 +122,11 @@ class OpenSnoop(Tool):
         g["targ_uid"] = self.uid or 0
         g["targ_comm"] = self.comm
         g["targ_failed"] = self.failed_only
+        g["resolve_paths"] = self.full_path
 
     def record(self, event: Any) -> Record:
         ret = event.ret
-        return {
+        record: Record = {
             "event": "open",
             "time": wall_time(event.ts_ns),
             "pid": event.pid,
@@ -132,6 +138,11 @@ class OpenSnoop(Tool):
             "flags": event.flags,
             "path": event.path + "..." if event.path_truncated else event.path,
         }
+        if self.full_path:
+            record["norm_path"] = norm_path(
+                event.path, event.fs_path, event.fs_path_kind, event.fs_path_cut
+            )
+        return record
 
 
 @click.command("opensnoop")
@@ -159,6 +170,13 @@ class OpenSnoop(Tool):
     help="Only processes whose name (comm, 15 bytes at most) contains NAME.",
 )
 @click.option(
+    "-F",
+    "--full-path",
+    is_flag=True,
+    help="Print each file's full path, as the kernel resolved it for an open that "
+    "succeeded (relative paths, symlinks, . and ..), or the normalized path given.",
+)
+@click.option(
     "-e",
     "--extended-fields",
     is_flag=True,
@@ -173,6 +191,7 @@ def cli(
     tid: int | None,
     uid: int | None,
     name: str,
+    full_path: bool,
     extended_fields: bool,
     as_json: bool,
     duration: float | None,
@@ -180,7 +199,8 @@ def cli(
     """Trace open(), openat() and openat2(): [TIME] [UID] PID COMM FD ERR [FLAGS] PATH.
 
     FD is the new file descriptor (-1 on failure), ERR the errno of a failed open.
-    With --json each record also has 'event', 'time', 'tid', 'uid' and 'flags' (an int).
+    With --json each record also has 'event', 'time', 'tid', 'uid' and 'flags' (an int),
+    and with -F 'norm_path' beside 'path' (the path as the program passed it).
     """
     if len(name.encode()) > COMM_LEN:
         raise click.BadParameter(
@@ -196,6 +216,7 @@ def cli(
             extended=extended_fields,
             timestamps=timestamp,
             print_uid=print_uid,
+            full_path=full_path,
         ),
         as_json=as_json,
         duration=duration,

@@ -19,7 +19,6 @@ with one offset taken when the tool starts (``wall_time``).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -32,7 +31,7 @@ from typing import Any, ClassVar, TypeVar
 import click
 
 from .. import decode
-from .._terminal import escape_control as escape_control  # re-exported for the tools
+from .._terminal import escape_control, escape_lines, json_line
 from ..batch import Batch
 from ..bpf import object_path
 from ..object import BpfObject
@@ -86,7 +85,9 @@ class Tool:
     columns: tuple[Column, ...] = ()
 
     def __init__(self) -> None:
-        self.obj = BpfObject(object_path(self.object_name))
+        # Lossless strings: records keep the exact bytes a process gave (a path that is
+        # not UTF-8); the printer escapes them on a terminal and keeps them in JSON.
+        self.obj = BpfObject(object_path(self.object_name), strings="surrogateescape")
         self.readers: list[RingBuffer | PerfBuffer] = []
         try:
             self.configure()
@@ -192,8 +193,11 @@ class Printer:
         return " ".join(parts).rstrip()
 
     def lines(self, records: Sequence[Record]) -> list[str]:
+        """The output lines of ``records``: JSON (exact bytes kept, see ``json_line``)
+        or table rows whose every cell is escaped (``escape_control``): strings come
+        from traced processes."""
         if self.as_json:
-            return [json.dumps(r, ensure_ascii=False) for r in records]
+            return [json_line(r) for r in records]
         out = []
         if not self._header_done and self.columns:
             self._header_done = True
@@ -202,12 +206,12 @@ class Printer:
             cells = []
             for c in self.columns:
                 if c.text is not None:
-                    cells.append((c.text(r), c))
+                    cells.append((escape_control(c.text(r)), c))
                     continue
                 value = r.get(c.field, "")
                 if c.field == "time" and isinstance(value, float):
                     value = time.strftime("%H:%M:%S", time.localtime(value))
-                cells.append((format_cell(value), c))
+                cells.append((escape_control(format_cell(value)), c))
             out.append(self._line(cells))
         return out
 
@@ -217,10 +221,11 @@ class Printer:
                 self._write(self.lines(records))
 
     def text(self, text: str) -> None:
-        """Free text (a summary) on stdout, unless the pipe is gone."""
+        """Free text (a summary, an alert) on stdout, unless the pipe is gone; each of
+        its lines escaped, so what it quotes cannot add lines or controls."""
         with self._lock:
             if not self.broken_pipe and text:
-                self._write([text.rstrip("\n")])
+                self._write([escape_control(line) for line in text.rstrip("\n").split("\n")])
 
     def _write(self, lines: list[str]) -> None:
         if not lines:
@@ -283,7 +288,7 @@ def common_options(func: F) -> F:
 
 def fail(message: str) -> None:
     """Print a one-line error for the tool's user and exit 1."""
-    click.echo(f"bpfloom: error: {message}", err=True)
+    click.echo(escape_lines(f"bpfloom: error: {message}"), err=True)
     sys.exit(1)
 
 
