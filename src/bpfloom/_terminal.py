@@ -27,7 +27,12 @@ escapes inside JSON strings, which JSON readers decode to the same text.
 from __future__ import annotations
 
 import base64
+import errno
 import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 _BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
@@ -107,3 +112,76 @@ def json_line(value: Any) -> str:
     """One JSON text for ``value``: exact bytes kept (``lossless``), UTF-8 written as
     is, and the characters that could rewrite a terminal as ``\\uXXXX`` escapes."""
     return json.dumps(lossless(value), ensure_ascii=False).translate(_JSON_ESCAPES)
+
+
+class StdoutLines:
+    """Writes whole lines to standard output, flushed at once; thread-safe.
+
+    When stdout's reader goes away (``| head``: EPIPE) writing stops quietly
+    (``broken_pipe``). Any other failure (a full disk, a closed stdout, an I/O error)
+    stops it too, is kept in ``error`` for the caller to report as fatal, and every
+    record that could not be written from then on is counted in ``unwritten``. Either
+    way ``on_stop`` runs once, and stdout is pointed at /dev/null so that Python's own
+    flush at exit does not fail again.
+    """
+
+    def __init__(self, on_stop: Callable[[], None] | None = None) -> None:
+        self.broken_pipe = False
+        self.error: OSError | None = None
+        self.unwritten = 0
+        self._on_stop = on_stop
+        self.lock = threading.RLock()
+
+    @property
+    def stopped(self) -> bool:
+        return self.broken_pipe or self.error is not None
+
+    def write(self, lines: Sequence[str], records: int | None = None) -> None:
+        """Write ``lines``, which carry ``records`` records (default: one a line)."""
+        with self.lock:
+            count = len(lines) if records is None else records
+            if self.stopped:
+                if self.error is not None:
+                    self.unwritten += count
+                return
+            if not lines:
+                return
+            try:
+                out = sys.stdout
+                if out is None:
+                    raise OSError(errno.EBADF, "standard output is closed")
+                out.write("\n".join(lines) + "\n")
+                out.flush()
+            except BrokenPipeError:
+                self.broken_pipe = True
+                self._stopped()
+            except (OSError, ValueError) as exc:  # ValueError: a closed file object
+                self.error = exc if isinstance(exc, OSError) else OSError(errno.EBADF, str(exc))
+                self.unwritten += count
+                self._stopped()
+
+    def error_message(self) -> str:
+        """What to tell the user when ``error`` is set."""
+        assert self.error is not None
+        reason = self.error.strerror or str(self.error)
+        return (
+            f"cannot write to standard output ({reason}); {self.unwritten} records were not written"
+        )
+
+    def _stopped(self) -> None:
+        quiet_stdout()
+        if self._on_stop is not None:
+            self._on_stop()
+
+
+def quiet_stdout() -> None:
+    """Point file descriptor 1 at /dev/null: its reader went away or it failed; the
+    program exits without another error when Python flushes stdout."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(devnull, 1)
+    finally:
+        os.close(devnull)

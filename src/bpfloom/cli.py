@@ -24,7 +24,7 @@ import click
 
 from . import attach_comments, decode
 from ._exceptions import AttachError, BpfloomError, TypeInfoError
-from ._terminal import escape_control, escape_lines, json_line
+from ._terminal import StdoutLines, escape_control, escape_lines, json_line
 from .batch import Batch
 from .decode import Decoder
 from .mapdump import DEFAULT_MAX_ROWS, MapDump
@@ -33,7 +33,7 @@ from .perfbuf import PerfBuffer
 from .pipeline import Pipeline, StopSignals
 from .ringbuf import DEFAULT_POLL_INTERVAL, RingBuffer
 from .targets import AttachTargets, plan
-from .tools.tool import SECONDS, quiet_stdout, wait_for_stop
+from .tools.tool import SECONDS, wait_for_stop
 from .tracepipe import TraceLine, TracePipe, trace_pipe_path
 from .types import Array, Enum, Float, Int, Type, strip
 
@@ -389,19 +389,19 @@ class _Printer:
     Table columns start at the width their type usually needs and widen to the widest
     value seen so far (up to ``MAX_COLUMN_WIDTH``), so later rows stay aligned. Cells
     are escaped: strings come from traced processes. Safe to call from several reader
-    threads. When stdout's reader goes away (``| head``) it stops printing and calls
-    ``on_broken_pipe``.
+    threads. Output goes through ``out`` (a ``StdoutLines``): EPIPE stops it quietly,
+    another write error stops it and is fatal for the run; ``on_stop`` runs either way.
     """
 
-    def __init__(self, as_json: bool, on_broken_pipe: Callable[[], None] | None = None) -> None:
+    def __init__(self, as_json: bool, on_stop: Callable[[], None] | None = None) -> None:
         self.as_json = as_json
         self.widths: dict[int, list[int]] = {}  # id(decoder) -> column widths
-        self.broken_pipe = False
-        self._on_broken_pipe = on_broken_pipe
-        self._lock = threading.Lock()
+        self.out = StdoutLines(on_stop)
 
     def print_batch(self, batch: Batch) -> None:
-        self._write(lambda: self.batch(batch.decoder, batch))
+        with self.out.lock:
+            lines = [] if self.out.stopped else self.batch(batch.decoder, batch)
+            self.out.write(lines, len(batch))
 
     def print_trace_line(self, line: TraceLine) -> None:
         """One bpf_printk line from trace_pipe."""
@@ -411,25 +411,11 @@ class _Printer:
             stamp = time.strftime("%H:%M:%S")
             where = escape_control(f"{line.comm}-{line.pid} [{line.cpu:03d}]")
             text = f"{stamp} TRACE {where} {escape_control(line.message)}"
-        self._write(lambda: [text])
-
-    def _write(self, make_lines: Callable[[], list[str]]) -> None:
-        with self._lock:
-            if self.broken_pipe:
-                return
-            try:
-                lines = make_lines()
-                if lines:
-                    sys.stdout.write("\n".join(lines) + "\n")
-                    sys.stdout.flush()
-            except BrokenPipeError:
-                self.broken_pipe = True
-                if self._on_broken_pipe is not None:
-                    self._on_broken_pipe()
+        self.out.write([text])
 
     def lines(self, lines: Sequence[str]) -> None:
         """Print whole lines (a map dump), never in the middle of a batch."""
-        self._write(lambda: list(lines))
+        self.out.write(lines)
 
     def batch(self, decoder: Decoder, events: Iterable[Any]) -> list[str]:
         """The output lines of a batch of events (a header first, once per decoder)."""
@@ -522,7 +508,7 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
                 f"bpfloom: note: {who} with bpf_printk; the lines go to "
                 f"{trace_pipe_path()} (add --trace-pipe to print them here)"
             )
-        printer = _Printer(as_json, on_broken_pipe=signals.stop.set)
+        printer = _Printer(as_json, on_stop=signals.stop.set)
         trace_pipe = TracePipe(printer.print_trace_line) if opts["trace_pipe"] else None
         pipeline = (
             Pipeline(readers, printer.print_batch, executor="inline", batch=True)
@@ -570,13 +556,11 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
                 trace_pipe.close()
     if trace_pipe is not None:
         click.echo(f"bpfloom: {trace_pipe.lines} bpf_printk lines from trace_pipe", err=True)
-    if printer.broken_pipe:
-        quiet_stdout()
-    elif dump is not None:
+    if dump is not None and not printer.out.stopped:
         _print_maps(dump, printer)
-        if printer.broken_pipe:
-            quiet_stdout()
-    _summary(obj, stats, bool(opts["stats"]), as_json)
+    _summary(obj, stats, printer.out, bool(opts["stats"]), as_json)
+    if printer.out.error is not None:
+        _fail(printer.out.error_message())
 
 
 def _is_probe(prog: Program) -> bool:
@@ -677,15 +661,26 @@ def _nothing_to_run(obj: BpfObject, skipped: list[Program]) -> str:
     )
 
 
-def _summary(obj: BpfObject, stats: dict[str, Any] | None, show_stats: bool, as_json: bool) -> None:
+def _summary(
+    obj: BpfObject,
+    stats: dict[str, Any] | None,
+    out: StdoutLines,
+    show_stats: bool,
+    as_json: bool,
+) -> None:
+    """The exit summary on stderr (and ``--stats``); records the output could not take
+    count as lost too (``unwritten``)."""
     if stats is None:
         stats = {"received": 0, "dropped_kernel": obj.dropped_kernel(), "dropped_queue": 0}
-    click.echo(
+    stats["unwritten"] = out.unwritten
+    line = (
         f"bpfloom: {stats['received']} events received; lost: {stats['dropped_kernel']} in "
-        f"the kernel, {stats['dropped_queue']} in user space",
-        err=True,
+        f"the kernel, {stats['dropped_queue']} in user space"
     )
-    if show_stats:
+    if out.unwritten:
+        line += f", {out.unwritten} not written"
+    click.echo(line, err=True)
+    if show_stats and not (as_json and out.stopped):
         click.echo(json.dumps({"stats": stats}), err=not as_json)
 
 

@@ -204,7 +204,7 @@ def cli(
 
 def _run_detector(rules: RuleSet, as_json: bool, duration: float | None, workers: int) -> None:
     with StopSignals() as signals:
-        printer = Printer((), as_json, on_broken_pipe=signals.stop.set)
+        printer = Printer((), as_json, on_stop=signals.stop.set)
 
         def print_alert(alert: Alert) -> None:
             if as_json:
@@ -238,6 +238,9 @@ def _run_detector(rules: RuleSet, as_json: bool, duration: float | None, workers
             f"bpfloom detect: {stats['received']} events; lost {stats['dropped_kernel']} in "
             f"the kernel, {stats['dropped_queue']} in user space; alerts: {fired}"
             + (f"; {suppressed} suppressed by rate limits" if suppressed else "")
+            + (f"; {printer.out.unwritten} not written" if printer.out.unwritten else "")
         ),
         err=True,
     )
+    if printer.out.error is not None:
+        fail(printer.out.error_message().replace("records", "alerts"))

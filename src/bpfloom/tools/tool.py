@@ -20,7 +20,6 @@ with one offset taken when the tool starts (``wall_time``).
 from __future__ import annotations
 
 import math
-import os
 import sys
 import threading
 import time
@@ -31,7 +30,7 @@ from typing import Any, ClassVar, TypeVar
 import click
 
 from .. import decode
-from .._terminal import escape_control, escape_lines, json_line
+from .._terminal import StdoutLines, escape_control, escape_lines, json_line
 from ..batch import Batch
 from ..bpf import object_path
 from ..object import BpfObject
@@ -130,11 +129,15 @@ class Tool:
         return self.obj.dropped_kernel()
 
     def exit_line(self, stats: dict[str, Any]) -> str:
-        """The line ``run_tool`` prints on stderr at exit, from the pipeline's stats."""
-        return (
+        """The line ``run_tool`` prints on stderr at exit, from the pipeline's stats
+        (``unwritten``: records the output could not take)."""
+        line = (
             f"bpfloom {self.name}: {stats['received']} events; lost "
             f"{stats['dropped_kernel']} in the kernel, {stats['dropped_queue']} in user space"
         )
+        if stats.get("unwritten"):
+            line += f", {stats['unwritten']} not written"
+        return line
 
     def close(self) -> None:
         for reader in self.readers:
@@ -165,22 +168,26 @@ def format_cell(value: Any) -> str:
 class Printer:
     """Prints records as a table (``columns``) or JSON lines; thread-safe.
 
-    ``time_column`` adds a leading TIME (HH:MM:SS of the record's ``time``). When the
-    reader of stdout goes away (``| head``) printing stops and ``on_broken_pipe`` runs.
+    Output goes through ``out`` (a ``StdoutLines``): when stdout's reader goes away
+    (``| head``) printing stops quietly, when writing fails otherwise the error is
+    kept (``out.error``, a fatal error for the run) and lost records are counted;
+    either way ``on_stop`` runs.
     """
 
     def __init__(
         self,
         columns: Sequence[Column],
         as_json: bool,
-        on_broken_pipe: Callable[[], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         self.columns = list(columns)
         self.as_json = as_json
-        self.broken_pipe = False
-        self._on_broken_pipe = on_broken_pipe
+        self.out = StdoutLines(on_stop)
         self._header_done = False
-        self._lock = threading.Lock()
+
+    @property
+    def broken_pipe(self) -> bool:
+        return self.out.broken_pipe
 
     def _line(self, cells: Sequence[tuple[str, Column]]) -> str:
         parts = []
@@ -216,34 +223,18 @@ class Printer:
         return out
 
     def print(self, records: Sequence[Record]) -> None:
-        with self._lock:
-            if not self.broken_pipe:
-                self._write(self.lines(records))
+        with self.out.lock:
+            if self.out.stopped:
+                self.out.write([], len(records))  # counted if writing failed
+            else:
+                self.out.write(self.lines(records), len(records))
 
     def text(self, text: str) -> None:
         """Free text (a summary, an alert) on stdout, unless the pipe is gone; each of
         its lines escaped, so what it quotes cannot add lines or controls."""
-        with self._lock:
-            if not self.broken_pipe and text:
-                self._write([escape_control(line) for line in text.rstrip("\n").split("\n")])
-
-    def _write(self, lines: list[str]) -> None:
-        if not lines:
-            return
-        try:
-            sys.stdout.write("\n".join(lines) + "\n")
-            sys.stdout.flush()
-        except BrokenPipeError:
-            self.broken_pipe = True
-            quiet_stdout()
-            if self._on_broken_pipe is not None:
-                self._on_broken_pipe()
-
-
-def quiet_stdout() -> None:
-    """Point stdout at /dev/null: its reader went away (``| head``); exit quietly."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+        if text:
+            lines = [escape_control(line) for line in text.rstrip("\n").split("\n")]
+            self.out.write(lines, 1)
 
 
 # --- the CLI run loop ---------------------------------------------------------------
@@ -345,7 +336,10 @@ def run_tool(
             summary = tool.summary()
             if summary:
                 printer.text(summary)
+            stats["unwritten"] = printer.out.unwritten
             click.echo(tool.exit_line(stats), err=True)
+            if printer.out.error is not None:
+                fail(printer.out.error_message())
             return stats
         except BpfloomError as exc:
             fail(str(exc))
