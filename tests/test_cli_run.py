@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from bpfloom import _env
 from bpfloom.perfbuf import online_cpus
 from conftest import assert_gone_from_kernel, bpf_object, compile_bpf
 from toolrun import run_tool_cli
@@ -780,6 +781,9 @@ def test_verifier_rejection_quotes_the_log() -> None:
 @pytest.mark.kernel
 def test_kprobe_object_says_kprobes_are_missing() -> None:
     result = bpfloom_run(str(bpf_object("kprobe")), "--duration", "1")
+    if _env.kprobes_available():  # another kernel: it runs, and stops after a second
+        assert result.returncode == 0, result.stderr
+        return
     line = _one_error_line(result, "on_do_unlinkat", "kprobe")
     assert "no kprobes" in line and "tracepoint" in line
 

@@ -516,6 +516,40 @@ def test_large_batch_keeps_the_collector_state() -> None:
         gc.unfreeze()
 
 
+@pytest.mark.parametrize("enabled", [True, False], ids=["collector on", "collector off"])
+def test_reader_threads_leave_the_collector_as_the_application_set_it(enabled: bool) -> None:
+    """Several threads decoding at once pause the collector together: it is on again
+    when the last one is done, and only if it was on before (one that ended first
+    must not switch it back on under the others, nor switch on what the
+    application switched off)."""
+    import threading
+
+    dec = Decoder(EVENT)
+    rows = rows_of(*RECORDS * 2000)
+    seen_on_while_decoding: list[bool] = []
+    start = threading.Barrier(4)
+
+    def work() -> None:
+        start.wait()
+        for _ in range(10):
+            dec.decode_batch(rows)
+            list(dec.iter_batch(rows))
+            seen_on_while_decoding.append(gc.isenabled())
+
+    (gc.enable if enabled else gc.disable)()
+    try:
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert gc.isenabled() is enabled
+        if not enabled:
+            assert not any(seen_on_while_decoding)
+    finally:
+        gc.enable()
+
+
 def test_events_pickle_and_serialize() -> None:
     line = struct_of("seg", 16, member("a", POINT, 0), member("b", POINT, 8))
     ev = Decoder(line).decode(struct.pack("<4i", 1, 2, 3, 4))

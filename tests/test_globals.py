@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import bpfloom
-from bpfloom import BpfObject, ClosedError, GlobalError, RingBuffer
+from bpfloom import BpfObject, ClosedError, GlobalError, NotFoundError, RingBuffer
 from conftest import bpf_object
 
 OBJECTS = ["shapes", "shapes_btf"]
@@ -224,7 +224,7 @@ def test_bss_global_written_after_load_is_seen_by_the_program(opened: BpfObject)
 
 def test_unknown_global_lists_valid_globals(opened: BpfObject) -> None:
     for action in (lambda: opened.globals["no_such_global"], _setter(opened, "no_such_global")):
-        with pytest.raises(GlobalError) as info:
+        with pytest.raises(NotFoundError) as info:
             action()
         message = str(info.value)
         assert "no_such_global" in message

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import bpfloom
-from bpfloom import BpfObject, Map, MapError, TypeInfoError
+from bpfloom import BpfObject, Map, MapError, NotFoundError, TypeInfoError
 from conftest import bpf_object
 
 pytestmark = pytest.mark.kernel
@@ -371,7 +371,7 @@ def test_encoding_errors_raise_type_info_error(
 
 
 def test_unknown_map_names_the_maps(obj: BpfObject) -> None:
-    with pytest.raises(TypeInfoError) as info:
+    with pytest.raises(NotFoundError) as info:
         obj.map("no_such_map")
     for name in ("by_key", "arr", "pcpu", "rb"):
         assert name in str(info.value)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ._exceptions import (
+        AlreadyLoadedError,
         AttachError,
         BpfloomError,
         BpfPermissionError,
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
         GlobalError,
         LoadError,
         MapError,
+        NotFoundError,
+        NotLoadedError,
         ObjectFileError,
         TypeInfoError,
     )
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
 # the package stays cheap (the command line imports what it needs, and a Ctrl-C while
 # it starts up ends it quietly; see __main__.py).
 _EXPORTS = {
+    "AlreadyLoadedError": "._exceptions",
     "AttachError": "._exceptions",
     "BpfloomError": "._exceptions",
     "BpfPermissionError": "._exceptions",
@@ -52,6 +56,8 @@ _EXPORTS = {
     "GlobalError": "._exceptions",
     "LoadError": "._exceptions",
     "MapError": "._exceptions",
+    "NotFoundError": "._exceptions",
+    "NotLoadedError": "._exceptions",
     "ObjectFileError": "._exceptions",
     "TypeInfoError": "._exceptions",
     "Batch": ".batch",
@@ -91,6 +97,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AlreadyLoadedError",
     "AttachError",
     "Batch",
     "BpfObject",
@@ -106,6 +113,8 @@ __all__ = [
     "LoadError",
     "Map",
     "MapError",
+    "NotFoundError",
+    "NotLoadedError",
     "ObjectFileError",
     "PerfBuffer",
     "Pipeline",

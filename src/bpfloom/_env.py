@@ -47,6 +47,14 @@ def effective_capabilities() -> int:
     return 0
 
 
+def kprobes_available() -> bool:
+    """Whether this kernel can attach kprobes (its "kprobe" perf PMU, which libbpf
+    uses, or tracefs' kprobe_events exists)."""
+    return os.path.exists("/sys/bus/event_source/devices/kprobe") or os.path.exists(
+        os.path.join(TRACEFS, "kprobe_events")
+    )
+
+
 def lockdown_mode() -> str | None:
     """The kernel's lockdown mode (``none``, ``integrity``, ``confidentiality``), or
     None when securityfs does not say."""

@@ -8,6 +8,9 @@
     ├── AttachError          a program could not be attached; names program and hook
     ├── MapError             a map operation failed (lookup/update/delete)
     ├── ClosedError          the object, link or reader was already closed
+    ├── NotLoadedError       a method that needs a loaded object, called before load()
+    ├── AlreadyLoadedError   load() again, or a set-up method after load()
+    ├── NotFoundError        no program, map or global of that name (also a KeyError)
     ├── EnvironmentSetupError  tracefs/bpffs missing and cannot be mounted
     └── BpfPermissionError   not root / missing CAP_BPF, CAP_PERFMON (also a PermissionError)
 
@@ -62,6 +65,25 @@ class MapError(BpfloomError):
 
 class ClosedError(BpfloomError):
     """The resource was closed; it refuses further use."""
+
+
+class NotLoadedError(BpfloomError):
+    """The object is open but not loaded yet: call ``load()`` first."""
+
+
+class AlreadyLoadedError(BpfloomError):
+    """The object is loaded already: what was asked can only happen before ``load()``."""
+
+
+class NotFoundError(BpfloomError, KeyError):
+    """No program, map or global of that name; the message lists the valid ones.
+
+    Also a ``KeyError``, so mappings keyed by name (``obj.globals``) behave as mappings
+    (``.get()``, ``in``); printed as its message, without ``KeyError``'s quotes.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class EnvironmentSetupError(BpfloomError):

@@ -1,8 +1,9 @@
 """A batch of records read in one go from a ring buffer or perf buffer.
 
-The hot path moves batches, never single events (DESIGN.md §7): a reader copies the
-records it drained into one numpy array (``records``, shape ``(n, record_size)``,
-possibly a strided view over the copied ring region), and the batch offers two views
+The hot path moves batches, never single events (docs/design.md, "Performance
+model"): a reader copies the records it drained into one numpy array (``records``,
+shape ``(n, record_size)``, possibly a strided view over the copied ring region), and
+the batch offers two views
 of it — ``numpy()``, a zero-copy structured array for fixed-layout records, and
 iteration over decoded events (namedtuples, decoded once per batch, by column).
 """

@@ -7,9 +7,9 @@ tree of *column readers*. ``Decoder.decode_batch`` then takes ``n`` records as o
 read for all ``n`` records at once with numpy (a typed view of the field's bytes, then
 ``tolist()``), and the events are assembled from the columns by C-level iteration
 (``map``/``zip``). No Python code runs per event per field; the only per-event work is
-the creation of the event object itself. This follows the performance model of the
-design brief (§7): a per-event Python callback tops out near 1.4 M events/s, columns
-get several times that (``bench/decode_micro.py`` measures it).
+the creation of the event object itself. This follows the performance model in
+docs/design.md: a per-event Python callback tops out near 1.4 M events/s, columns get
+several times that (``bench/decode_micro.py`` measures it).
 
 What a C value becomes in Python:
 
@@ -44,10 +44,12 @@ appended. The C names stay available as ``Decoder.c_fields`` and as the class at
 ``_c_fields``; :func:`to_jsonable` uses them as JSON keys. Event classes pickle by value
 (their name and fields travel with them), so events can be sent to worker processes.
 
-Garbage collection. Events are GC-tracked objects that can never form cycles; building
-a batch pauses the cyclic collector, and large batches are moved straight to the oldest
-generation so the collector does not traverse them again and again (see
-``_decode_rows``). Without this the collector costs more than the decoding itself.
+Garbage collection. Events are GC-tracked objects that can never form cycles, and a
+large batch of them set off collection after collection while it is built; so building
+a batch pauses the cyclic collector (``_paused_gc``; without it the collector costs
+more than the decoding itself). Several reader threads may decode at once: the pause
+is counted, the collector comes back when the last of them is done, and only if it
+was enabled when the first began (a collector the application disabled stays off).
 
 Encoding (:func:`encode`) writes a Python value as exactly ``sizeof(t)`` little-endian
 bytes, with range checks whose messages name the C type; :func:`parse_text` turns
@@ -56,12 +58,14 @@ command-line text into such a value. Both raise :class:`TypeInfoError`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import keyword
 import math
 import struct
 import sys
+import threading
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
@@ -680,23 +684,42 @@ class _Builder:
 # --------------------------------------------------------------------------- Decoder
 
 
-def _decode_rows(node: _Node, rows: Rows) -> list[Any]:
-    """Run ``node.column`` over all rows with the cyclic GC paused.
+_gc_lock = threading.Lock()
+_gc_pauses = 0  # decodes running now with the collector paused
+_gc_was_enabled = False  # whether the first of them found the collector enabled
+
+
+@contextlib.contextmanager
+def _paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while events are built.
 
     Events are tuple subclasses, which CPython's collector tracks and, unlike exact
     tuples, never untracks. Built with the collector running, a million of them set off
     hundreds of collections that traverse the young events again and again (measured:
     the whole decode 3x slower). Events hold only ints, str, bytes, lists and other
     events, so they never form reference cycles: pausing the collector while they are
-    built loses nothing. A collector the application disabled stays disabled.
+    built loses nothing. Pauses of several threads nest: the collector is enabled again
+    when the last one ends, and only if the first one found it enabled.
     """
-    if not gc.isenabled():
-        return node.column(rows, 0)
-    gc.disable()
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
     try:
-        return node.column(rows, 0)
+        yield
     finally:
-        gc.enable()
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+def _decode_rows(node: _Node, rows: Rows) -> list[Any]:
+    """Run ``node.column`` over all rows with the cyclic GC paused (``_paused_gc``)."""
+    with _paused_gc():
+        return node.column(rows, 0)
 
 
 class Decoder:
@@ -769,13 +792,8 @@ class Decoder:
         node = self._node
         if not isinstance(node, _AggregateNode) or not node.columns:
             return iter(_decode_rows(node, rows))
-        paused = gc.isenabled()
-        gc.disable()
-        try:
+        with _paused_gc():
             cols = node.field_columns(rows, 0)
-        finally:
-            if paused:
-                gc.enable()
         return map(node.event_type, zip(*cols, strict=True))
 
     def _checked(self, records: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:

@@ -8,7 +8,9 @@ run-time targets (``Program.attach_tracepoint``/``attach_uprobe``/``attach_xdp``
 ``attach_tc``). Objects, links and readers are context managers whose ``close()`` is
 idempotent; closing the object closes every link and reader made from it, so nothing
 of ours stays in the kernel. An object that failed to load or was closed refuses
-further use with ``ClosedError``.
+further use with ``ClosedError``; a loaded-only method on an opened object raises
+``NotLoadedError``, a set-up method on a loaded one ``AlreadyLoadedError``; a name that
+is not there (program, map, global) ``NotFoundError``.
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ import numpy as np
 
 from . import _env, _libbpf
 from ._exceptions import (
+    AlreadyLoadedError,
     AttachError,
     BpfPermissionError,
     ClosedError,
     GlobalError,
     LoadError,
+    NotFoundError,
+    NotLoadedError,
     ObjectFileError,
     TypeInfoError,
 )
@@ -53,7 +58,7 @@ DROPS_MAP = "bpfloom_drops"
 WAKEUP_FLAGS_GLOBAL = "bpfloom_wakeup_flags"
 BPF_RB_NO_WAKEUP = 1
 BPF_RB_FORCE_WAKEUP = 2
-_NO_KPROBES = ("kprobe/", "kretprobe/", "ksyscall/", "kretsyscall/", "kprobe.multi/")
+_KPROBES = ("kprobe/", "kretprobe/", "ksyscall/", "kretsyscall/", "kprobe.multi/")
 _NO_TRAMPOLINE = ("fentry/", "fexit/", "fmod_ret/", "fentry.s/", "fexit.s/", "lsm/")
 
 
@@ -490,7 +495,8 @@ def _attach_error(prog: Program, hook: str, err: int, log: list[str]) -> AttachE
     """An AttachError that says why, in the terms of this kernel's missing hooks."""
     reason = os.strerror(err)
     section = prog.section
-    if section.startswith(_NO_KPROBES) or hook.startswith(_NO_KPROBES):
+    kprobe = section.startswith(_KPROBES) or hook.startswith(_KPROBES)
+    if kprobe and not _env.kprobes_available():
         reason = (
             "this kernel has no kprobes (CONFIG_KPROBES is off); use a tracepoint instead, "
             'e.g. SEC("tracepoint/syscalls/sys_enter_<name>") or a raw tracepoint'
@@ -673,7 +679,7 @@ class Globals(Mapping[str, Any]):
             return self._vars[name]
         except KeyError:
             valid = ", ".join(sorted(self._vars)) or "none"
-            raise GlobalError(f"unknown global {name!r}; valid globals: {valid}") from None
+            raise NotFoundError(f"unknown global {name!r}; valid globals: {valid}") from None
 
     def _memory(self, var: GlobalVar, map_ptr: int) -> int:
         self._obj._require_usable("globals")
@@ -804,12 +810,14 @@ class BpfObject:
     def _require_open(self, what: str) -> None:
         self._require_usable(what)
         if self.loaded:
-            raise ClosedError(f"{what}: object {self.path} is already loaded")
+            raise AlreadyLoadedError(
+                f"{what}: object {self.path} is already loaded (this is for before load())"
+            )
 
     def _require_loaded(self, what: str) -> None:
         self._require_usable(what)
         if not self.loaded:
-            raise ClosedError(f"{what}: object {self.path} is not loaded yet (call load())")
+            raise NotLoadedError(f"{what}: object {self.path} is not loaded yet (call load())")
 
     def load(self) -> BpfObject:
         """Load every program and map into the kernel; raises ``LoadError`` with the
@@ -886,16 +894,14 @@ class BpfObject:
             return self.programs[name]
         except KeyError:
             valid = ", ".join(sorted(self.programs))
-            raise AttachError(
-                f"no program {name!r} in {self.path}; programs: {valid}", program=name
-            ) from None
+            raise NotFoundError(f"no program {name!r} in {self.path}; programs: {valid}") from None
 
     def map(self, name: str) -> Map:
         try:
             return self.maps[name]
         except KeyError:
             valid = ", ".join(sorted(self.maps)) or "none"
-            raise TypeInfoError(f"no map {name!r} in {self.path}; maps: {valid}") from None
+            raise NotFoundError(f"no map {name!r} in {self.path}; maps: {valid}") from None
 
     @property
     def links(self) -> list[Link]:

@@ -1,6 +1,6 @@
 """The concurrent event pipeline: reading decoupled from handling.
 
-Go's ``go handleEvent(event)`` done right (DESIGN.md §2): reader threads drain the
+Go's ``go handleEvent(event)`` done right (docs/design.md): reader threads drain the
 ring/perf buffers in batches and hand events to an executor through a *bounded* queue
 (``_queue.BoundedQueue``: capacity in events, an overload policy, every drop counted),
 so receiving never waits for handling and memory stays bounded. Executors:

@@ -1,6 +1,6 @@
 """Pipeline accounting: counters that add up, and latency percentiles.
 
-Drops are data, not exceptions (DESIGN.md §4). After a pipeline stops,
+Drops are data, not exceptions (docs/design.md, "Drops are data"). After a pipeline stops,
 ``produced == handled + dropped_kernel + dropped_queue`` holds exactly, where
 ``produced = received + dropped_kernel``: every event the kernel tried to emit was
 either handled (successfully or not: ``handler_errors`` counts the failures among
