@@ -10,9 +10,9 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -145,16 +145,20 @@ _FD_KINDS = {
 }
 
 
-def own_bpf_ids() -> dict[str, set[int]]:
-    """Kernel ids of the BPF programs, maps, links and BTF objects this process holds
-    file descriptors for (from /proc/self/fdinfo)."""
+def own_bpf_ids(pid: int | str = "self") -> dict[str, set[int]]:
+    """Kernel ids of the BPF programs, maps, links and BTF objects this process (or
+    process ``pid``) holds file descriptors for (from /proc/PID/fdinfo)."""
     ids: dict[str, set[int]] = {kind: set() for kind in _FD_KINDS.values()}
-    for fd in os.listdir("/proc/self/fd"):
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return ids  # the process is gone
+    for fd in fds:
         try:
-            kind = _FD_KINDS.get(os.readlink(f"/proc/self/fd/{fd}"))
+            kind = _FD_KINDS.get(os.readlink(f"/proc/{pid}/fd/{fd}"))
             if kind is None:
                 continue
-            with open(f"/proc/self/fdinfo/{fd}") as f:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
                 for line in f:
                     if line.startswith(f"{kind}_id:"):
                         ids[kind].add(int(line.split()[1]))
@@ -188,6 +192,53 @@ def assert_gone_from_kernel(ids: dict[str, set[int]], deadline: float = 10.0) ->
             break
         time.sleep(0.05)
     assert not any(left.values()), f"still in the kernel after close(): {left}"
+
+
+# --- network tests ------------------------------------------------------------------------
+
+
+class Veth(NamedTuple):
+    """A veth pair made by the ``veth`` fixture: ``local`` (in this namespace, address
+    ``local_ip``) and its peer (address ``peer_ip``) in network namespace ``ns``."""
+
+    local: str
+    ns: str
+    local_ip: str
+    peer_ip: str
+
+
+def ip_command(*args: str) -> str:
+    """Run ``ip ARGS``; its stdout (fails the test's call with CalledProcessError)."""
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def veth() -> Iterator[Veth]:
+    """A veth pair whose far end sits in a network namespace of its own.
+
+    Names and the /30 subnet (in 10.248.0.0/16) derive from this process's pid, so
+    test runs side by side neither clash on names nor answer each other's pings.
+    """
+    tag = os.getpid() % 100000
+    subnet = os.getpid() % 16384
+    base = f"10.248.{subnet // 64}.{(subnet % 64) * 4}"
+    prefix = base.rsplit(".", 1)[0]
+    last = int(base.rsplit(".", 1)[1])
+    local_ip, peer_ip = f"{prefix}.{last + 1}", f"{prefix}.{last + 2}"
+    ns, local, peer = f"bpfloom-{tag}", f"bfl{tag}a", f"bfl{tag}b"
+    ip_command("netns", "add", ns)
+    try:
+        ip_command("link", "add", local, "type", "veth", "peer", "name", peer)
+        ip_command("link", "set", peer, "netns", ns)
+        ip_command("addr", "add", f"{local_ip}/30", "dev", local)
+        ip_command("link", "set", local, "up")
+        ip_command("-n", ns, "addr", "add", f"{peer_ip}/30", "dev", peer)
+        ip_command("-n", ns, "link", "set", peer, "up")
+        ip_command("-n", ns, "link", "set", "lo", "up")
+        yield Veth(local, ns, local_ip, peer_ip)
+    finally:
+        subprocess.run(["ip", "link", "del", local], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
 # --- pipeline tests -----------------------------------------------------------------------

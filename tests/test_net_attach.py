@@ -8,46 +8,24 @@ nothing (XDP program, tc filter, clsact qdisc) stays on the interface after clos
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
 import bpfloom
-from conftest import assert_gone_from_kernel, bpf_object, new_ids, own_bpf_ids
+from conftest import Veth, assert_gone_from_kernel, bpf_object, ip_command, new_ids, own_bpf_ids
 
 pytestmark = pytest.mark.kernel
 
 
 def _ip(*args: str) -> str:
-    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+    return ip_command(*args)
 
 
-@pytest.fixture
-def veth() -> Iterator[tuple[str, str]]:
-    """A veth pair: (local interface, namespace) with 10.248.0.1 <-> 10.248.0.2 in it."""
-    tag = f"{os.getpid() % 100000}"
-    ns, local, peer = f"bpfloom-{tag}", f"bfl{tag}a", f"bfl{tag}b"
-    _ip("netns", "add", ns)
-    try:
-        _ip("link", "add", local, "type", "veth", "peer", "name", peer)
-        _ip("link", "set", peer, "netns", ns)
-        _ip("addr", "add", "10.248.0.1/30", "dev", local)
-        _ip("link", "set", local, "up")
-        _ip("-n", ns, "addr", "add", "10.248.0.2/30", "dev", peer)
-        _ip("-n", ns, "link", "set", peer, "up")
-        _ip("-n", ns, "link", "set", "lo", "up")
-        yield local, ns
-    finally:
-        subprocess.run(["ip", "link", "del", local], capture_output=True, check=False)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
-
-
-def _ping_from(ns: str, count: int) -> None:
-    ping = ["ping", "-c", str(count), "-i", "0.05", "-W", "2", "10.248.0.1"]
+def _ping_from(veth: Veth, count: int) -> None:
+    ping = ["ping", "-c", str(count), "-i", "0.05", "-W", "2", veth.local_ip]
     subprocess.run(
-        ["ip", "netns", "exec", ns, *ping],
+        ["ip", "netns", "exec", veth.ns, *ping],
         check=True,
         capture_output=True,
     )
@@ -57,8 +35,8 @@ def _tc(*args: str) -> str:
     return subprocess.run(["tc", *args], check=True, capture_output=True, text=True).stdout
 
 
-def test_xdp_and_tc_count_real_packets_and_leave_nothing(veth: tuple[str, str]) -> None:
-    local, ns = veth
+def test_xdp_and_tc_count_real_packets_and_leave_nothing(veth: Veth) -> None:
+    local = veth.local
     before = own_bpf_ids()
     with bpfloom.load(bpf_object("net")) as obj:
         xdp = obj.program("count_xdp").attach_xdp(local)
@@ -67,7 +45,7 @@ def test_xdp_and_tc_count_real_packets_and_leave_nothing(veth: tuple[str, str]) 
         assert ours["prog"] and ours["link"]
         assert "xdp" in json.loads(_ip("-j", "link", "show", local))[0]
         assert "count_tc" in _tc("filter", "show", "dev", local, "ingress")
-        _ping_from(ns, 5)
+        _ping_from(veth, 5)
         packets = obj.map("packets")
         # Each echo request crosses XDP and then tc ingress on the local end (ARP too).
         assert packets[0] >= 5
@@ -79,13 +57,13 @@ def test_xdp_and_tc_count_real_packets_and_leave_nothing(veth: tuple[str, str]) 
         assert _tc("filter", "show", "dev", local, "ingress").strip() == ""
         assert "clsact" not in _tc("qdisc", "show", "dev", local)
         seen = packets[0]
-        _ping_from(ns, 2)
+        _ping_from(veth, 2)
         assert packets[0] == seen  # detached: no more counting
     assert_gone_from_kernel(ours)
 
 
-def test_tc_and_xdp_released_by_object_close(veth: tuple[str, str]) -> None:
-    local, _ = veth
+def test_tc_and_xdp_released_by_object_close(veth: Veth) -> None:
+    local = veth.local
     obj = bpfloom.load(bpf_object("net"))
     obj.program("count_xdp").attach_xdp(local)
     obj.program("count_tc").attach_tc(local, "egress")
@@ -106,3 +84,19 @@ def test_attach_to_missing_interface_names_it(kind: str) -> None:
                 prog.attach_tc("nosuchif0")
         assert "nosuchif0" in str(info.value)
         assert "count_" in str(info.value)
+
+
+def test_clsact_stays_while_another_of_our_filters_is_on_it(veth: Veth) -> None:
+    """The link that created the clsact qdisc is closed first: the qdisc (and with it
+    the other filter) stays until the last of our filters on the interface goes."""
+    local = veth.local
+    with bpfloom.load(bpf_object("net")) as obj:
+        prog = obj.program("count_tc")
+        creator = prog.attach_tc(local, "ingress")
+        other = prog.attach_tc(local, "egress", handle=5, priority=9)
+        creator.close()
+        assert _tc("filter", "show", "dev", local, "ingress").strip() == ""
+        egress = _tc("filter", "show", "dev", local, "egress")
+        assert "count_tc" in egress and "pref 9" in egress and "handle 0x5" in egress
+        other.close()
+        assert "clsact" not in _tc("qdisc", "show", "dev", local)

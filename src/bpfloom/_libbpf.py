@@ -146,8 +146,33 @@ class TestRunOpts(Structure):
     ]
 
 
+class LinkCreateOpts(Structure):
+    """``struct bpf_link_create_opts`` (libbpf 1.1 layout, 64 bytes: the union's
+    largest member, ``kprobe_multi``, is two u32 and three pointers)."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("flags", c_uint32),
+        ("iter_info", c_void_p),
+        ("iter_info_len", c_uint32),
+        ("target_btf_id", c_uint32),
+        ("_union", c_uint64 * 4),
+    ]
+
+
 BPF_TC_INGRESS = 1
 BPF_TC_EGRESS = 2
+
+# enum bpf_prog_type and enum bpf_attach_type values (include/uapi/linux/bpf.h)
+BPF_PROG_TYPE_SCHED_CLS = 3
+BPF_PROG_TYPE_XDP = 6
+BPF_XDP = 37
+# XDP attach flags (include/uapi/linux/if_link.h)
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_FLAGS_HW_MODE = 1 << 3
+XDP_FLAGS_REPLACE = 1 << 4
 
 object_open_mem = _fn("bpf_object__open_mem", ObjPtr, c_void_p, c_size_t, POINTER(OpenOpts))
 object_load = _fn("bpf_object__load", c_int, ObjPtr)
@@ -183,7 +208,10 @@ program_attach_uprobe_opts = _fn(
     c_size_t,
     POINTER(UprobeOpts),
 )
-program_attach_xdp = _fn("bpf_program__attach_xdp", LinkPtr, ProgPtr, c_int)
+program_attach_usdt = _fn(
+    "bpf_program__attach_usdt", LinkPtr, ProgPtr, c_int, c_char_p, c_char_p, c_char_p, c_void_p
+)
+bpf_link_create = _fn("bpf_link_create", c_int, c_int, c_int, c_uint, POINTER(LinkCreateOpts))
 link_destroy = _fn("bpf_link__destroy", c_int, LinkPtr)
 
 map_name = _fn("bpf_map__name", c_char_p, MapPtr)
@@ -398,6 +426,28 @@ def attach_uprobe(
         program_attach_uprobe_opts(prog, pid, os.fsencode(binary), offset, ctypes.byref(opts)),
         "attach uprobe",
     )
+
+
+def attach_usdt(prog: int, pid: int, binary: str, provider: str, name: str) -> int:
+    """``bpf_program__attach_usdt``: a link over one uprobe per call site of USDT probe
+    ``provider:name`` in ``binary`` (``pid`` -1: every process). The object must
+    include libbpf's ``<bpf/usdt.bpf.h>``, whose maps libbpf fills with the argument
+    specs of each call site."""
+    return check_ptr(
+        program_attach_usdt(prog, pid, os.fsencode(binary), provider.encode(), name.encode(), None),
+        "attach usdt",
+    )
+
+
+def xdp_link_create(prog_fd: int, ifindex: int, flags: int) -> int:
+    """A BPF link attaching an XDP program to interface ``ifindex``; returns its fd.
+
+    ``bpf_program__attach_xdp`` (libbpf 1.1) always passes flags 0, which lets the
+    kernel pick the mode; BPF_LINK_CREATE for BPF_XDP takes the XDP_FLAGS_*_MODE bits
+    in ``link_create.flags`` (``bpf_xdp_link_attach`` in the kernel's net/core/dev.c).
+    """
+    opts = LinkCreateOpts(sz=ctypes.sizeof(LinkCreateOpts), flags=flags)
+    return check(bpf_link_create(prog_fd, ifindex, BPF_XDP, ctypes.byref(opts)), "link_create")
 
 
 def tc_hook(ifindex: int, attach_point: int) -> TcHook:

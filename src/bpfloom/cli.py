@@ -22,16 +22,17 @@ from typing import Any, NoReturn
 
 import click
 
-from . import decode
-from ._exceptions import BpfloomError, TypeInfoError
+from . import attach_comments, decode
+from ._exceptions import AttachError, BpfloomError, TypeInfoError
 from ._terminal import StdoutLines, escape_control, escape_lines, json_line
 from .batch import Batch
 from .decode import Decoder
 from .mapdump import DEFAULT_MAX_ROWS, MapDump
-from .object import BpfObject, GlobalVar
+from .object import XDP_MODES, BpfObject, GlobalVar, Link, Program
 from .perfbuf import PerfBuffer
 from .pipeline import Pipeline, StopSignals
 from .ringbuf import DEFAULT_POLL_INTERVAL, RingBuffer
+from .targets import AttachTargets, plan
 from .tools.tool import SECONDS, wait_for_stop
 from .tracepipe import TraceLine, TracePipe, trace_pipe_path
 from .types import Array, Enum, Float, Int, Type, strip
@@ -221,6 +222,43 @@ def _run_options() -> list[click.Parameter]:
             metavar="N",
             help="Rows (or histograms) printed per map in text output; 0: all.",
         ),
+        click.Option(
+            ["--interface"],
+            default=None,
+            metavar="IF",
+            help="Network interface XDP and tc programs attach to (default: the source's "
+            "/// @ifindex or @tchook comment).",
+        ),
+        click.Option(
+            ["--tc-hook", "tc_hook"],
+            type=click.Choice(["ingress", "egress"]),
+            default=None,
+            metavar="HOOK",
+            help="tc hook of tc programs: ingress or egress (default: the source's "
+            "@tchook, else ingress).",
+        ),
+        click.Option(
+            ["--xdp-mode", "xdp_mode"],
+            type=click.Choice(list(XDP_MODES)),
+            default=None,
+            metavar="MODE",
+            help="XDP mode: auto, skb (generic), native (driver) or offload (NIC); "
+            "default: the source's @flags, else auto (native when the driver has it).",
+        ),
+        click.Option(
+            ["--binary"],
+            default=None,
+            metavar="PATH",
+            help="Attach every uprobe, uretprobe and USDT program to this binary instead "
+            "of the one its SEC names.",
+        ),
+        click.Option(
+            ["--pid"],
+            type=click.IntRange(min=1),
+            default=None,
+            metavar="N",
+            help="Limit uprobe, uretprobe and USDT programs to process N.",
+        ),
     ]
 
 
@@ -241,6 +279,12 @@ and at exit (at exit only for an object with ring/perf buffers, unless --interva
 given): log2 histograms (a struct with a `slots` array) as bars, other maps as a key ->
 value table, and the names of empty maps. At exit, a summary of events received and
 lost goes to stderr.
+
+Programs attach by their SEC() names. XDP and tc programs attach to --interface, or to
+the interface their source's ecli attach comments name (/// @ifindex, /// @tchook;
+options win over comments). --binary moves every uprobe, uretprobe and USDT program to
+another binary (same function or probe), --pid limits them to one process. Everything
+is detached at exit, on Ctrl-C and on errors.
 """
 
 
@@ -446,6 +490,7 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
     if opts["max_latency"] is not None:
         poll_interval = opts["max_latency"]
         obj.use_polled_wakeups()
+    targets = _attach_targets(obj, opts)
     printk = [p.name for p in obj.programs.values() if p.autoload and p.uses_trace_printk]
     with StopSignals() as signals:
         obj.load()
@@ -463,12 +508,6 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
                 f"bpfloom: note: {who} with bpf_printk; the lines go to "
                 f"{trace_pipe_path()} (add --trace-pipe to print them here)"
             )
-        elif not readers and dump is None and not opts["trace_pipe"]:
-            click.echo(
-                "bpfloom: note: the object has no ring/perf buffer or map to print; "
-                "programs stay attached until the end",
-                err=True,
-            )
         printer = _Printer(as_json, on_stop=signals.stop.set)
         trace_pipe = TracePipe(printer.print_trace_line) if opts["trace_pipe"] else None
         pipeline = (
@@ -483,11 +522,18 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
         try:
             if trace_pipe is not None:
                 trace_pipe.start()
-            obj.attach_all()
-            for prog in getattr(obj, "skipped_programs", []):
+            links = _attach(obj, targets)
+            skipped: list[Program] = getattr(obj, "skipped_programs", [])
+            # Maps do not count as something to read here: with no program attached,
+            # nothing can change them.
+            if not links and not readers and trace_pipe is None:
+                raise AttachError(_nothing_to_run(obj, skipped))
+            for prog in skipped:
+                _stderr(f"bpfloom: note: {_skip_reason(prog)}")
+            if not readers and dump is None and trace_pipe is None and not printk:
                 _stderr(
-                    f"bpfloom: note: program {prog.name!r} (SEC {prog.section!r}) names no "
-                    "attach target and was not attached"
+                    "bpfloom: note: the object has no ring/perf buffer or map to print; "
+                    "programs stay attached until the end"
                 )
             # As every tool does: people (and scripts, tests) know tracing has begun.
             click.echo("bpfloom run: tracing; Ctrl-C to stop", err=True)
@@ -515,6 +561,104 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
     _summary(obj, stats, printer.out, bool(opts["stats"]), as_json)
     if printer.out.error is not None:
         _fail(printer.out.error_message())
+
+
+def _is_probe(prog: Program) -> bool:
+    """A uprobe, uretprobe or USDT program (``--binary``/``--pid`` retarget these)."""
+    return prog.section.split("/", 1)[0] in (
+        "uprobe",
+        "uretprobe",
+        "uprobe.s",
+        "uretprobe.s",
+        "usdt",
+    )
+
+
+def _attach_targets(obj: BpfObject, opts: dict[str, Any]) -> AttachTargets:
+    """The attach targets of the command line and the source's attach comments,
+    checked before anything is loaded: an option that applies to no program (a usage
+    error), an interface or binary that does not exist, or a malformed comment (an
+    ``AttachError``) ends the run with one line of error."""
+    progs = [p for p in obj.programs.values() if p.autoload]
+    net = {p.name: "xdp" if p.is_xdp else "tc" for p in progs if p.is_xdp or p.is_tc}
+    kinds = set(net.values())
+    needs = [
+        ("--interface", opts["interface"] is not None, bool(kinds), "XDP or tc"),
+        ("--xdp-mode", opts["xdp_mode"] is not None, "xdp" in kinds, "XDP"),
+        ("--tc-hook", opts["tc_hook"] is not None, "tc" in kinds, "tc"),
+        ("--binary", opts["binary"] is not None, any(map(_is_probe, progs)), "uprobe or USDT"),
+        ("--pid", opts["pid"] is not None, any(map(_is_probe, progs)), "uprobe or USDT"),
+    ]
+    for option, given, applies, what in needs:
+        if given and not applies:  # a wrong command line for this object: status 2
+            raise click.UsageError(
+                f"{option}: {obj.path} has no {what} program to apply it to",
+                ctx=click.get_current_context(),
+            )
+    comments = {}
+    if net:
+        comments = dict(attach_comments.source_comments(obj.path, net, obj.image).programs)
+    targets = AttachTargets(
+        interface=opts["interface"],
+        tc_hook=opts["tc_hook"],
+        xdp_mode=opts["xdp_mode"],
+        binary=opts["binary"],
+        pid=opts["pid"],
+        comments=comments,
+    )
+    plan(obj, targets)
+    return targets
+
+
+def _attach(obj: BpfObject, targets: AttachTargets) -> list[Link]:
+    """``attach_all``; a uprobe/USDT whose SEC names a missing file gets a hint."""
+    try:
+        return obj.attach_all(targets)
+    except AttachError as exc:
+        probe = exc.hook.startswith(("uprobe", "uretprobe", "usdt"))
+        if exc.errno == 2 and probe and targets.binary is None:
+            raise AttachError(
+                f"{exc}; pass --binary PATH to attach it to another binary",
+                errno=exc.errno,
+                program=exc.program,
+                hook=exc.hook,
+            ) from exc
+        raise
+
+
+_HOW_TO_NAME_AN_INTERFACE = (
+    "pass --interface IF, or put ecli's /// @ifindex (XDP) or /// @tchook (tc) comment "
+    "before the program in the source"
+)
+
+
+def _skip_reason(prog: Program) -> str:
+    """Why ``prog`` was not attached, and what to do about it."""
+    what = f"program {prog.name!r} (SEC {prog.section!r})"
+    if prog.is_xdp or prog.is_tc:
+        kind = "an XDP" if prog.is_xdp else "a tc"
+        return (
+            f"{what} was not attached: {kind} program needs a network interface; "
+            + _HOW_TO_NAME_AN_INTERFACE
+        )
+    return f"{what} names no attach target and was not attached"
+
+
+def _nothing_to_run(obj: BpfObject, skipped: list[Program]) -> str:
+    """The one-line error for an object of which nothing was attached or can be read."""
+    net = [p for p in skipped if p.is_xdp or p.is_tc]
+    other = [p for p in skipped if p not in net]
+    parts = []
+    if net:
+        names = ", ".join(f"{p.name!r} (SEC {p.section!r})" for p in net)
+        parts.append(f"{names} need a network interface: {_HOW_TO_NAME_AN_INTERFACE}")
+    if other:
+        names = ", ".join(f"{p.name!r} (SEC {p.section!r})" for p in other)
+        parts.append(f"{names} name no attach target")
+    return (
+        f"nothing to run: no program of {obj.path} was attached and it has no ring/perf "
+        f"buffer to read; " + "; ".join(parts)
+    )
 
 
 def _summary(

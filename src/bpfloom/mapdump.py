@@ -11,7 +11,8 @@ What is dumped:
 - every user map of an iterable kind: ``hash``, ``array``, ``percpu_hash``,
   ``percpu_array``, ``lru_hash``, ``lru_percpu_hash`` — not libbpf's internal maps, not
   event buffers (ring buffer, perf event array; their records are the events), not
-  ``bpfloom_drops`` (the runtime's own drop counter), not program, stack, map-in-map,
+  ``bpfloom_drops`` (the runtime's own drop counter), not the ``__bpf_usdt_*`` maps of
+  libbpf's ``<bpf/usdt.bpf.h>`` (its USDT argument specs), not program, stack, map-in-map,
   queue or storage maps;
 - ``.data``/``.bss`` globals (``.rodata`` holds settings, not data) whose value is an
   integer, an array of integers, a log2 histogram (a struct with a ``slots`` array,
@@ -66,6 +67,9 @@ from .types import Array, Int, Type, describe, strip
 if TYPE_CHECKING:
     from .object import BpfObject, GlobalVar
 
+# The maps of libbpf's <bpf/usdt.bpf.h> (__bpf_usdt_specs, __bpf_usdt_ip_to_spec_id):
+# where each USDT call site keeps its arguments, libbpf's bookkeeping, not data.
+LIBBPF_USDT_PREFIX = "__bpf_usdt_"
 ITERABLE_MAP_TYPES = frozenset(
     {"hash", "array", "percpu_hash", "percpu_array", "lru_hash", "lru_percpu_hash"}
 )
@@ -153,6 +157,8 @@ def dump_sources(obj: BpfObject) -> list[Source]:
     out: list[Source] = []
     for m in obj.maps.values():
         if m.type not in ITERABLE_MAP_TYPES or m.name == DROPS_MAP:
+            continue
+        if m.name.startswith(LIBBPF_USDT_PREFIX):  # <bpf/usdt.bpf.h>'s, filled by libbpf
             continue
         sparse = m.type in ARRAY_MAP_TYPES
         out.append(Source(m.name, m.type, m.value_type, is_log2_hist(m.value_type), sparse, True))

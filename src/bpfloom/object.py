@@ -50,6 +50,7 @@ from .types import Datasec, Struct, Type, Var, describe, sizeof, strip
 if TYPE_CHECKING:
     from .perfbuf import PerfBuffer
     from .ringbuf import RingBuffer
+    from .targets import AttachTargets
 
 ELF_MAGIC = b"\x7fELF"
 EM_BPF = 247
@@ -92,7 +93,8 @@ class Link:
 
 
 class TcLink(Link):
-    """A tc (clsact) filter: detached, and the qdisc removed if we created it, on close."""
+    """A tc (clsact) filter: detached on close, and the clsact qdisc removed if we
+    created it and no other filter of this object still sits on it."""
 
     def __init__(
         self,
@@ -115,11 +117,52 @@ class TcLink(Link):
         detach = _libbpf.tc_opts(handle=self._opts.handle, priority=self._opts.priority)
         _libbpf.tc_detach(_libbpf.byref(self._tc_hook), _libbpf.byref(detach))
         if self._created_qdisc:
-            whole = _libbpf.tc_hook(
-                self._tc_hook.ifindex, _libbpf.BPF_TC_INGRESS | _libbpf.BPF_TC_EGRESS
+            heir = next(
+                (
+                    link
+                    for link in self._obj.links
+                    if isinstance(link, TcLink)
+                    and not link.closed
+                    and link._tc_hook.ifindex == self._tc_hook.ifindex
+                ),
+                None,
             )
-            _libbpf.tc_hook_destroy(_libbpf.byref(whole))
+            if heir is not None:
+                # Another filter of ours still sits on this clsact qdisc (the other
+                # direction, or another program): the last one out removes it.
+                heir._created_qdisc = True
+            else:
+                whole = _libbpf.tc_hook(
+                    self._tc_hook.ifindex, _libbpf.BPF_TC_INGRESS | _libbpf.BPF_TC_EGRESS
+                )
+                _libbpf.tc_hook_destroy(_libbpf.byref(whole))
         self._obj._forget(self)
+
+
+class XdpLink(Link):
+    """An XDP program attached to an interface through a BPF link we created with
+    ``bpf_link_create`` (to pass the mode flags): closing the link's fd detaches it."""
+
+    def __init__(self, obj: BpfObject, fd: int, program: str, hook: str) -> None:
+        super().__init__(obj, 1, program, hook)
+        self.fd = fd
+
+    def close(self) -> None:
+        if self._ptr is None:
+            return
+        self._ptr = None
+        os.close(self.fd)
+        self._obj._forget(self)
+
+
+# --xdp-mode names -> XDP_FLAGS_*_MODE (auto: 0, the kernel picks native if the driver
+# has it, else generic)
+XDP_MODES = {
+    "auto": 0,
+    "skb": _libbpf.XDP_FLAGS_SKB_MODE,
+    "native": _libbpf.XDP_FLAGS_DRV_MODE,
+    "offload": _libbpf.XDP_FLAGS_HW_MODE,
+}
 
 
 class Program:
@@ -137,6 +180,29 @@ class Program:
 
     def __repr__(self) -> str:
         return f"<Program {self.name} SEC({self.section!r})>"
+
+    @property
+    def prog_type(self) -> int:
+        """The kernel's ``enum bpf_prog_type`` value libbpf chose from the SEC()."""
+        return int(_libbpf.program_type(self._ptr))
+
+    @property
+    def expected_attach_type(self) -> int:
+        """The kernel's ``enum bpf_attach_type`` value libbpf chose from the SEC()."""
+        return int(_libbpf.program_expected_attach_type(self._ptr))
+
+    @property
+    def is_xdp(self) -> bool:
+        """An XDP program for an interface (not a devmap/cpumap one)."""
+        return self.prog_type == _libbpf.BPF_PROG_TYPE_XDP and self.expected_attach_type in (
+            0,
+            _libbpf.BPF_XDP,
+        )
+
+    @property
+    def is_tc(self) -> bool:
+        """A tc classifier (``SEC("tc")``, ``SEC("classifier")``)."""
+        return self.prog_type == _libbpf.BPF_PROG_TYPE_SCHED_CLS
 
     @property
     def kind(self) -> tuple[str, str]:
@@ -214,20 +280,77 @@ class Program:
                 program=self.name,
                 hook=hook,
             )
+        try:
+            return self._attach_with(
+                hook,
+                lambda: _attach_uprobe_raw(self._ptr, pid, path, offset, symbol, retprobe),
+            )
+        except AttachError as exc:
+            if exc.errno != 2 or not symbol:  # ENOENT: the file is there, not the symbol
+                raise
+            raise AttachError(
+                f"cannot attach program {self.name!r} to {hook}: function {symbol!r} "
+                f"not found in {path!r}",
+                errno=2,
+                program=self.name,
+                hook=hook,
+            ) from None
+
+    def attach_usdt(self, binary: str, provider: str, name: str, pid: int = -1) -> Link:
+        """Attach to USDT probe ``provider:name`` of ``binary`` (every call site);
+        ``pid`` limits it to one process (-1: every process).
+
+        The program must be written with libbpf's ``<bpf/usdt.bpf.h>`` (``BPF_USDT``,
+        ``bpf_usdt_arg``): libbpf fills that header's maps with where each call site
+        keeps its arguments. ``SEC("usdt/PATH:PROVIDER:NAME")`` programs are attached
+        by ``attach()``/``attach_all()`` without this call.
+        """
+        path = _resolve_binary(binary)
+        hook = f"usdt {path}:{provider}:{name}"
+        if not os.path.exists(path):
+            raise AttachError(
+                f"cannot attach {self.name!r} to {hook}: no such file {path!r}",
+                program=self.name,
+                hook=hook,
+            )
         return self._attach_with(
-            hook,
-            lambda: _attach_uprobe_raw(self._ptr, pid, path, offset, symbol, retprobe),
+            hook, lambda: _attach_usdt_raw(self._ptr, pid, path, provider, name)
         )
 
-    def attach_xdp(self, interface: str) -> Link:
-        """Attach an XDP program to a network interface (by name), as a BPF link."""
+    def attach_xdp(self, interface: str, mode: str = "auto") -> Link:
+        """Attach an XDP program to a network interface (by name), as a BPF link.
+
+        ``mode``: ``"auto"`` (the kernel picks native when the driver has it, else
+        generic), ``"skb"`` (generic XDP, XDP_FLAGS_SKB_MODE: any interface),
+        ``"native"`` (in the driver, XDP_FLAGS_DRV_MODE), or ``"offload"`` (on the NIC,
+        XDP_FLAGS_HW_MODE: needs a NIC that runs BPF). Closing the link detaches it.
+        Raises ``AttachError`` naming the interface and mode when the kernel refuses.
+        """
+        if mode not in XDP_MODES:
+            raise AttachError(
+                f"XDP mode must be one of {', '.join(XDP_MODES)}, not {mode!r}",
+                program=self.name,
+                hook="xdp",
+            )
+        hook = f"xdp {interface}" + ("" if mode == "auto" else f" ({mode} mode)")
         ifindex = _ifindex(self, interface, "xdp")
-        return self._attach_with(
-            f"xdp {interface}", lambda: _libbpf.program_attach_xdp(self._ptr, ifindex)
-        )
+        prog_fd = self.fd
+        try:
+            fd = _libbpf.xdp_link_create(prog_fd, ifindex, XDP_MODES[mode])
+        except OSError as exc:
+            raise _xdp_error(self, hook, interface, mode, exc.errno or 22) from None
+        return self._obj._track(XdpLink(self._obj, fd, self.name, hook))
 
-    def attach_tc(self, interface: str, direction: str = "ingress") -> Link:
-        """Attach a tc (sched_cls) program to ``interface``'s clsact ingress or egress."""
+    def attach_tc(
+        self, interface: str, direction: str = "ingress", *, handle: int = 0, priority: int = 0
+    ) -> Link:
+        """Attach a tc (sched_cls) program to ``interface``'s clsact ingress or egress.
+
+        The clsact qdisc is created when missing (and removed again when the last of
+        our filters on it is closed). ``handle`` and ``priority`` (0: the kernel picks)
+        place the filter as ``tc filter ... handle H pref P`` would; a filter already
+        there with both raises ``AttachError``.
+        """
         if direction not in ("ingress", "egress"):
             raise AttachError(
                 f"tc direction must be 'ingress' or 'egress', not {direction!r}",
@@ -235,18 +358,34 @@ class Program:
                 hook="tc",
             )
         hook_name = f"tc {interface} {direction}"
+        if not 0 <= handle <= 0xFFFFFFFF or not 0 <= priority <= 0xFFFF:
+            raise AttachError(
+                f"cannot attach {self.name!r} to {hook_name}: a tc handle is 0..0xffffffff "
+                f"and a priority 0..65535 (got handle {handle}, priority {priority})",
+                program=self.name,
+                hook=hook_name,
+            )
         ifindex = _ifindex(self, interface, "tc")
+        prog_fd = self.fd
         point = _libbpf.BPF_TC_INGRESS if direction == "ingress" else _libbpf.BPF_TC_EGRESS
         tc_hook = _libbpf.tc_hook(ifindex, point)
         ret = _libbpf.tc_hook_create(_libbpf.byref(tc_hook))
         if ret < 0 and ret != -17:  # EEXIST: the clsact qdisc is already there
             raise _attach_error(self, hook_name, -ret, [])
-        opts = _libbpf.tc_opts(prog_fd=self.fd)
+        opts = _libbpf.tc_opts(prog_fd=prog_fd, handle=handle, priority=priority)
         ret2 = _libbpf.tc_attach(_libbpf.byref(tc_hook), _libbpf.byref(opts))
         if ret2 < 0:
             if ret == 0:
                 whole = _libbpf.tc_hook(ifindex, _libbpf.BPF_TC_INGRESS | _libbpf.BPF_TC_EGRESS)
                 _libbpf.tc_hook_destroy(_libbpf.byref(whole))
+            if ret2 == -17:
+                raise AttachError(
+                    f"cannot attach program {self.name!r} to {hook_name}: a tc filter with "
+                    f"handle {handle} and priority {priority} is already there",
+                    errno=17,
+                    program=self.name,
+                    hook=hook_name,
+                )
             raise _attach_error(self, hook_name, -ret2, [])
         link = TcLink(self._obj, self.name, hook_name, tc_hook, opts, created_qdisc=ret == 0)
         return self._obj._track(link)
@@ -294,6 +433,43 @@ def _attach_uprobe_raw(
         return None
 
 
+def _attach_usdt_raw(prog: int, pid: int, path: str, provider: str, name: str) -> int | None:
+    try:
+        return _libbpf.attach_usdt(prog, pid, path, provider, name)
+    except OSError as exc:
+        import ctypes
+
+        ctypes.set_errno(exc.errno or 22)
+        return None
+
+
+def _xdp_error(prog: Program, hook: str, interface: str, mode: str, err: int) -> AttachError:
+    """Why the kernel refused an XDP link, in terms of modes (net/core/dev.c:
+    ``dev_xdp_attach``)."""
+    if mode == "offload" and err in (22, 95):  # EINVAL, EOPNOTSUPP
+        reason = (
+            f"offload mode needs a NIC that runs XDP programs itself, and {interface!r} "
+            "cannot (use mode native, skb or auto)"
+        )
+    elif mode == "native" and err == 95:
+        reason = f"the driver of {interface!r} has no native XDP (use mode skb or auto)"
+    elif err == 16:  # EBUSY
+        reason = f"{interface!r} already has an XDP program attached"
+    elif err == 17:  # EEXIST
+        reason = (
+            f"{interface!r} already has an XDP program in another mode (native and generic "
+            "XDP cannot be active at the same time)"
+        )
+    else:
+        reason = os.strerror(err)
+    return AttachError(
+        f"cannot attach program {prog.name!r} to {hook}: {reason}",
+        errno=err,
+        program=prog.name,
+        hook=hook,
+    )
+
+
 def _resolve_binary(binary: str) -> str:
     if "/" in binary:
         return os.path.abspath(binary)
@@ -334,6 +510,10 @@ def _attach_error(prog: Program, hook: str, err: int, log: list[str]) -> AttachE
         reason = "no such tracepoint (see /sys/kernel/tracing/events)"
     elif hook.startswith(("uprobe", "uretprobe")) and err == 2:
         reason = "symbol or binary not found"
+    elif hook.startswith("usdt") and err == 2:
+        reason = "USDT probe or binary not found"
+    elif hook.startswith(("uprobe", "uretprobe", "usdt")) and err == 3:  # ESRCH
+        reason = "no such process"
     elif err == 17:  # EEXIST
         reason = "the program is already attached to this hook"
     elif err == 95:  # EOPNOTSUPP
@@ -674,26 +854,33 @@ class BpfObject:
             m = _libbpf.object_next_map(self._ptr, m)
         return self
 
-    def attach_all(self) -> list[Link]:
-        """Attach every program whose ``SEC()`` name says where; skip the others.
+    def attach_all(self, targets: AttachTargets | None = None) -> list[Link]:
+        """Attach every program where its ``SEC()`` name, or ``targets``, says; skip the
+        others.
 
-        Programs such as ``SEC("syscall")``, ``SEC("xdp")`` or a bare ``SEC("uprobe")``
-        name no target and are skipped (``skipped_programs`` lists them); attach those
-        explicitly. Any other failure raises ``AttachError`` and detaches what this call
-        attached.
+        Programs such as ``SEC("syscall")``, a bare ``SEC("uprobe")`` or ``SEC("usdt")``,
+        or an XDP/tc program when ``targets`` give no interface, name no target and are
+        skipped (``skipped_programs`` lists them); attach those explicitly.
+        ``targets`` (``bpfloom.targets.AttachTargets``) put XDP and tc programs on an
+        interface and retarget uprobe/USDT programs to another binary or one pid. A bad
+        target, or any other failure, raises ``AttachError`` and detaches what this
+        call attached.
         """
+        from .targets import AttachTargets, plan
+
         self._require_loaded("attach")
         links: list[Link] = []
         self.skipped_programs: list[Program] = []
         try:
-            for prog in self.programs.values():
-                if not prog.autoload:
+            for step in plan(self, targets or AttachTargets()):
+                if step.attach is None:
+                    self.skipped_programs.append(step.program)
                     continue
                 try:
-                    links.append(prog.attach())
+                    links.append(step.attach())
                 except AttachError as exc:
-                    if exc.errno == 95:  # EOPNOTSUPP: nothing to auto-attach to
-                        self.skipped_programs.append(prog)
+                    if step.by_section and exc.errno == 95:  # EOPNOTSUPP: no target
+                        self.skipped_programs.append(step.program)
                         continue
                     raise
         except BaseException:
