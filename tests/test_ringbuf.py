@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import bpfloom
-from bpfloom import BpfObject, ClosedError, MapError, TypeInfoError
+from bpfloom import AlreadyLoadedError, BpfObject, MapError, TypeInfoError
 from conftest import ROOT, compile_bpf
 
 pytestmark = pytest.mark.kernel
@@ -47,7 +47,7 @@ def test_ring_size_must_be_a_power_of_two_pages(size: int) -> None:
 
 
 def test_resize_after_load_is_refused() -> None:
-    with bpfloom.load(DRAIN) as obj, pytest.raises(ClosedError):
+    with bpfloom.load(DRAIN) as obj, pytest.raises(AlreadyLoadedError):
         obj.map("rb").max_entries = 4096
 
 
