@@ -20,7 +20,7 @@ import re
 import socket
 import stat
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -229,15 +229,15 @@ class Program:
         self._obj._require_open("set autoload")
         _libbpf.check(_libbpf.program_set_autoload(self._ptr, value), "set autoload")
 
-    def _attach_with(self, hook: str, call: Any) -> Link:
+    def _attach_with(self, hook: str, call: Callable[[], int | None]) -> Link:
+        """Attach with ``call`` (a libbpf attach function returning a link pointer, or
+        NULL with errno set, or raising ``OSError``) and track the link."""
         self._obj._require_loaded(f"attach {self.name!r}")
         mark = _libbpf.log_mark()
-        ptr = call()
-        if not ptr:
-            import ctypes
-
-            err = ctypes.get_errno() or 22
-            raise _attach_error(self, hook, err, _libbpf.log_since(mark))
+        try:
+            ptr = _libbpf.check_ptr(call(), "attach")
+        except OSError as exc:
+            raise _attach_error(self, hook, exc.errno or 22, _libbpf.log_since(mark)) from None
         return self._obj._track(Link(self._obj, ptr, self.name, hook))
 
     def attach(self) -> Link:
@@ -283,7 +283,7 @@ class Program:
         try:
             return self._attach_with(
                 hook,
-                lambda: _attach_uprobe_raw(self._ptr, pid, path, offset, symbol, retprobe),
+                lambda: _libbpf.attach_uprobe(self._ptr, pid, path, offset, symbol, retprobe),
             )
         except AttachError as exc:
             if exc.errno != 2 or not symbol:  # ENOENT: the file is there, not the symbol
@@ -314,7 +314,7 @@ class Program:
                 hook=hook,
             )
         return self._attach_with(
-            hook, lambda: _attach_usdt_raw(self._ptr, pid, path, provider, name)
+            hook, lambda: _libbpf.attach_usdt(self._ptr, pid, path, provider, name)
         )
 
     def attach_xdp(self, interface: str, mode: str = "auto") -> Link:
@@ -419,28 +419,6 @@ def _calls_helper(prog: int, helpers: tuple[int, ...]) -> bool:
     # A helper call has src_reg 0 (1 is a BPF-to-BPF call, 2 a kfunc).
     calls = insns[(insns["code"] == BPF_CALL) & (insns["regs"] >> 4 == 0)]
     return bool(np.isin(calls["imm"], helpers).any())
-
-
-def _attach_uprobe_raw(
-    prog: int, pid: int, path: str, offset: int, symbol: str | None, retprobe: bool
-) -> int | None:
-    try:
-        return _libbpf.attach_uprobe(prog, pid, path, offset, symbol, retprobe)
-    except OSError as exc:
-        import ctypes
-
-        ctypes.set_errno(exc.errno or 22)
-        return None
-
-
-def _attach_usdt_raw(prog: int, pid: int, path: str, provider: str, name: str) -> int | None:
-    try:
-        return _libbpf.attach_usdt(prog, pid, path, provider, name)
-    except OSError as exc:
-        import ctypes
-
-        ctypes.set_errno(exc.errno or 22)
-        return None
 
 
 def _xdp_error(prog: Program, hook: str, interface: str, mode: str, err: int) -> AttachError:
