@@ -144,6 +144,15 @@ def format_alert(alert: Alert) -> str:
     return f"{stamp} {alert.priority:<8} {alert.rule}: {alert.output}"
 
 
+def rule_errors_line(rules: RuleSet) -> str | None:
+    """The exit line naming the rules whose evaluation raised, and how often (or None)."""
+    errors = rules.errors
+    if not errors:
+        return None
+    failed = ", ".join(f"{n} {name!r}" for name, n in sorted(errors.items()))
+    return f"bpfloom detect: rules that failed and were skipped on some events: {failed}"
+
+
 @click.command("detect")
 @click.option(
     "-r",
@@ -236,3 +245,6 @@ def _run_detector(rules: RuleSet, as_json: bool, duration: float | None, workers
         + (f"; {suppressed} suppressed by rate limits" if suppressed else ""),
         err=True,
     )
+    errors_line = rule_errors_line(rules)
+    if errors_line is not None:
+        click.echo(errors_line, err=True)
