@@ -183,6 +183,27 @@ def test_error_counts_are_exact_across_threads() -> None:
     assert rules.errors == {"bad": threads_n * per_thread}
 
 
+class Unsayable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("nothing to say")
+
+
+class Raising:
+    def startswith(self, prefix: str) -> bool:
+        raise Unsayable
+
+
+def test_an_exception_without_a_message_is_still_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rules = RuleSet.from_text(rule("bad", "comm startswith l") + "\n" + rule("ok", "pid = 10"))
+    caplog.set_level(logging.WARNING, logger="bpfloom.rules")
+    assert [a.rule for a in rules.evaluate(exec_event(comm=Raising()))] == ["ok"]
+    assert rules.errors == {"bad": 1}
+    logged = [r.getMessage() for r in caplog.records if r.name == "bpfloom.rules"]
+    assert len(logged) == 1 and "Unsayable: (no message)" in logged[0]
+
+
 @pytest.mark.parametrize("kind", [["exec"], {"a": 1}, None, 5])
 def test_an_event_with_a_strange_kind_raises_no_alert_and_no_error(kind: object) -> None:
     rules = RuleSet.from_text(rule("r", "pid = 10"))

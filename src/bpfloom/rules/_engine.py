@@ -299,15 +299,20 @@ class RuleSet:
         with self._lock:
             entry.errors += 1
             unlogged = self._error_log.admit()
-        if unlogged is not None:
-            log.warning(
-                "rule %r (%s) failed on an event and was skipped: %s: %r%s",
-                entry.rule.name,
-                entry.rule.source,
-                type(exc).__name__,
-                str(exc),
-                f" ({unlogged} more rule failures since the last report)" if unlogged else "",
-            )
+        if unlogged is None:
+            return
+        try:
+            detail = repr(str(exc))  # repr: the text may come from the event
+        except Exception:  # an exception that cannot say what it is
+            detail = "(no message)"
+        log.warning(
+            "rule %r (%s) failed on an event and was skipped: %s: %s%s",
+            entry.rule.name,
+            entry.rule.source,
+            type(exc).__name__,
+            detail,
+            f" ({unlogged} more rule failures since the last report)" if unlogged else "",
+        )
 
     def _event_time(self, event: Event) -> float:
         t = event.get("time")
