@@ -96,6 +96,39 @@ Evaluation
 ``RuleSet.evaluate`` is thread-safe. Thresholds and rate limits count in event time
 (the ``time`` field, else the set's clock), so replays and batches are judged by when
 things happened. Alerts cut by a rate limit are counted in ``RuleSet.suppressed``.
+Rules are isolated: a rule whose evaluation raises on an event (a field holding a
+value of another type, say) is skipped for that event, counted in ``RuleSet.errors``
+(rule name -> count) and logged on the ``bpfloom.rules`` logger at most once per 5 s;
+the other rules still run, and ``evaluate`` does not raise. Matching never recurses
+more than 16 calls deep, however long or deep a condition is.
+
+Limits
+------
+A rule file cannot make loading take unbounded time or memory; past a bound, loading
+stops with a ``RuleError`` naming the file and line (and column, in a condition):
+
+=====================================  ============================================
+a rule file                            a regular file (not a FIFO, device or
+                                       directory) of at most 4 MiB
+YAML values in one file                250 000; an alias counts the values it
+                                       repeats, and their text counts against the
+                                       4 MiB, at each use
+YAML nesting; condition nesting        100 levels; in a condition, parentheses and
+                                       ``not`` as written, and ``and``/``or``/``not``
+                                       levels with macros inlined
+one condition, macros inlined          100 000 nodes (comparisons, ``and``/``or``/
+                                       ``not``, values written in ``in (...)``; a
+                                       rule's exceptions count)
+all macro and rule conditions          1 000 000 nodes, macros inlined at each use
+one list, inclusions expanded          100 000 entries: its values, plus one and the
+                                       included list's entries per inclusion
+all lists together                     1 000 000 entries (checking ``append`` for
+                                       inclusion cycles counts against it too)
+one ``glob`` pattern                   4096 characters (translated in linear time)
+=====================================  ============================================
+
+The numbers are in ``bpfloom.rules._limits``; real rule sets (Falco's own are about
+150 KB) stay far below them.
 """
 
 from ._engine import DEFAULT_RULES, DEFAULT_SCHEMA, Alert, RuleSet, load_rules

@@ -1,14 +1,20 @@
 """The rule engine: a compiled rule set that turns events into alerts.
 
 Rules are indexed by event kind when the set is built, so ``evaluate`` does one dict
-lookup and then runs only the closures of the rules that apply to the event's kind.
+lookup and then runs only the matchers of the rules that apply to the event's kind.
 Conditions are pure functions of the event and run without a lock; the state of
 ``threshold`` windows and ``rate_limit`` histories (and the suppressed counts) is
 touched under one lock, only for rules that have such state and matched.
+
+Rules are isolated from each other: a rule whose evaluation raises (an event holding
+a value of an unexpected type, say) is counted in ``RuleSet.errors`` and logged at
+most once per ``_ErrorLog.interval`` seconds, and the other rules still run on that
+event; ``evaluate`` never raises because of one rule.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -17,8 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._expr import Event, RuleError
-from ._loader import CompiledRule, RateLimit, Rule, Schema, Threshold, load_sources
+from ._expr import Event
+from ._loader import (
+    CompiledRule,
+    RateLimit,
+    Rule,
+    Schema,
+    Threshold,
+    load_sources,
+    read_rule_file,
+)
+
+log = logging.getLogger("bpfloom.rules")
 
 DEFAULT_SCHEMA: Schema = {
     "exec": {
@@ -152,7 +168,7 @@ class _RateLimitState:
 class _Entry:
     """A compiled rule with its mutable state; the state is guarded by the set's lock."""
 
-    __slots__ = ("limit", "match", "render", "rule", "stateful", "threshold")
+    __slots__ = ("errors", "limit", "match", "render", "rule", "stateful", "threshold")
 
     def __init__(self, compiled: CompiledRule) -> None:
         self.rule = compiled.rule
@@ -162,12 +178,34 @@ class _Entry:
         self.threshold = _ThresholdState(rule.threshold) if rule.threshold else None
         self.limit = _RateLimitState(rule.rate_limit) if rule.rate_limit else None
         self.stateful = self.threshold is not None or self.limit is not None
+        self.errors = 0  # evaluations that raised
 
     def admit(self, event: Event, now: float) -> bool:
         """Whether a match becomes an alert (threshold reached, rate limit not hit)."""
         if self.threshold is not None and not self.threshold.reached(event, now):
             return False
         return self.limit is None or self.limit.admit(now)
+
+
+class _ErrorLog:
+    """Rate-limits the log of rule failures: at most one line per ``interval`` seconds,
+    which says how many failures went unlogged since the previous one."""
+
+    interval = 5.0
+
+    def __init__(self) -> None:
+        self._last = float("-inf")
+        self._unlogged = 0
+
+    def admit(self) -> int | None:
+        """None if this failure is not to be logged, else how many went unlogged
+        before it; call under the set's lock (and log after releasing it)."""
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._unlogged += 1
+            return None
+        unlogged, self._last, self._unlogged = self._unlogged, now, 0
+        return unlogged
 
 
 class RuleSet:
@@ -185,6 +223,7 @@ class RuleSet:
         self._entries = [_Entry(c) for c in compiled]
         self._clock = clock
         self._lock = threading.Lock()
+        self._error_log = _ErrorLog()
         by_kind: dict[str, list[_Entry]] = {}
         for entry in self._entries:
             if entry.rule.enabled:
@@ -223,29 +262,63 @@ class RuleSet:
         with self._lock:
             return {e.rule.name: e.limit.suppressed for e in self._entries if e.limit is not None}
 
+    @property
+    def errors(self) -> dict[str, int]:
+        """Per rule whose evaluation raised: how many times (see ``evaluate``)."""
+        with self._lock:
+            return {e.rule.name: e.errors for e in self._entries if e.errors}
+
     def evaluate(self, event: Event) -> list[Alert]:
         """The alerts ``event`` raises, in rule order (thread-safe; never blocks long).
 
-        Only the rules that apply to the event's kind (its ``event`` field) run.
+        Only the rules that apply to the event's kind (its ``event`` field) run. A
+        rule that raises on the event (matching or rendering its output) is skipped,
+        counted in ``errors`` and logged (rate-limited); the others still run.
         """
-        entries = self._by_kind.get(event.get("event", ""))
+        try:
+            entries = self._by_kind.get(event.get("event", ""))
+        except TypeError:  # an unhashable kind names no rule
+            entries = None
         alerts: list[Alert] = []
         if not entries:
             return alerts
         now: float | None = None
         for entry in entries:
-            if not entry.match(event):
+            try:
+                if not entry.match(event):
+                    continue
+                if now is None:
+                    now = self._event_time(event)
+                if entry.stateful:
+                    with self._lock:
+                        if not entry.admit(event, now):
+                            continue
+                rule = entry.rule
+                output = entry.render(event)
+            except Exception as exc:
+                self._failed(entry, exc)
                 continue
-            if now is None:
-                now = self._event_time(event)
-            if entry.stateful:
-                with self._lock:
-                    if not entry.admit(event, now):
-                        continue
-            rule = entry.rule
-            output = entry.render(event)
             alerts.append(Alert(rule.name, rule.priority, now, output, rule.tags, dict(event)))
         return alerts
+
+    def _failed(self, entry: _Entry, exc: Exception) -> None:
+        with self._lock:
+            entry.errors += 1
+            unlogged = self._error_log.admit()
+        if unlogged is None:
+            return
+        try:
+            detail = repr(str(exc))  # repr: the text may come from the event
+        except Exception:  # an exception that cannot say what it is
+            detail = "(no message)"
+        log.warning(
+            "rule %r (%s) failed on an event and was skipped: %s: %s%s",
+            entry.rule.name,
+            entry.rule.source,
+            type(exc).__name__,
+            detail,
+            f" ({unlogged} more rule failures since the last report)" if unlogged else "",
+        )
 
     def _event_time(self, event: Event) -> float:
         t = event.get("time")
@@ -263,13 +336,10 @@ def load_rules(
     """Rules from YAML files read in order as one set (None: the default rules).
 
     Raises ``RuleError`` naming the file and line of the first problem, including a
-    file that cannot be read.
+    file that cannot be read, is not a regular file, or passes the bounds of
+    ``bpfloom.rules`` (its docstring lists them).
     """
     sources: list[tuple[str, str]] = []
     for path in [DEFAULT_RULES] if paths is None else paths:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise RuleError(f"{path}: cannot read: {e}") from e
-        sources.append((str(path), text))
+        sources.append((str(path), read_rule_file(path)))
     return RuleSet(load_sources(sources, schema), clock=clock)

@@ -6,20 +6,34 @@ node at fault. Items are processed in order across all files, so a name is visib
 only after its definition (as in Falco). List *contents* are resolved once every file
 has been read, so a later ``append: true`` also reaches the rules that used the list
 before the append; that is why rules are compiled in ``finish``, not as they are read.
+
+What a file can make the loader compute is bounded (``_limits``): files are read only
+if regular and small; the YAML composer counts values and nesting as it goes, and an
+alias counts what it repeats at each use; lists are expanded, and appends checked for
+cycles, without recursion and within entry budgets; conditions are sized as they are
+parsed (``_expr.Tree``).
 """
 
 from __future__ import annotations
 
+import io
+import os
 import re
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import NamedTuple
 
 import yaml
 
+from . import _limits
 from ._expr import (
     KEYWORDS,
     OPERATORS,
+    And,
+    Compare,
+    Compiler,
     ConditionError,
     Event,
     InSet,
@@ -27,23 +41,24 @@ from ._expr import (
     Literal,
     Matcher,
     Node,
-    Not,
+    Or,
     RuleError,
     Scope,
     Template,
+    Tree,
     Value,
-    all_of,
-    any_of,
     check_operator,
-    compile_condition,
     compile_template,
     fields_of,
+    join,
+    leaf,
     literal_value,
     make_compare,
+    negate,
     parse_condition,
     parse_template,
-    required_kinds,
     template_fields,
+    too_big,
 )
 
 Schema = Mapping[str, Mapping[str, type]]
@@ -122,11 +137,14 @@ class Rule:
 
 @dataclass(frozen=True)
 class CompiledRule:
-    """A rule with its condition (exceptions included) and output compiled."""
+    """A rule with its condition (exceptions included) and output compiled; ``tree``
+    is the condition as parsed, macros inlined and exceptions added, for evaluators
+    that walk it."""
 
     rule: Rule
     match: Matcher
     render: Callable[[Event], str]
+    tree: Node | None = None
 
 
 class _ListRef(NamedTuple):
@@ -139,6 +157,7 @@ class _ListRef(NamedTuple):
 class _ListDef:
     where: str  # "file:line" of the definition
     entries: list[ListItem | _ListRef]
+    refs: list[str]  # the names of the included lists, in order (for cycle checks)
 
 
 @dataclass
@@ -182,10 +201,132 @@ def _error(file: str, node: yaml.Node, message: str) -> RuleError:
     return RuleError(f"{file}:{_line(node)}: {message}")
 
 
+def read_rule_file(path: str | Path) -> str:
+    """The text of a rule file, read only if it is a regular file of at most
+    ``MAX_FILE_BYTES``; RuleError otherwise.
+
+    The file is opened once, without blocking (a FIFO with no writer would block a
+    plain open) and without becoming a controlling terminal, and its type checked on
+    the open descriptor: a FIFO, a device such as ``/dev/zero`` or a directory is
+    refused before anything is read. Newlines are read as ``Path.read_text`` reads
+    them (``\\r\\n`` and ``\\r`` become ``\\n``).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise RuleError(f"{path}: cannot read: {e}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RuleError(f"{path}: not a regular file ({_file_kind(st.st_mode)})")
+        limit = _limits.MAX_FILE_BYTES
+        if st.st_size > limit:
+            raise RuleError(f"{path}: larger than {_size_text(limit)} ({st.st_size} bytes)")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit and (chunk := os.read(fd, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+    except OSError as e:
+        raise RuleError(f"{path}: cannot read: {e}") from e
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # it grew since fstat
+        raise RuleError(f"{path}: larger than {_size_text(limit)} (over {limit} bytes)")
+    try:
+        return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").read()
+    except UnicodeDecodeError as e:
+        raise RuleError(f"{path}: cannot read: {e}") from e
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), f"mode {stat.S_IFMT(mode):o}")
+
+
+def _size_text(size: int) -> str:
+    return f"{size >> 20} MiB" if size % (1 << 20) == 0 else f"{size} bytes"
+
+
+class _BoundedComposer(yaml.SafeLoader):
+    """PyYAML's safe loader, composing nodes within bounds (``_limits``).
+
+    PyYAML's scanner and parser keep explicit stacks, but its composer recurses once
+    per level of nesting and keeps every node: ``compose_node`` is wrapped to refuse
+    more than ``MAX_NESTING`` levels before recursing further, and more than
+    ``MAX_YAML_VALUES`` values before composing more. An alias is a second use of a
+    node the loader then reads again, so it counts the values and scalar characters
+    of the node it repeats (``MAX_FILE_BYTES`` of characters in all), and an alias
+    to a node that contains it is refused.
+    """
+
+    def __init__(self, text: str, file: str) -> None:
+        super().__init__(text)
+        self.file = file
+        self.depth = 0
+        self.values = 0
+        self.chars = 0
+        self.aliases = False
+        self.weights: dict[int, tuple[int, int]] = {}  # id(anchored node) -> (values, chars)
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            node = self.anchors.get(event.anchor)
+            if node is not None:  # else PyYAML reports the undefined alias
+                weight = self.weights.get(id(node))
+                if weight is None:
+                    problem = f"alias '*{event.anchor}' names a node that contains it"
+                    raise self.error(event, problem)
+                self.aliases = True
+                self.count(event, *weight)
+            return super().compose_node(parent, index)
+        if self.depth >= _limits.MAX_NESTING:
+            raise self.error(event, f"YAML nested more than {_limits.MAX_NESTING} deep")
+        values, chars = self.values, self.chars
+        self.count(event, 1, len(event.value) if isinstance(event, yaml.ScalarEvent) else 0)
+        self.depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+        if getattr(event, "anchor", None) is not None:
+            self.weights[id(node)] = (self.values - values, self.chars - chars)
+        return node
+
+    def count(self, event: yaml.Event, values: int, chars: int) -> None:
+        self.values += values
+        self.chars += chars
+        if self.values > _limits.MAX_YAML_VALUES:
+            raise self.error(
+                event,
+                f"more than {_limits.MAX_YAML_VALUES} YAML values in the file"
+                + (" (an alias counts the values it repeats)" if self.aliases else ""),
+            )
+        if self.chars > _limits.MAX_FILE_BYTES:
+            raise self.error(
+                event,
+                f"more than {_size_text(_limits.MAX_FILE_BYTES)} of text in the file"
+                " with its aliases expanded",
+            )
+
+    def error(self, event: yaml.Event, message: str) -> RuleError:
+        line = event.start_mark.line + 1 if event.start_mark is not None else 1
+        return RuleError(f"{self.file}:{line}: {message}")
+
+
 def _compose(file: str, text: str) -> yaml.Node | None:
     """The YAML node tree of a file (None if empty); syntax errors become RuleError."""
+    loader = _BoundedComposer(text, file)
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        return loader.get_single_node()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -193,6 +334,8 @@ def _compose(file: str, text: str) -> yaml.Node | None:
         raise RuleError(f"{file}:{line}: invalid YAML: {problem}") from e
     except yaml.YAMLError as e:
         raise RuleError(f"{file}: invalid YAML: {e}") from e
+    finally:
+        loader.dispose()
 
 
 def parse_duration(text: str) -> float:
@@ -218,10 +361,12 @@ class _Loader:
         self.schema = {kind: frozenset(fields) for kind, fields in schema.items()}
         self.fields = merge_fields(schema)
         self.lists: dict[str, _ListDef] = {}
-        self.macros: dict[str, Node] = {}
+        self.macros: dict[str, Tree] = {}
         self.origins: dict[str, str] = {}  # "macro x" / "rule x" -> "file:line"
         self.scope = Scope(self.fields, frozenset(schema), self.macros, self.lists)
         self.pending: list[_PendingRule] = []
+        self.condition_nodes = 0  # of every macro and rule so far, macros inlined
+        self.cycle_steps = 0  # inclusions followed by the cycle checks of appends
 
     # Items.
 
@@ -274,39 +419,84 @@ class _Loader:
         items = self.require(file, node, keys, "items", ctx)
         if not isinstance(items, yaml.SequenceNode):
             raise _error(file, items, f"{ctx}: items must be a YAML list")
-        entries = [self.list_entry(file, item, name, ctx) for item in items.value]
+        # Only an append can close a cycle: a new list's name is not known yet, so
+        # none of the lists it includes can lead back to it.
+        checked: set[str] = set()  # lists known not to lead back, for this append
+        entries = [
+            self.list_entry(file, item, name, ctx, checked if append else None)
+            for item in items.value
+        ]
+        refs = [entry.name for entry in entries if isinstance(entry, _ListRef)]
         if append:
             self.lists[name].entries.extend(entries)
+            self.lists[name].refs.extend(refs)
         else:
-            self.lists[name] = _ListDef(f"{file}:{_line(node)}", entries)
+            self.lists[name] = _ListDef(f"{file}:{_line(node)}", entries, refs)
 
-    def list_entry(self, file: str, item: yaml.Node, name: str, ctx: str) -> ListItem | _ListRef:
-        """A value, or a reference if the item is a plain (unquoted) earlier list's name."""
+    def list_entry(
+        self, file: str, item: yaml.Node, name: str, ctx: str, checked: set[str] | None
+    ) -> ListItem | _ListRef:
+        """A value, or a reference if the item is a plain (unquoted) earlier list's name.
+
+        With ``checked`` (an append), a reference is checked not to close a cycle.
+        """
         if not isinstance(item, yaml.ScalarNode):
             raise _error(file, item, f"{ctx}: an item must be a single value")
         if item.style is None and item.value in self.lists:
-            cycle = self.inclusion_path(item.value, name)
-            if cycle is not None:
-                chain = " -> ".join((name, *cycle))
-                raise _error(
-                    file,
-                    item,
-                    f"{ctx}: including '{item.value}' makes lists include each other ({chain})",
-                )
+            if checked is not None:
+                cycle = self.inclusion_path(file, item, item.value, name, checked)
+                if cycle is not None:
+                    chain = " -> ".join(_shorten((name, *cycle)))
+                    raise _error(
+                        file,
+                        item,
+                        f"{ctx}: including '{item.value}' makes lists include each other ({chain})",
+                    )
             return _ListRef(item.value)
         # YAML quotes are YAML syntax, not a type: "22" is still a number.
         return ListItem(item.value, False, f"{file}:{_line(item)}: {ctx}")
 
-    def inclusion_path(self, start: str, target: str) -> tuple[str, ...] | None:
-        """The chain of inclusions leading from list ``start`` to list ``target``, if any."""
+    def inclusion_path(
+        self, file: str, item: yaml.Node, start: str, target: str, checked: set[str]
+    ) -> tuple[str, ...] | None:
+        """The chain of inclusions leading from list ``start`` to list ``target``, if any.
+
+        A depth-first walk in entry order, without recursion, that skips the lists in
+        ``checked`` (already known not to lead to ``target``) and adds those it finds
+        so. Every inclusion it follows is an entry of the expanded list being appended
+        to, so the walks together never exceed the lists' total budget: past it, the
+        lists are refused now rather than after a long walk.
+        """
         if start == target:
             return (start,)
-        for entry in self.lists[start].entries:
-            if isinstance(entry, _ListRef):
-                rest = self.inclusion_path(entry.name, target)
-                if rest is not None:
-                    return (start, *rest)
+        if start in checked:
+            return None
+        path = [start]
+        pending = [iter(self.lists[start].refs)]
+        checked.add(start)
+        while pending:
+            following = next(pending[-1], None)
+            if following is None:
+                pending.pop()
+                path.pop()
+                continue
+            self.cycle_steps += 1
+            if self.cycle_steps > _limits.MAX_TOTAL_LIST_ENTRIES:
+                raise _error(file, item, self.lists_too_big(target))
+            if following == target:
+                return (*path, following)
+            if following not in checked:
+                checked.add(following)
+                path.append(following)
+                pending.append(iter(self.lists[following].refs))
         return None
+
+    @staticmethod
+    def lists_too_big(name: str) -> str:
+        return (
+            f"list '{name}': the lists expand to more than {_limits.MAX_TOTAL_LIST_ENTRIES}"
+            " entries in total"
+        )
 
     def add_macro(self, file: str, node: yaml.Node, keys: dict[str, yaml.Node]) -> None:
         name = self.name(file, keys, "macro")
@@ -317,7 +507,9 @@ class _Loader:
         if name in self.fields:
             raise _error(file, keys["macro"], f"{ctx}: the name is already a field")
         self.check_new(file, keys["macro"], f"macro '{name}'")
-        _, tree = self.condition(file, self.require(file, node, keys, "condition", ctx), ctx)
+        condition = self.require(file, node, keys, "condition", ctx)
+        _, tree = self.condition(file, condition, ctx)
+        self.count_nodes(file, condition, tree, f"{ctx}: condition")
         self.macros[name] = tree
 
     def add_rule(self, file: str, node: yaml.Node, keys: dict[str, yaml.Node]) -> None:
@@ -325,7 +517,8 @@ class _Loader:
         ctx = f"rule '{name}'"
         self.allow(file, keys, _RULE_KEYS, ctx)
         self.check_new(file, keys["rule"], ctx)
-        text, tree = self.condition(file, self.require(file, node, keys, "condition", ctx), ctx)
+        condition = self.require(file, node, keys, "condition", ctx)
+        text, tree = self.condition(file, condition, ctx)
         output_node = self.require(file, node, keys, "output", ctx)
         output = self.text(file, output_node, f"{ctx}: output")
         if not output.strip():
@@ -336,7 +529,11 @@ class _Loader:
             raise _error(file, output_node, f"{ctx}: output: {e}") from None
         exceptions = self.exceptions(file, keys["exceptions"], ctx) if "exceptions" in keys else []
         if exceptions:
-            tree = all_of([tree, Not(any_of(exceptions))])
+            tree = join(And, [tree, negate(join(Or, exceptions))])
+            problem = too_big(tree.size)
+            if problem is not None:
+                raise _error(file, keys["exceptions"], f"{ctx}: with its exceptions, {problem}")
+        self.count_nodes(file, condition, tree, f"{ctx}: condition")
         threshold = self.threshold(file, keys["threshold"], ctx) if "threshold" in keys else None
         rule = Rule(
             name=name,
@@ -352,19 +549,30 @@ class _Loader:
             threshold=threshold,
             source=f"{file}:{_line(node)}",
         )
-        fields = fields_of(tree) | template_fields(template)
+        fields = fields_of(tree.node) | template_fields(template)
         if threshold is not None and threshold.by is not None:
             fields.add(threshold.by)
-        self.pending.append(_PendingRule(rule, tree, template, fields))
+        self.pending.append(_PendingRule(rule, tree.node, template, fields))
 
     # Rule parts.
 
-    def condition(self, file: str, node: yaml.Node, ctx: str) -> tuple[str, Node]:
+    def condition(self, file: str, node: yaml.Node, ctx: str) -> tuple[str, Tree]:
         text = self.text(file, node, f"{ctx}: condition")
         try:
             return text, parse_condition(text, self.scope)
         except ConditionError as e:
             raise _error(file, node, f"{ctx}: condition: {e}") from None
+
+    def count_nodes(self, file: str, node: yaml.Node, tree: Tree, ctx: str) -> None:
+        """Add a macro's or rule's condition to the set's total, refused past its bound."""
+        self.condition_nodes += tree.size
+        if self.condition_nodes > _limits.MAX_TOTAL_CONDITION_NODES:
+            raise _error(
+                file,
+                node,
+                f"{ctx}: the conditions of the rule set expand to more than"
+                f" {_limits.MAX_TOTAL_CONDITION_NODES} nodes in total (macros inlined)",
+            )
 
     def priority(self, file: str, node: yaml.Node, ctx: str) -> str:
         text = self.text(file, node, f"{ctx}: priority").strip().upper()
@@ -411,11 +619,11 @@ class _Loader:
                 raise _error(file, keys["by"], f"{ctx}: by: list field '{by}' cannot be a key")
         return Threshold(int(count), within, by)
 
-    def exceptions(self, file: str, node: yaml.Node, ctx: str) -> list[Node]:
+    def exceptions(self, file: str, node: yaml.Node, ctx: str) -> list[Tree]:
         """One tree per exception value tuple; the rule fires only if none matches."""
         if not isinstance(node, yaml.SequenceNode):
             raise _error(file, node, f"{ctx}: exceptions must be a YAML list")
-        trees: list[Node] = []
+        trees: list[Tree] = []
         names: set[str] = set()
         for exc in node.value:
             if not isinstance(exc, yaml.MappingNode):
@@ -431,7 +639,7 @@ class _Loader:
 
     def exception(
         self, file: str, node: yaml.Node, keys: dict[str, yaml.Node], ctx: str
-    ) -> list[Node]:
+    ) -> list[Tree]:
         fields_node = self.require(file, node, keys, "fields", ctx)
         fields = self.scalars(file, fields_node, f"{ctx}: fields")
         for name, field_node in zip(fields, fields_node.value, strict=True):
@@ -457,18 +665,20 @@ class _Loader:
             return []
         if not isinstance(values, yaml.SequenceNode):
             raise _error(file, values, f"{ctx}: values must be a YAML list of value lists")
-        trees: list[Node] = []
+        trees: list[Tree] = []
         for row in values.value:
             if not isinstance(row, yaml.SequenceNode) or len(row.value) != len(fields):
                 raise _error(file, row, f"{ctx}: each value must be a list of {len(fields)}")
             parts = [
-                self.exception_part(file, f, op, value, ctx)
+                leaf(self.exception_part(file, f, op, value, ctx))
                 for f, op, value in zip(fields, comps, row.value, strict=True)
             ]
-            trees.append(all_of(parts))
+            trees.append(join(And, parts))
         return trees
 
-    def exception_part(self, file: str, field: str, op: str, node: yaml.Node, ctx: str) -> Node:
+    def exception_part(
+        self, file: str, field: str, op: str, node: yaml.Node, ctx: str
+    ) -> Compare | InSet:
         """``field op value`` of one exception tuple; for ``in``, a list or a list name."""
         try:
             if op != "in":
@@ -561,37 +771,72 @@ class _Loader:
 
     def finish(self) -> list[CompiledRule]:
         """Resolve list contents, then compute applicability and compile every rule."""
-        lists = self.resolve_lists()
-        return [self.compile(pending, lists) for pending in self.pending]
+        compiler = Compiler(self.fields, self.resolve_lists())
+        return [self.compile(pending, compiler) for pending in self.pending]
 
     def resolve_lists(self) -> dict[str, tuple[ListItem, ...]]:
-        """Every list's final values, inclusions expanded (they cannot form cycles)."""
+        """Every list's final values, inclusions expanded (they cannot form cycles).
+
+        Sizes come first, so nothing is expanded past the bounds: a list's entries
+        are its values plus, per included list, one and that list's entries. Both
+        passes walk the inclusions without recursion (chains can be long).
+        """
+        order = self.inclusion_order()
+        cap = _limits.MAX_TOTAL_LIST_ENTRIES + 1  # sizes are only compared with bounds
+        sizes: dict[str, int] = {}
+        for name in order:
+            entries = self.lists[name].entries
+            size = sum(1 + sizes[e.name] if isinstance(e, _ListRef) else 1 for e in entries)
+            sizes[name] = min(size, cap)
+        total = 0
+        for name, definition in self.lists.items():
+            if sizes[name] > _limits.MAX_LIST_ENTRIES:
+                raise RuleError(
+                    f"{definition.where}: list '{name}' expands to more than"
+                    f" {_limits.MAX_LIST_ENTRIES} entries (its values, plus one and the"
+                    " entries of each list it includes)"
+                )
+            total += sizes[name]
+            if total > _limits.MAX_TOTAL_LIST_ENTRIES:
+                raise RuleError(f"{definition.where}: {self.lists_too_big(name)}")
         resolved: dict[str, tuple[ListItem, ...]] = {}
+        for name in order:
+            items: list[ListItem] = []
+            for entry in self.lists[name].entries:
+                if isinstance(entry, ListItem):
+                    items.append(entry)
+                else:
+                    items.extend(resolved[entry.name])
+            resolved[name] = tuple(items)
+        return {name: resolved[name] for name in self.lists}
 
-        def resolve(name: str) -> tuple[ListItem, ...]:
-            if name not in resolved:
-                items: list[ListItem] = []
-                for entry in self.lists[name].entries:
-                    if isinstance(entry, ListItem):
-                        items.append(entry)
-                    else:
-                        items.extend(resolve(entry.name))
-                resolved[name] = tuple(items)
-            return resolved[name]
+    def inclusion_order(self) -> list[str]:
+        """The lists, each after every list it includes (a depth-first post-order)."""
+        order: list[str] = []
+        done: set[str] = set()
+        for root in self.lists:
+            if root in done:
+                continue
+            done.add(root)
+            stack = [(root, iter(self.lists[root].refs))]
+            while stack:
+                name, refs = stack[-1]
+                following = next(refs, None)
+                if following is None:
+                    stack.pop()
+                    order.append(name)
+                elif following not in done:
+                    done.add(following)
+                    stack.append((following, iter(self.lists[following].refs)))
+        return order
 
-        for name in self.lists:
-            resolve(name)
-        return resolved
-
-    def compile(
-        self, pending: _PendingRule, lists: dict[str, tuple[ListItem, ...]]
-    ) -> CompiledRule:
+    def compile(self, pending: _PendingRule, compiler: Compiler) -> CompiledRule:
         rule = pending.rule
         where = f"{rule.source}: rule '{rule.name}'"
         kinds = frozenset(k for k, fields in self.schema.items() if pending.fields <= fields)
         if not kinds:
             raise RuleError(f"{where}: {self.never_together(pending.fields)}")
-        required = required_kinds(pending.tree, lists)
+        required = compiler.required_kinds(pending.tree)
         if required is not None:
             narrowed = kinds & required
             if not narrowed:
@@ -601,9 +846,9 @@ class _Loader:
                     f"some of the fields {', '.join(sorted(pending.fields))}"
                 )
             kinds = narrowed
-        match = compile_condition(pending.tree, self.fields, lists)
+        match = compiler.compile(pending.tree)
         rule = replace(rule, applies_to=kinds)
-        return CompiledRule(rule, match, compile_template(pending.template))
+        return CompiledRule(rule, match, compile_template(pending.template), pending.tree)
 
     def never_together(self, fields: set[str]) -> str:
         """Why no event kind has all ``fields``: a pair that never meets, if there is one."""
@@ -613,3 +858,10 @@ class _Loader:
                 if not any(a in kf and b in kf for kf in self.schema.values()):
                     return f"fields '{a}' and '{b}' never appear in the same event"
         return f"fields {', '.join(repr(f) for f in ordered)} never appear in the same event"
+
+
+def _shorten(chain: tuple[str, ...], keep: int = 5) -> tuple[str, ...]:
+    """A chain of list names for a message, its middle elided if it is long."""
+    if len(chain) <= 2 * keep + 1:
+        return chain
+    return (*chain[:keep], f"... {len(chain) - 2 * keep} more ...", *chain[-keep:])

@@ -147,6 +147,15 @@ def format_alert(alert: Alert) -> str:
     return escape_control(f"{stamp} {alert.priority:<8} {alert.rule}: {alert.output}")
 
 
+def rule_errors_line(rules: RuleSet) -> str | None:
+    """The exit line naming the rules whose evaluation raised, and how often (or None)."""
+    errors = rules.errors
+    if not errors:
+        return None
+    failed = ", ".join(f"{n} {name!r}" for name, n in sorted(errors.items()))
+    return f"bpfloom detect: rules that failed and were skipped on some events: {failed}"
+
+
 @click.command("detect")
 @click.option(
     "-r",
@@ -242,5 +251,8 @@ def _run_detector(rules: RuleSet, as_json: bool, duration: float | None, workers
         ),
         err=True,
     )
+    errors_line = rule_errors_line(rules)
+    if errors_line is not None:
+        click.echo(errors_line, err=True)
     if printer.out.error is not None:
         fail(printer.out.error_message().replace("records", "alerts"))
