@@ -253,6 +253,6 @@ def _run_detector(rules: RuleSet, as_json: bool, duration: float | None, workers
     )
     errors_line = rule_errors_line(rules)
     if errors_line is not None:
-        click.echo(errors_line, err=True)
+        click.echo(escape_control(errors_line), err=True)
     if printer.out.error is not None:
         fail(printer.out.error_message().replace("records", "alerts"))
