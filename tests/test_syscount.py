@@ -123,6 +123,36 @@ def test_cli_latency(start_tool: Any, gated_child: Any) -> None:
 
 
 @pytest.mark.kernel
+def test_cli_latency_histograms(start_tool: Any, gated_child: Any) -> None:
+    child = gated_child(CALLS + "calls(1000, os.getppid)\ncalls(3, time.sleep, 0.05)\n")
+    run = start_tool("syscount", "--json", "--histogram", "-T", "0", "-p", str(child.pid))
+    child.finish()
+    records = run.stop().json_lines()
+    keys = {"interval", "time", "syscall", "count", "time_us", "unit", "slots"}
+    assert all(set(r) == keys and r["interval"] == 1 and r["unit"] == "usecs" for r in records)
+    assert all(r["count"] == sum(r["slots"]) for r in records)  # every call in a slot
+    rows = _rows(records)
+    assert rows["getppid"]["count"] == 1000
+    # A 50 ms sleep cannot end early: slot 15 (32768 -> 65535 us) or later.
+    sleeps = rows["clock_nanosleep"]["slots"]
+    assert sum(sleeps) == 3 and sum(sleeps[15:]) == 3
+
+
+@pytest.mark.kernel
+def test_cli_latency_histogram_text(start_tool: Any, gated_child: Any) -> None:
+    child = gated_child(CALLS + "calls(2, time.sleep, 0.05)\n")
+    run = start_tool("syscount", "--histogram", "-m", "-T", "1", "-p", str(child.pid))
+    child.finish()
+    lines = run.stop().stdout.splitlines()
+    assert STAMP.match(lines[0]) and lines[1] == ""
+    head = re.fullmatch(r"syscall = clock_nanosleep  count = 2, time \(ms\) = ([\d.]+)", lines[2])
+    assert head is not None and float(head[1]) >= 100
+    assert lines[3] == "     msecs               : count    distribution"
+    # 50 ms: slot 5 (32 -> 63 ms) or later; the bars end at the last non-empty slot.
+    assert lines[-1].split(":")[1].split()[0] != "0" and len(lines) >= 4 + 6
+
+
+@pytest.mark.kernel
 def test_cli_table_in_milliseconds(start_tool: Any, gated_child: Any) -> None:
     child = gated_child(CALLS + "calls(2, time.sleep, 0.05)\n")
     run = start_tool("syscount", "-m", "-p", str(child.pid))

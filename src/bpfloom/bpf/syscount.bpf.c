@@ -10,9 +10,11 @@
  * so calls that never return (exit, exit_group, a successful execve's old
  * image...) are not counted. With measure_latency, sys_enter stores the entry
  * time per thread and sys_exit counts only calls whose entry it saw (a call
- * already running at attach time is left out, as in libbpf-tools).
+ * already running at attach time is left out, as in libbpf-tools), and adds
+ * each call's time to a log2 histogram in targ_unit (--histogram).
  */
 #include "bpfloom.h"
+#include "bpfloom_hist.h"
 
 #define TASK_COMM_LEN 16
 
@@ -20,6 +22,7 @@ struct syscount_value {
 	__u64 count;
 	__u64 total_ns;		/* time spent in the calls; measure_latency only */
 	char comm[TASK_COMM_LEN];	/* count_by_process only: the last comm seen */
+	__u64 slots[BPFLOOM_HIST_SLOTS];	/* measure_latency: times in targ_unit */
 };
 
 const volatile __u32 targ_tgid = 0;		/* 0: every process */
@@ -28,6 +31,7 @@ const volatile bool count_by_process = false;	/* key: tgid, not syscall nr */
 const volatile bool measure_latency = false;
 const volatile bool filter_failed = false;	/* only calls returning < 0 */
 const volatile __s32 filter_errno = 0;		/* only calls returning -errno */
+const volatile __u32 targ_unit = BPFLOOM_USECS;	/* of the histogram slots */
 
 /* Entry time per thread. LRU: a thread that exits in a syscall leaves its entry. */
 struct {
@@ -110,8 +114,12 @@ int sys_exit(struct trace_event_raw_sys_exit *ctx)
 	if (count_by_process)
 		bpf_get_current_comm(value->comm, sizeof(value->comm));
 	__sync_fetch_and_add(&value->count, 1);
-	if (start_ns)
-		__sync_fetch_and_add(&value->total_ns, bpf_ktime_get_ns() - *start_ns);
+	if (start_ns) {
+		__u64 delta = bpf_ktime_get_ns() - *start_ns;
+
+		__sync_fetch_and_add(&value->total_ns, delta);
+		__sync_fetch_and_add(&value->slots[bpfloom_hist_slot(delta, targ_unit)], 1);
+	}
 	return 0;
 }
 

@@ -8,10 +8,20 @@ total time spent in the calls, and rows sorted by it. With ``-i SECONDS`` the co
 are printed and reset every interval, otherwise once at exit (Ctrl-C or
 ``--duration``).
 
+``--histogram`` (implies ``-L``; our addition) prints, for each of the top rows, a log2
+histogram of the calls' latencies (``syscall = read`` or ``pid = 12 comm``, then the
+bars in usecs, msecs with ``-m``), as runqlat and biolatency do. ``-L`` keeps
+libbpf-tools' meaning (the total time, a column): the histogram is a new flag rather
+than a new meaning of ``-L``, so scripts written for libbpf-tools' syscount keep
+working.
+
 ``--json`` prints one object per row: ``{"time": T, "syscall": "read", "count": N}``
 (``{"time": T, "pid": P, "comm": "...", "count": N}`` with ``-P``), plus ``time_us``
 (or ``time_ms``) with ``-L``. ``time`` is the wall-clock end of the interval the row
 counts (unix seconds): all rows of one interval share it, which marks the intervals.
+With ``--histogram`` each row also has ``interval`` (counting from 1, first), ``unit``
+and ``slots`` (slot ``i`` counts calls of ``[2**i, 2**(i+1))`` units, slot 0 also 0),
+as the metric tools' rows (``bpfloom.tools.aggregates``).
 
 Counting happens in the kernel: tracepoint raw_syscalls/sys_exit adds to a hash map
 keyed by syscall number (or process id); user space only reads it, so there are no
@@ -39,6 +49,7 @@ from typing import Any
 
 import click
 
+from .aggregates import UNITS, Growing, hist_lines
 from .syscalls import syscall_name, syscall_table
 from .tool import SECONDS, Column, Printer, Record, Tool, common_options, run_tool
 
@@ -63,11 +74,11 @@ class SysCount(Tool):
     """Counts system calls in the kernel, per syscall (or per process with
     ``by_process``). Filters run in the kernel: ``pid`` (thread group), ``comm``
     (exact, at most 15 bytes), ``failures_only`` (calls returning < 0), ``errno``
-    (only calls failing with it). ``latency`` also sums the time spent in the calls;
-    ``milliseconds`` shows it in ms instead of µs.
+    (only calls failing with it). ``latency`` also sums the time spent in the calls
+    and keeps a log2 histogram of it; ``milliseconds`` shows them in ms instead of µs.
 
-    Read the counts with ``rows()``. Raises ``ValueError`` for out-of-range arguments
-    (and load errors, as any tool).
+    Read the counts with ``rows()``, the histograms with ``histograms()``. Raises
+    ``ValueError`` for out-of-range arguments (and load errors, as any tool).
     """
 
     name = "syscount"
@@ -94,8 +105,9 @@ class SysCount(Tool):
         self.by_process, self.failures_only, self.errno = by_process, failures_only, errno
         self.latency = latency
         self.time_unit = "ms" if milliseconds else "us"
+        self.hist_unit = "msecs" if milliseconds else "usecs"
         self.counted = 0  # calls reported (and reset) so far
-        self._last: dict[int, tuple[int, int]] = {}  # key: (count, total_ns) at the last reset
+        self._growing = Growing()  # key: [count, total_ns, *slots] at the last reset
         key_columns = (
             (Column("PID", 6), Column("COMM", 15)) if by_process else (Column("SYSCALL", 22),)
         )
@@ -119,6 +131,7 @@ class SysCount(Tool):
         g["measure_latency"] = self.latency
         g["filter_failed"] = self.failures_only
         g["filter_errno"] = self.errno
+        g["targ_unit"] = UNITS[self.hist_unit]
 
     def rows(self, *, top: int | None = None, reset: bool = True) -> list[Record]:
         """The counts since the last reset as records, largest first (by time with
@@ -132,40 +145,55 @@ class SysCount(Tool):
         ``by_process``, a reset deletes the keys of processes that had exited before
         the map was read: their counts are final.
         """
+        return [row for row, _ in self._read(top, reset)]
+
+    def histograms(self, *, top: int | None = None, reset: bool = True) -> list[Record]:
+        """``rows()`` with each row's latency histogram: ``unit`` (``usecs``, or
+        ``msecs`` with ``milliseconds``) and ``slots``. Needs ``latency``."""
+        if not self.latency:
+            raise ValueError("latency histograms need latency=True")
+        return [
+            row | {"unit": self.hist_unit, "slots": slots} for row, slots in self._read(top, reset)
+        ]
+
+    def _read(self, top: int | None, reset: bool) -> list[tuple[Record, list[int]]]:
+        """Rows (as ``rows()``) with their slots, differences since the last reset."""
         counts = self.obj.maps["counts"]
         # Before the read: a process gone by now made no call after it.
         exited = (
-            {pid for pid in self._last if not os.path.exists(f"/proc/{pid}")}
+            {pid for pid in self._growing.remembered() if not os.path.exists(f"/proc/{pid}")}
             if self.by_process
             else set()
         )
         now = time.time()
-        current = {key: (value.count, value.total_ns, value.comm) for key, value in counts.items()}
+        current: dict[int, list[int]] = {}
+        comms: dict[int, str] = {}
+        for key, value in counts.items():
+            current[key] = [value.count, value.total_ns, *value.slots]
+            comms[key] = value.comm
         ranked = []
-        for key, (count, total_ns, comm) in current.items():
-            last_count, last_ns = self._last.get(key, (0, 0))
-            count, total_ns = count - last_count, total_ns - last_ns
+        for key, (count, total_ns, *slots) in self._growing.since(current, reset).items():
             if count <= 0:
                 continue
             row: Record = {"time": now}
             if self.by_process:
-                row |= {"pid": key, "comm": comm}
+                row |= {"pid": key, "comm": comms[key]}
             else:
                 row["syscall"] = syscall_name(key)
             row["count"] = count
             if self.latency:
                 scale = 1e6 if self.time_unit == "ms" else 1e3
                 row[f"time_{self.time_unit}"] = round(total_ns / scale, 3)
-            ranked.append((total_ns if self.latency else count, row))
+            ranked.append((total_ns if self.latency else count, row, slots))
         if reset:
-            self.counted += sum(row["count"] for _, row in ranked)
-            self._last = {key: (count, ns) for key, (count, ns, _) in current.items()}
+            self.counted += sum(row["count"] for _, row, _ in ranked)
             if self.by_process:
-                for pid in exited & current.keys():
+                gone = exited & current.keys()
+                for pid in gone:
                     counts.delete(pid)
-                    del self._last[pid]
+                self._growing.forget(gone)
         ranked.sort(key=lambda item: item[0], reverse=True)
-        return [row for _, row in ranked[:top]]
+        return [(row, slots) for _, row, slots in ranked[:top]]
 
     def exit_line(self, stats: dict[str, Any]) -> str:
         """Calls counted (no events: the kernel aggregates), and those the full map
@@ -186,6 +214,33 @@ def print_rows(tool: SysCount, printer: Printer, top: int | None, first: bool = 
     table = Printer(tool.columns, as_json=False).lines(rows)
     stamp = time.strftime("[%H:%M:%S]")
     printer.text("\n".join([stamp, *table] if first else ["", stamp, *table]))
+
+
+def print_histograms(
+    tool: SysCount, printer: Printer, top: int | None, interval: int, first: bool = True
+) -> None:
+    """Print (and reset) the latency histograms: JSON rows with their ``interval``
+    number, or a ``[HH:MM:SS]`` line and a histogram per row, each headed by its key
+    (``syscall = read``, ``pid = 12 comm``) and its count and total time."""
+    rows = tool.histograms(top=top)
+    if printer.as_json:
+        printer.print([{"interval": interval, **row} for row in rows])
+        return
+    lines = [] if first else [""]
+    lines.append(time.strftime("[%H:%M:%S]"))
+    total = f"time_{tool.time_unit}"
+    for row in rows:
+        key = (
+            f"pid = {row['pid']} {row['comm']}"
+            if tool.by_process
+            else f"syscall = {row['syscall']}"
+        )
+        lines += [
+            "",
+            f"{key}  count = {row['count']}, time ({tool.time_unit}) = {row[total]}",
+            *hist_lines(row),
+        ]
+    printer.text("\n".join(lines))
 
 
 def _errno_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int:
@@ -244,6 +299,11 @@ def _errno_option(ctx: click.Context, param: click.Parameter, value: str | None)
     help="Add TIME: the total time spent in the calls (µs), and sort by it.",
 )
 @click.option("-m", "--milliseconds", is_flag=True, help="Show TIME in milliseconds (implies -L).")
+@click.option(
+    "--histogram",
+    is_flag=True,
+    help="A latency histogram per row, instead of the table (implies -L).",
+)
 @click.option("-l", "--list", "list_only", is_flag=True, help="List the known syscalls; exit.")
 @common_options
 def cli(
@@ -256,6 +316,7 @@ def cli(
     errno: int,
     latency: bool,
     milliseconds: bool,
+    histogram: bool,
     list_only: bool,
     as_json: bool,
     duration: float | None,
@@ -264,6 +325,8 @@ def cli(
 
     Prints the top rows at exit, or every -i SECONDS (then the counts restart). With
     --json, one object per row, whose 'time' is the end of the interval it counts.
+    --histogram shows each row's latency histogram instead (-L keeps libbpf-tools'
+    meaning: the total time).
     """
     if list_only:
         for nr, name in sorted(syscall_table().items()):
@@ -279,7 +342,10 @@ def cli(
     def tick(tool: Tool, printer: Printer) -> None:
         nonlocal printed
         assert isinstance(tool, SysCount)
-        print_rows(tool, printer, top or None, first=not printed)
+        if histogram:
+            print_histograms(tool, printer, top or None, printed + 1, first=not printed)
+        else:
+            print_rows(tool, printer, top or None, first=not printed)
         printed += 1
 
     run_tool(
@@ -289,7 +355,7 @@ def cli(
             by_process=by_process,
             failures_only=failures,
             errno=errno,
-            latency=latency or milliseconds,
+            latency=latency or milliseconds or histogram,
             milliseconds=milliseconds,
         ),
         as_json=as_json,

@@ -289,15 +289,16 @@ def run_tool(
     as_json: bool,
     duration: float | None,
     columns: Sequence[Column] | None = None,
-    tick: Callable[[Tool, Printer], None] | None = None,
+    tick: Callable[[Tool, Printer], bool | None] | None = None,
     interval: float | None = None,
 ) -> dict[str, Any]:
     """Run a tool from the command line until ``duration``, Ctrl-C or SIGTERM.
 
     Events are printed by an inline pipeline (batches straight from the reader
     thread). ``tick`` runs every ``interval`` seconds (tools that aggregate in the
-    kernel print from maps there) and once more at exit. Lost events are reported on
-    stderr at exit. Returns the pipeline's final stats.
+    kernel print from maps there) and once more at exit; a tick that returns True ends
+    the run (libbpf-tools' ``[count]``). Lost events are reported on stderr at exit.
+    Returns the pipeline's final stats.
     """
     from .._exceptions import BpfloomError
 
@@ -348,9 +349,10 @@ def run_tool(
             tool.close()
 
 
-def _tick(tick: Callable[[Tool, Printer], None] | None, tool: Tool, printer: Printer) -> None:
-    if tick is not None:
-        tick(tool, printer)
+def _tick(
+    tick: Callable[[Tool, Printer], bool | None] | None, tool: Tool, printer: Printer
+) -> bool:
+    return tick is not None and tick(tool, printer) is True
 
 
 def _no_stats(tool: Tool) -> dict[str, Any]:
@@ -361,11 +363,11 @@ def wait_for_stop(
     stop: threading.Event,
     pipeline: Pipeline | None,
     duration: float | None,
-    tick: Callable[[], None] | None = None,
+    tick: Callable[[], object] | None = None,
     interval: float | None = None,
 ) -> None:
     """Sleep until ``stop`` is set, ``duration`` passes or the pipeline stops running;
-    call ``tick`` every ``interval`` seconds meanwhile."""
+    call ``tick`` every ``interval`` seconds meanwhile (a tick returning True stops)."""
     deadline = None if duration is None else time.monotonic() + duration
     # Without a tick there is nothing to wake up for: waking at a past next_tick would
     # spin the loop at 100% CPU.
@@ -377,7 +379,8 @@ def wait_for_stop(
         if pipeline is not None and not pipeline.running:
             return
         if tick is not None and next_tick is not None and interval is not None and now >= next_tick:
-            tick()
+            if tick() is True:
+                return
             next_tick = now + interval
         wait = 0.2
         for until in (deadline, next_tick):
