@@ -36,6 +36,7 @@ import multiprocessing
 import operator
 import os
 import queue
+import select
 import signal
 import threading
 import time
@@ -525,29 +526,105 @@ class Pipeline:
 
 class StopSignals:
     """First SIGINT/SIGTERM sets ``stop`` (ask for a clean stop); a second one exits at
-    once. Use as a context manager in the main thread.
+    once with status 128 + the signal's number. Use as a context manager in the main
+    thread.
+
+    The Python-level handler runs in the main thread between two bytecodes, maybe while
+    that thread holds a lock — ``stop``'s own, inside ``stop.wait()``: setting ``stop``
+    there can deadlock. So the handler only counts (and exits on the second signal);
+    the C-level handler writes each signal's number to a pipe (``signal.set_wakeup_fd``)
+    and a daemon thread turns that into ``stop`` — or into the exit, on the second
+    byte, should the main thread be stuck somewhere Python code cannot run (two signals
+    delivered before it runs any also reach the handler only once). Bytes of other
+    signals are passed on to the wakeup fd that was set before, if any.
 
     Exiting at once leaves nothing in the kernel either: every object, link and reader
     of ours is held by a file descriptor, which the kernel releases with the process.
     """
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def __init__(self) -> None:
         self.stop = threading.Event()
+        self._handled = 0  # signals seen by the Python-level handler
         self._old: dict[int, Any] = {}
+        self._old_wakeup_fd = -1
+        self._wakeup_set = False
+        self._pipe: tuple[int, int] | None = None
+        self._waiter: threading.Thread | None = None
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self.stop.is_set():
+        # No locks here, not even stop's: see the class docstring.
+        self._handled += 1
+        if self._handled > 1:
             os._exit(128 + signum)
-        self.stop.set()
+
+    def _wait(self, read_fd: int) -> None:
+        """The waiter thread: signal numbers from the wakeup pipe; 0 ends it."""
+        poller = select.poll()
+        poller.register(read_fd, select.POLLIN)
+        seen = 0
+        while True:
+            poller.poll()
+            try:
+                data = os.read(read_fd, 64)
+            except BlockingIOError:
+                continue
+            for signum in data:
+                if signum == 0:
+                    return
+                if signum not in self.SIGNALS:
+                    self._pass_on(signum)
+                    continue
+                seen += 1
+                if seen > 1:
+                    os._exit(128 + signum)
+                self.stop.set()
+
+    def _pass_on(self, signum: int) -> None:
+        if self._old_wakeup_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._old_wakeup_fd, bytes([signum]))
 
     def __enter__(self) -> StopSignals:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._old[s] = signal.signal(s, self._on_signal)
+        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._pipe = (read_fd, write_fd)
+        self._waiter = threading.Thread(
+            target=self._wait, args=(read_fd,), name="bpfloom-signals", daemon=True
+        )
+        self._waiter.start()
+        try:
+            self._old_wakeup_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+            self._wakeup_set = True
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._on_signal)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
+        # The wakeup fd first: our handler, still in place meanwhile, only counts.
+        try:
+            if self._wakeup_set:
+                self._wakeup_set = False
+                signal.set_wakeup_fd(self._old_wakeup_fd)
+            while self._old:
+                s, handler = self._old.popitem()
+                signal.signal(s, handler)
+        finally:
+            self._end_waiter()
+
+    def _end_waiter(self) -> None:
+        if self._pipe is None:
+            return
+        read_fd, write_fd = self._pipe
+        self._pipe = None
+        os.write(write_fd, b"\0")
+        assert self._waiter is not None
+        self._waiter.join()
+        os.close(read_fd)
+        os.close(write_fd)
 
 
 def _readers(sources: Reader | BpfObject | Sequence[Reader | BpfObject]) -> list[Reader]:
