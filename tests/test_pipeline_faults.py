@@ -1,27 +1,228 @@
-"""Faults must not lose data silently, nor hang: signals. A signal that arrives while
-the main thread holds the lock of ``StopSignals.stop`` must not deadlock it, and a
-second SIGINT exits at once even while the main thread is blocked in a write.
+"""Faults must not lose data silently, nor hang: what the pipeline does when a handler
+raises ``SystemExit``/``KeyboardInterrupt`` or kills its worker process, when the
+object or a reader is closed under it, when a handler never returns (in the library,
+and in a tool whose stdout is a full pipe), and when a signal arrives while the main
+thread holds the lock of ``StopSignals.stop``.
+
+Pipeline logic runs over ``FakeReader`` (test_pipeline_fake.py); what needs the kernel
+or a whole process (closing a real object, exiting the interpreter, signals, a tool's
+CLI) runs against real ring buffers, in subprocesses where a hang must be caught.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import select
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bpfloom.pipeline import StopSignals
-from test_pipeline_fake import wait_for
+import bpfloom
+import pipeline_handlers as handlers
+from bpfloom import ClosedError, Pipeline, PipelineError
+from bpfloom.pipeline import EXECUTORS, StopSignals
+from conftest import ROOT, assert_exact, bpf_object, pipeline_threads
+from test_pipeline_fake import FakeReader, fake_batches, wait_for
 
 WAIT = 60.0  # seconds a wait may take, only to catch a hang: far above what it needs
+SMALL = bpf_object("pipeline")  # tests/bpf/pipeline.bpf.c: 64 KiB ring
+DRAIN = ROOT / "bench" / "bpf" / "drain.bpf.o"
 
-# --- a second signal exits at once -----------------------------------------------------
+
+@pytest.fixture
+def make_pipeline() -> Iterator[Callable[..., Pipeline]]:
+    """``Pipeline(...)`` stopped at teardown whatever the test did (whatever stop()
+    raises: these pipelines re-raise SystemExit and KeyboardInterrupt)."""
+    made: list[Pipeline] = []
+
+    def make(*args: Any, **kwargs: Any) -> Pipeline:
+        pipeline = Pipeline(*args, **kwargs)
+        made.append(pipeline)
+        return pipeline
+
+    yield make
+    for pipeline in made:
+        with contextlib.suppress(BaseException):
+            pipeline.stop(timeout=1.0)
+
+
+# --- 9. a handler's SystemExit / KeyboardInterrupt, a worker process that dies ----------
+
+
+@pytest.mark.parametrize("exc", [SystemExit, KeyboardInterrupt])
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_base_exception_from_a_handler_stops_the_pipeline_and_is_reraised(
+    executor: str, exc: type[BaseException], make_pipeline: Callable[..., Pipeline]
+) -> None:
+    n = 1000
+    handler = handlers.exit_at_seq if exc is SystemExit else handlers.interrupt_at_seq
+    reader = FakeReader(fake_batches(n, 100))
+    pipeline = make_pipeline(
+        [reader], handler, executor=executor, workers=2, queue_size=200, shutdown_timeout=WAIT
+    )
+    pipeline.start()
+    assert pipeline.wait(WAIT), "the pipeline kept running after the handler raised"
+    assert not pipeline.running
+    with pytest.raises(exc) as raised:
+        pipeline.stop()
+    if exc is SystemExit:
+        assert raised.value.code == 3
+    with pytest.raises(exc):  # stop() stays idempotent, and keeps saying so
+        pipeline.stop()
+    stats = pipeline.stats.snapshot()
+    assert stats["handler_errors"] == 1
+    assert stats["handled"] < n  # what came after the exception was not handled
+    assert_exact(stats, n)
+    assert reader.pending == 0
+    assert pipeline_threads() == []
+
+
+@pytest.mark.parametrize(
+    "handler", [handlers.os_exit_at_seq, handlers.sigkill_at_seq], ids=["os_exit", "sigkill"]
+)
+def test_a_worker_process_that_dies_stops_the_pipeline(
+    handler: Callable[[Any], None], make_pipeline: Callable[..., Pipeline]
+) -> None:
+    """A worker process that dies mid-batch: the pipeline stops, stop() says which
+    worker and how, and the batches it had are counted as dropped (never a hang)."""
+    n = 1000
+    reader = FakeReader(fake_batches(n, 20))
+    pipeline = make_pipeline(
+        [reader], handler, executor="process", workers=2, shutdown_timeout=WAIT
+    )
+    pipeline.start()
+    assert pipeline.wait(WAIT), "the pipeline kept running after its worker died"
+    with pytest.raises(PipelineError, match=r"worker process bpfloom-process-\d died"):
+        pipeline.stop()
+    stats = pipeline.stats.snapshot()
+    assert_exact(stats, n)
+    assert stats["handled"] < n
+    assert stats["dropped_queue"] >= 1  # at least the batch holding FAULT_SEQ
+    assert pipeline_threads() == []
+
+
+# --- 10. the object or a reader closed under a running pipeline ---------------------------
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_reader_closed_under_a_running_pipeline_stops_it(
+    executor: str, make_pipeline: Callable[..., Pipeline], caplog: pytest.LogCaptureFixture
+) -> None:
+    n = 500
+    reader = FakeReader(fake_batches(n, 50))
+    pipeline = make_pipeline([reader, FakeReader()], handlers.noop, executor=executor)
+    pipeline.start()
+    wait_for(lambda: pipeline.stats.handled == n)
+    reader.close()
+    assert pipeline.wait(WAIT), "the pipeline did not notice its reader was closed"
+    assert not pipeline.running
+    assert isinstance(pipeline.error, ClosedError)
+    stats = pipeline.stop()  # a source that ended is reported, not raised
+    assert_exact(stats, n)
+    assert stats["handled"] == n
+    assert any("closed" in r.getMessage() for r in caplog.records if r.name == "bpfloom.pipeline")
+    assert pipeline_threads() == []
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("executor", ["inline", "thread"])
+def test_closing_the_object_under_a_running_pipeline_stops_it(executor: str) -> None:
+    n = 100
+    obj = bpfloom.load(SMALL)
+    try:
+        pipeline = Pipeline(obj, handlers.noop, executor=executor)
+        pipeline.start()
+        args = struct.pack("<QQQQ", n, 0, 0, 0)
+        assert obj.program("produce").test_run(args) == 0
+        wait_for(lambda: pipeline.stats.handled == n)
+        obj.close()
+        assert pipeline.wait(WAIT), "the pipeline did not notice its object was closed"
+        assert isinstance(pipeline.error, ClosedError)
+        stats = pipeline.stop()
+    finally:
+        obj.close()
+    assert_exact(stats, n)
+    assert stats["handled"] == n
+    assert pipeline_threads() == []
+
+
+# --- 11. a handler that never returns ------------------------------------------------------
+
+STUCK_SCRIPT = r'''
+"""Runs a pipeline whose handler never returns, stops it, and exits: the interpreter
+must not wait for the stuck handler. Prints the stop() stats as one JSON line."""
+import asyncio
+import json
+import struct
+import sys
+import threading
+import time
+
+from bpfloom import Pipeline, load
+
+
+def block(ev):
+    threading.Event().wait()
+
+
+async def block_the_loop(ev):
+    time.sleep(3600)  # a coroutine that blocks its event loop for good
+
+
+def main():
+    executor = sys.argv[2]
+    obj = load(sys.argv[1])
+    handler = block_the_loop if executor == "async" else block
+    pipeline = Pipeline(obj.ring_buffer("rb"), handler, executor=executor, workers=1,
+                        shutdown_timeout=0.5)
+    pipeline.start()
+    assert obj.program("produce").test_run(struct.pack("<QQ", 10, 0)) == 0
+    while pipeline.stats.inflight == 0:
+        time.sleep(0.001)
+    stats = pipeline.stop()
+    print(json.dumps(stats), flush=True)
+    obj.close()
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_handler_that_never_returns_does_not_keep_the_interpreter_alive(
+    tmp_path: Path, executor: str
+) -> None:
+    script = tmp_path / "stuck_handler.py"
+    script.write_text(STUCK_SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(DRAIN), executor],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=WAIT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"the process did not exit after stop() returned:\n{out}\n{err}")
+    assert proc.returncode == 0, err
+    stats = json.loads(out.strip().splitlines()[-1])
+    assert_exact(stats, 10)
+    assert stats["handled"] < 10  # the stuck one (at least) was dropped at the deadline
 
 
 def _threads_blocked_in_a_pipe_write(pid: int) -> list[str]:
@@ -53,6 +254,66 @@ def _wait_delivered(pid: int, signum: int) -> None:
             return
         time.sleep(0.001)
     raise AssertionError(f"signal {signum} was never delivered")
+
+
+@pytest.fixture
+def tool_with_a_full_stdout(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """``bpfloom run pipeline.bpf.o`` tracing this process, with stdout a pipe nobody
+    reads, fed (getppid() bursts) until its reader thread is stuck writing to it."""
+    err_path = tmp_path / "stderr"
+    args = [sys.executable, "-m", "bpfloom", "run", str(SMALL)]
+    args += ["--target_pid", str(os.getpid()), "--burst", "200"]
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+    try:
+        wait_for(lambda: "tracing" in err_path.read_text() or proc.poll() is not None, timeout=WAIT)
+        assert proc.poll() is None, err_path.read_text()
+
+        def stuck() -> bool:
+            os.getppid()  # 200 events, about 6 KB of output
+            return bool(_threads_blocked_in_a_pipe_write(proc.pid))
+
+        wait_for(stuck, timeout=WAIT)
+        yield proc, err_path
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+@pytest.mark.kernel
+def test_a_tool_with_a_full_stdout_pipe_exits_on_sigint(
+    tool_with_a_full_stdout: tuple[subprocess.Popen[bytes], Path],
+) -> None:
+    """One SIGINT: the tool stops at its shutdown deadline although a write is stuck,
+    says so on stderr with its counts, and exits (status 1: output was lost)."""
+    proc, err_path = tool_with_a_full_stdout
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=WAIT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"one SIGINT did not end the tool:\n{err_path.read_text()}")
+    stderr = err_path.read_text()
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr and "Fatal" not in stderr, stderr
+    assert "bpfloom: error: stdout is blocked" in stderr, stderr
+    assert " events received; lost: " in stderr, stderr
+
+
+@pytest.mark.kernel
+def test_a_tool_with_a_full_stdout_pipe_exits_at_once_on_a_second_sigint(
+    tool_with_a_full_stdout: tuple[subprocess.Popen[bytes], Path],
+) -> None:
+    proc, err_path = tool_with_a_full_stdout
+    proc.send_signal(signal.SIGINT)
+    _wait_delivered(proc.pid, signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=WAIT)  # at once; the bound only catches a hang
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"two SIGINTs did not end the tool:\n{err_path.read_text()}")
+    assert proc.returncode == 128 + signal.SIGINT, err_path.read_text()
 
 
 WRITER_SCRIPT = r"""

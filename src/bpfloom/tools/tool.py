@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 import click
 
@@ -247,6 +247,19 @@ class Printer:
                 self._on_broken_pipe()
 
 
+def exit_output_blocked() -> NoReturn:
+    """Exit at once, status 1: a printing handler was still stuck at the shutdown
+    deadline (stdout is a full pipe nobody reads), and it holds stdout, which the
+    interpreter would flush at exit and wait on for good."""
+    click.echo(
+        "bpfloom: error: stdout is blocked (a full pipe nobody reads?); "
+        "the events being printed at the deadline were dropped",
+        err=True,
+    )
+    sys.stderr.flush()
+    os._exit(1)
+
+
 def quiet_stdout() -> None:
     """Point stdout at /dev/null: its reader went away (``| head``); exit quietly."""
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -328,6 +341,9 @@ def run_tool(
                 wait_for_stop(signals.stop, pipeline, duration, on_tick, interval)
             finally:
                 stats = pipeline.stop() if pipeline is not None else _no_stats(tool)
+            if pipeline is not None and pipeline.abandoned:
+                click.echo(tool.exit_line(stats), err=True)
+                exit_output_blocked()
             if tick is not None:
                 tick(tool, printer)
             summary = tool.summary()
