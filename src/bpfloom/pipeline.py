@@ -41,7 +41,6 @@ import contextlib
 import inspect
 import logging
 import multiprocessing
-import multiprocessing.connection
 import operator
 import os
 import pickle
@@ -52,8 +51,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Hashable, Iterable, Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_for_any
 from types import FrameType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -221,10 +222,10 @@ class Pipeline:
         """A handler (or a key function) raised ``exc``, a ``BaseException`` such as
         ``SystemExit`` or ``KeyboardInterrupt``: handle nothing more (what is left counts
         as dropped), stop reading, and have ``stop()`` re-raise it."""
+        self._halted = True
         log.error(
             "handler raised %s%s: stopping", type(exc).__name__, f": {exc}" if str(exc) else ""
         )
-        self._halted = True
         self._abort(exc)
 
     def _abort(self, exc: BaseException) -> None:
@@ -996,7 +997,7 @@ class _AsyncRunner(_Executor):
 def _process_worker(
     index: int,
     inbox: Any,
-    outbox: Any,
+    results: Any,
     record_type: Type,
     handler: Callable[[Any], Any],
     batch_mode: bool,
@@ -1004,10 +1005,11 @@ def _process_worker(
 ) -> None:
     """A worker process: decode batches of raw records and run the handler on them.
 
-    Reports ``(index, n, done, errors, error_text, latencies, e2e, halt)`` per batch of
-    ``n`` events: ``done`` were handled, ``errors`` of them failed. ``halt`` is a
-    ``BaseException`` the handler raised (``SystemExit`` …), for the pipeline to raise;
-    after one the worker handles nothing more (``done`` = 0) until told to stop.
+    Sends ``(n, done, errors, error_text, latencies, e2e, halt)`` on ``results`` (its
+    own pipe) per batch of ``n`` events: ``done`` were handled, ``errors`` of them
+    failed. ``halt`` is a ``BaseException`` the handler raised (``SystemExit`` …), for
+    the pipeline to raise; after one the worker handles nothing more (``done`` = 0)
+    until told to stop.
     """
     # Ctrl-C in a terminal signals the whole process group: the pipeline's process
     # decides what it means (the first one is a clean stop) and ends its workers itself.
@@ -1030,7 +1032,7 @@ def _process_worker(
         error_text = ""
         halt: BaseException | None = None
         if halted:
-            outbox.put((index, n, 0, 0, "", [], [], None))
+            results.send((n, 0, 0, "", [], [], None))
             continue
         if batch_mode:
             t0 = time.perf_counter_ns()
@@ -1064,7 +1066,7 @@ def _process_worker(
         if halt is not None:
             halted = True
             halt = _portable(halt)
-        outbox.put((index, n, done, errors, error_text, latencies, e2e, halt))
+        results.send((n, done, errors, error_text, latencies, e2e, halt))
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -1092,9 +1094,12 @@ def _how_it_ended(code: int | None) -> str:
 class _Processes(_Executor):
     """Worker processes fed with numpy batches; with a key, batches split by key.
 
-    A watcher thread waits on the workers' sentinels: a worker that dies while the
-    pipeline runs (``os._exit`` in the handler, SIGKILL, the OOM killer) ends the
-    pipeline with a ``PipelineError``; what it had in flight counts as dropped.
+    Each worker sends its results on a pipe of its own, so a worker that dies half-way
+    through a message (SIGKILL) spoils nothing but its own pipe. The parent holds only
+    the read ends: a worker's pipe reaches EOF exactly when that worker is gone, and
+    before ``finish()`` that means it died (``os._exit`` in the handler, SIGKILL, the OOM
+    killer): the pipeline ends with a ``PipelineError`` and what the worker had in
+    flight counts as dropped.
     """
 
     IN_FLIGHT_BATCHES = 4  # per worker: bounds memory on the worker side
@@ -1107,22 +1112,24 @@ class _Processes(_Executor):
         record_type = next(iter(types.values()))
         ts_field = p._e2e_field
         ctx = multiprocessing.get_context("spawn")  # never fork a process with threads
-        self.outbox = ctx.Queue()
         self.inboxes = [ctx.Queue(self.IN_FLIGHT_BATCHES) for _ in range(p.workers)]
+        pipes = [ctx.Pipe(duplex=False) for _ in range(p.workers)]
+        self.results = [read_end for read_end, _ in pipes]
         self.procs = [
             ctx.Process(
                 target=_process_worker,
-                args=(i, box, self.outbox, record_type, p.handler, p.batch, ts_field),
+                args=(i, box, write_end, record_type, p.handler, p.batch, ts_field),
                 daemon=True,
                 name=f"bpfloom-process-{i}",
             )
-            for i, box in enumerate(self.inboxes)
+            for i, (box, (_, write_end)) in enumerate(zip(self.inboxes, pipes, strict=True))
         ]
         for proc in self.procs:
             proc.start()
+        for _, write_end in pipes:
+            write_end.close()  # the worker's copy is the only one left: EOF when it is gone
         self.dead = [False] * len(self.procs)
         self.finishing = False
-        self._wake_watcher = os.pipe()
         self.queue = BoundedQueue(p.queue_size, p.policy, p.stats, sample_every=p.sample_every)
         self._next = 0
         self.abandoned = False
@@ -1130,10 +1137,8 @@ class _Processes(_Executor):
         self.collector = threading.Thread(
             target=self._collect, name="bpfloom-collector", daemon=True
         )
-        self.watcher = threading.Thread(target=self._watch, name="bpfloom-watcher", daemon=True)
         self.feeder.start()
         self.collector.start()
-        self.watcher.start()
 
     def submit(self, batch: Batch) -> None:
         p = self.p
@@ -1189,40 +1194,44 @@ class _Processes(_Executor):
         return True
 
     def _collect(self) -> None:
+        """Results of every worker until each one's pipe ends (the worker is gone)."""
         p = self.p
-        while True:
-            msg = self.outbox.get()
-            if msg is None:
-                return
-            index, n, done, errors, error_text, latencies, e2e, halt = msg
-            p.stats.handler_latency.extend(latencies)
-            p.stats.end_to_end_latency.extend(e2e)
-            p.stats.leave_handler(done, errors)
-            if n > done:  # left after a BaseException, or sent to a halted worker
-                p.stats.add(inflight=done - n, dropped_queue=n - done)
-            if halt is not None:
-                halt.add_note(f"raised by the handler in worker process {self.procs[index].name}")
-                p._halt(halt)
-            elif errors:
-                p._fail(PipelineError(error_text))
+        pipes = {conn: i for i, conn in enumerate(self.results)}
+        while pipes:
+            for ready in wait_for_any(list(pipes)):
+                conn = cast(Connection, ready)
+                i = pipes[conn]
+                try:
+                    msg: tuple[Any, ...] = conn.recv()
+                except (EOFError, OSError):
+                    del pipes[conn]
+                    self._gone(i)
+                    continue
+                n, done, errors, error_text, latencies, e2e, halt = msg
+                p.stats.handler_latency.extend(latencies)
+                p.stats.end_to_end_latency.extend(e2e)
+                p.stats.leave_handler(done, errors)
+                if n > done:  # left after a BaseException, or sent to a halted worker
+                    p.stats.add(inflight=done - n, dropped_queue=n - done)
+                if halt is not None:
+                    halt.add_note(f"raised by the handler in worker process {self.procs[i].name}")
+                    p._halt(halt)
+                elif errors:
+                    p._fail(PipelineError(error_text))
 
-    def _watch(self) -> None:
-        waiting = {proc.sentinel: i for i, proc in enumerate(self.procs)}
-        wake = self._wake_watcher[0]
-        while waiting:
-            ready = multiprocessing.connection.wait([*waiting, wake])
-            if wake in ready or self.finishing:
-                return  # from now on workers end because they are told to
-            for sentinel in ready:
-                i = waiting.pop(sentinel)  # type: ignore[arg-type]
-                self.dead[i] = True
-                proc = self.procs[i]
-                exc = PipelineError(
-                    f"worker process {proc.name} died ({_how_it_ended(proc.exitcode)}); "
-                    "the events it had in flight are counted as dropped"
-                )
-                log.error("%s", exc)
-                self.p._abort(exc)
+    def _gone(self, i: int) -> None:
+        """Worker ``i`` is gone; unless ``finish()`` told it to go, it died."""
+        self.dead[i] = True
+        if self.finishing:
+            return
+        proc = self.procs[i]
+        proc.join(1.0)  # it is exiting: wait for its status
+        exc = PipelineError(
+            f"worker process {proc.name} died ({_how_it_ended(proc.exitcode)}); "
+            "the events it had in flight are counted as dropped"
+        )
+        log.error("%s", exc)
+        self.p._abort(exc)
 
     def finish(self, deadline: float) -> None:
         self.finishing = True
@@ -1237,26 +1246,18 @@ class _Processes(_Executor):
         self.abandoned = True
         self.queue.abandon()
         self.feeder.join(1.0)
-        self.outbox.put(None)
-        self.collector.join(5.0)
+        self.collector.join(5.0)  # every worker is gone: their pipes end
         self.queue.abandon()
         # Batches sent to a worker that was terminated or died never came back: dropped.
         lost = self.p.stats.inflight
         if lost:
             self.p.stats.add(inflight=-lost, dropped_queue=lost)
-        os.write(self._wake_watcher[1], b"\0")
-        self.watcher.join(1.0)
-        for fd in self._wake_watcher:
-            os.close(fd)
-        # A worker killed while writing may hold the queues' locks for good: never let
-        # the interpreter's exit wait for our side's feeder threads.
-        self.outbox.cancel_join_thread()
         for box in self.inboxes:
-            box.cancel_join_thread()
+            box.cancel_join_thread()  # a dead worker's inbox may never be read again
             box.close()
 
     def threads(self) -> list[threading.Thread]:
-        return [self.feeder, self.collector, self.watcher]
+        return [self.feeder, self.collector]
 
 
 def _make_executor(p: Pipeline, loop: asyncio.AbstractEventLoop | None) -> _Executor:
