@@ -249,8 +249,9 @@ class Printer:
 
 def exit_output_blocked() -> NoReturn:
     """Exit at once, status 1: a printing handler was still stuck at the shutdown
-    deadline (stdout is a full pipe nobody reads), and it holds stdout, which the
-    interpreter would flush at exit and wait on for good."""
+    deadline (stdout is a full pipe nobody reads) and holds the printer, so whatever
+    the way out still prints on stdout (a summary, histograms, ``--stats``) would wait
+    for good."""
     click.echo(
         "bpfloom: error: stdout is blocked (a full pipe nobody reads?); "
         "the events being printed at the deadline were dropped",
