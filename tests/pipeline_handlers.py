@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -144,3 +146,32 @@ def noop(ev: Any) -> None:
 def stuck(ev: Any) -> None:
     """Outlives any shutdown deadline of the tests (a worker process is terminated)."""
     time.sleep(60)
+
+
+# --- faults (tests/test_pipeline_faults.py) ---------------------------------------------
+
+FAULT_SEQ = 50  # the seq at which the handlers below fail
+
+
+def exit_at_seq(ev: Any) -> None:
+    """``sys.exit(3)`` on event ``FAULT_SEQ``."""
+    if ev.seq == FAULT_SEQ:
+        sys.exit(3)
+
+
+def interrupt_at_seq(ev: Any) -> None:
+    """Raises ``KeyboardInterrupt`` on event ``FAULT_SEQ``."""
+    if ev.seq == FAULT_SEQ:
+        raise KeyboardInterrupt
+
+
+def os_exit_at_seq(ev: Any) -> None:
+    """Ends its process with ``os._exit(3)`` on event ``FAULT_SEQ`` (no clean-up)."""
+    if ev.seq == FAULT_SEQ:
+        os._exit(3)
+
+
+def sigkill_at_seq(ev: Any) -> None:
+    """Kills its own process with SIGKILL on event ``FAULT_SEQ``."""
+    if ev.seq == FAULT_SEQ:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -33,7 +33,7 @@ from .perfbuf import PerfBuffer
 from .pipeline import Pipeline, StopSignals
 from .ringbuf import DEFAULT_POLL_INTERVAL, RingBuffer
 from .targets import AttachTargets, plan
-from .tools.tool import SECONDS, wait_for_stop
+from .tools.tool import SECONDS, exit_output_blocked, wait_for_stop
 from .tracepipe import TraceLine, TracePipe, trace_pipe_path
 from .types import Array, Enum, Float, Int, Type, strip
 
@@ -554,6 +554,9 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
             stats = pipeline.stop() if pipeline is not None else None
             if trace_pipe is not None:
                 trace_pipe.close()
+        if pipeline is not None and pipeline.abandoned:  # stuck printing: stderr only
+            _summary(obj, stats, printer.out, bool(opts["stats"]), as_json=False)
+            exit_output_blocked()
     if trace_pipe is not None:
         click.echo(f"bpfloom: {trace_pipe.lines} bpf_printk lines from trace_pipe", err=True)
     if dump is not None and not printer.out.stopped:

@@ -24,6 +24,14 @@ what is already in the buffers and the queue, let in-flight handlers finish unti
 (``bpfloom.stats``). A handler that raises is counted and logged (rate-limited);
 with ``fatal_errors=True`` the first error stops the pipeline and ``wait()``/``stop()``
 raise ``PipelineError``.
+
+Faults stop the pipeline, never stall it (``error`` says what ended it; ``wait()``
+returns): a handler's ``BaseException`` (``SystemExit``, ``KeyboardInterrupt``, in a
+worker process too) stops handling and ``stop()`` re-raises it; a worker process that
+dies makes ``stop()`` raise ``PipelineError`` (its in-flight events count as dropped);
+a reader closed under the pipeline (``ClosedError``) or failing ends it, logged. The
+pipeline's threads are daemon threads: one still stuck in a handler at the deadline is
+left behind (named in ``abandoned``) and does not keep the interpreter alive.
 """
 
 from __future__ import annotations
@@ -35,14 +43,18 @@ import logging
 import multiprocessing
 import operator
 import os
+import pickle
 import queue
+import select
 import signal
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Hashable, Iterable, Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_for_any
 from types import FrameType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -80,7 +92,8 @@ IN_FLIGHT_GRACE = 1.0  # seconds a handler running at the deadline gets to finis
 
 
 class PipelineError(BpfloomError):
-    """A handler failed and the pipeline was told to treat that as fatal."""
+    """A handler failed and the pipeline was told to treat that as fatal, or a worker
+    process died."""
 
 
 class _ErrorLog:
@@ -168,7 +181,16 @@ class Pipeline:
             operator.attrgetter(key) if isinstance(key, str) else key
         )
         self.stats = PipelineStats()
+        #: What ended the pipeline early, if anything: a handler error (``fatal_errors``),
+        #: a handler's ``BaseException``, a reader that failed or was closed, a key that
+        #: failed, a worker process that died.
         self.error: BaseException | None = None
+        #: Names of the pipeline's threads still running (stuck in a handler) when
+        #: ``stop()`` returned: daemon threads, left behind; what they held is counted
+        #: as dropped.
+        self.abandoned: tuple[str, ...] = ()
+        self._reraise: BaseException | None = None  # what stop() raises
+        self._halted = False  # a handler raised a BaseException: handle nothing more
         self._errors = _ErrorLog()
         ts_fields = {_timestamp_field(r.decoder, timestamp_field) for r in self.readers}
         # End-to-end latency needs the same kernel timestamp field in every record type.
@@ -195,9 +217,30 @@ class Pipeline:
             self.error = exc
             self._stop_reading.set()
 
+    def _halt(self, exc: BaseException) -> None:
+        """A handler (or a key function) raised ``exc``, a ``BaseException`` such as
+        ``SystemExit`` or ``KeyboardInterrupt``: handle nothing more (what is left counts
+        as dropped), stop reading, and have ``stop()`` re-raise it."""
+        self._halted = True
+        log.error(
+            "handler raised %s%s: stopping", type(exc).__name__, f": {exc}" if str(exc) else ""
+        )
+        self._abort(exc)
+
+    def _abort(self, exc: BaseException) -> None:
+        """End the pipeline because of ``exc``, which ``stop()`` then raises."""
+        if self._reraise is None:
+            self._reraise = exc
+        if self.error is None:
+            self.error = exc
+        self._stop_reading.set()
+
     def call(self, item: Any) -> None:
         """Run the (synchronous) handler on one event or batch, with accounting."""
         n = len(item) if self.batch else 1
+        if self._halted:
+            self.stats.add(dropped_queue=n)
+            return
         self.stats.enter_handler(n)
         errors = 0
         t0 = time.perf_counter_ns()
@@ -207,6 +250,9 @@ class Pipeline:
         except Exception as exc:
             errors = n
             self._fail(exc)
+        except BaseException as exc:
+            errors = n
+            self._halt(exc)
         finally:
             self.stats.handler_latency.add(time.perf_counter_ns() - t0)
             self._record_e2e(item)
@@ -224,6 +270,9 @@ class Pipeline:
         every = max(self.sample_every, 1)
         samples: list[int] = []
         errors = done = 0
+        if self._halted:
+            self.stats.add(dropped_queue=len(batch))
+            return
         self.stats.enter_handler(1)
         try:
             for done, ev in enumerate(batch, 1):
@@ -235,16 +284,25 @@ class Pipeline:
                 except Exception as exc:
                     errors += 1
                     self._fail(exc)
+                except BaseException as exc:
+                    errors += 1
+                    self._halt(exc)
+                    break
                 if t0:
                     samples.append(time.perf_counter_ns() - t0)
         finally:
             self.stats.handler_latency.extend(samples)
             self._record_e2e(batch)
-            self.stats.add(inflight=-1, handled=done, handler_errors=errors)
+            # What a BaseException (or a failing decode) left of the batch is dropped.
+            rest = len(batch) - done
+            self.stats.add(inflight=-1, handled=done, handler_errors=errors, dropped_queue=rest)
 
     async def acall(self, item: Any) -> None:
         """Run a handler that may be a coroutine function, with accounting."""
         n = len(item) if self.batch else 1
+        if self._halted:
+            self.stats.add(dropped_queue=n)
+            return
         self.stats.enter_handler(n)
         errors = 0
         t0 = time.perf_counter_ns()
@@ -260,6 +318,9 @@ class Pipeline:
             # Cut off at the shutdown deadline: not handled (the final accounting
             # counts it as dropped).
             raise
+        except BaseException as exc:  # kept from the loop, which would die of it
+            errors = n
+            self._halt(exc)
         self.stats.handler_latency.add(time.perf_counter_ns() - t0)
         self._record_e2e(item)
         self.stats.leave_handler(n, errors)
@@ -296,13 +357,23 @@ class Pipeline:
                 if not batch and not batch.lost:
                     break
                 self._take(reader, batch, runner)
-        except ClosedError:
-            pass
+        except ClosedError as exc:
+            # Closed under us (the object or the reader), not by our stop(): that ends
+            # the pipeline too, reported; what the buffer still held is gone with it.
+            if not self._stop_reading.is_set():
+                log.warning("%s: closed under the running pipeline; stopping", reader.name)
+                self._ended(exc)
         except Exception as exc:  # a reader failure ends the pipeline, loudly
             self._failed_outside_handler(f"reader of {reader.name}", exc)
+        except BaseException as exc:  # from a key function, say: as from a handler
+            self._halt(exc)
 
     def _failed_outside_handler(self, what: str, exc: BaseException) -> None:
         log.error("%s failed: %s", what, exc)
+        self._ended(exc)
+
+    def _ended(self, exc: BaseException) -> None:
+        """End the pipeline early because of ``exc`` (``error``), without raising it."""
         if self.error is None:
             self.error = exc
         self._stop_reading.set()
@@ -328,8 +399,12 @@ class Pipeline:
         self._runner = runner
         runner.start()
         for reader in self.readers:
+            # Daemon threads: one stuck in a handler must not keep the interpreter alive.
             t = threading.Thread(
-                target=self._read_loop, args=(reader,), name=f"bpfloom-read-{reader.name}"
+                target=self._read_loop,
+                args=(reader,),
+                name=f"bpfloom-read-{reader.name}",
+                daemon=True,
             )
             t.start()
             self._reader_threads.append(t)
@@ -371,11 +446,18 @@ class Pipeline:
         self._join_readers(time.monotonic() + DRAIN_GRACE)
         kernel = 0
         for obj in self._owners:
+            if obj.closed:  # closed under us: its drop counter went with it
+                continue
             kernel += obj.dropped_kernel() - self._drops_at_start.get(id(obj), 0)
         self.stats.add(dropped_kernel=kernel)
         late = self.stats.seal()
         if late:
             log.warning("%d events were still being handled at the deadline: dropped", late)
+        self.abandoned = tuple(
+            t.name for t in [*self._reader_threads, *self._runner.threads()] if t.is_alive()
+        )
+        if self.abandoned:
+            log.warning("left behind, still in a handler: %s", ", ".join(self.abandoned))
         self._done.set()
 
     def _join_readers(self, deadline: float) -> None:
@@ -386,7 +468,9 @@ class Pipeline:
         """Detach, drain, finish in-flight work, and return the final stats.
 
         Idempotent. Raises ``PipelineError`` if a handler failed with
-        ``fatal_errors=True``.
+        ``fatal_errors=True`` or a worker process died; re-raises a handler's
+        ``BaseException`` (``SystemExit``, ``KeyboardInterrupt``). A reader that failed
+        or was closed is not raised: ``error`` holds it.
         """
         if timeout is not None:
             self.shutdown_timeout = timeout
@@ -397,13 +481,17 @@ class Pipeline:
         return self.stats.snapshot()
 
     def _raise_fatal(self) -> None:
+        exc = self._reraise
+        if exc is not None:
+            raise exc
         if self.error is not None and self.fatal_errors:
             raise PipelineError(
                 f"handler failed: {type(self.error).__name__}: {self.error}"
             ) from self.error
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until a fatal error or a ``stop()`` from elsewhere; True if stopped."""
+        """Block until the pipeline ends (a fatal error, a fault, a closed reader) or a
+        ``stop()`` from elsewhere; True if it did."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._stop_reading.is_set():
             left = None if deadline is None else deadline - time.monotonic()
@@ -413,8 +501,9 @@ class Pipeline:
         return True
 
     def run(self, duration: float | None = None) -> dict[str, Any]:
-        """Start, run until ``duration`` passes, SIGINT/SIGTERM arrives, or a fatal
-        handler error; then stop cleanly and return the final stats.
+        """Start, run until ``duration`` passes, SIGINT/SIGTERM arrives, or the
+        pipeline ends by itself (a fault, see ``wait()``); then stop cleanly and return
+        the final stats, or raise what ``stop()`` raises.
 
         Signals are caught only when called from the main thread; a second signal exits
         the process at once.
@@ -524,29 +613,105 @@ class Pipeline:
 
 class StopSignals:
     """First SIGINT/SIGTERM sets ``stop`` (ask for a clean stop); a second one exits at
-    once. Use as a context manager in the main thread.
+    once with status 128 + the signal's number. Use as a context manager in the main
+    thread.
+
+    The Python-level handler runs in the main thread between two bytecodes, maybe while
+    that thread holds a lock — ``stop``'s own, inside ``stop.wait()``: setting ``stop``
+    there can deadlock. So the handler only counts (and exits on the second signal);
+    the C-level handler writes each signal's number to a pipe (``signal.set_wakeup_fd``)
+    and a daemon thread turns that into ``stop`` — or into the exit, on the second
+    byte, should the main thread be stuck somewhere Python code cannot run (two signals
+    delivered before it runs any also reach the handler only once). Bytes of other
+    signals are passed on to the wakeup fd that was set before, if any.
 
     Exiting at once leaves nothing in the kernel either: every object, link and reader
     of ours is held by a file descriptor, which the kernel releases with the process.
     """
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def __init__(self) -> None:
         self.stop = threading.Event()
+        self._handled = 0  # signals seen by the Python-level handler
         self._old: dict[int, Any] = {}
+        self._old_wakeup_fd = -1
+        self._wakeup_set = False
+        self._pipe: tuple[int, int] | None = None
+        self._waiter: threading.Thread | None = None
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self.stop.is_set():
+        # No locks here, not even stop's: see the class docstring.
+        self._handled += 1
+        if self._handled > 1:
             os._exit(128 + signum)
-        self.stop.set()
+
+    def _wait(self, read_fd: int) -> None:
+        """The waiter thread: signal numbers from the wakeup pipe; 0 ends it."""
+        poller = select.poll()
+        poller.register(read_fd, select.POLLIN)
+        seen = 0
+        while True:
+            poller.poll()
+            try:
+                data = os.read(read_fd, 64)
+            except BlockingIOError:
+                continue
+            for signum in data:
+                if signum == 0:
+                    return
+                if signum not in self.SIGNALS:
+                    self._pass_on(signum)
+                    continue
+                seen += 1
+                if seen > 1:
+                    os._exit(128 + signum)
+                self.stop.set()
+
+    def _pass_on(self, signum: int) -> None:
+        if self._old_wakeup_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._old_wakeup_fd, bytes([signum]))
 
     def __enter__(self) -> StopSignals:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._old[s] = signal.signal(s, self._on_signal)
+        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._pipe = (read_fd, write_fd)
+        self._waiter = threading.Thread(
+            target=self._wait, args=(read_fd,), name="bpfloom-signals", daemon=True
+        )
+        self._waiter.start()
+        try:
+            self._old_wakeup_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+            self._wakeup_set = True
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._on_signal)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
+        # The wakeup fd first: our handler, still in place meanwhile, only counts.
+        try:
+            if self._wakeup_set:
+                self._wakeup_set = False
+                signal.set_wakeup_fd(self._old_wakeup_fd)
+            while self._old:
+                s, handler = self._old.popitem()
+                signal.signal(s, handler)
+        finally:
+            self._end_waiter()
+
+    def _end_waiter(self) -> None:
+        if self._pipe is None:
+            return
+        read_fd, write_fd = self._pipe
+        self._pipe = None
+        os.write(write_fd, b"\0")
+        assert self._waiter is not None
+        self._waiter.join()
+        os.close(read_fd)
+        os.close(write_fd)
 
 
 def _readers(sources: Reader | BpfObject | Sequence[Reader | BpfObject]) -> list[Reader]:
@@ -580,6 +745,10 @@ class _Executor:
         """Readers are done: handle what is queued, wait for workers until ``deadline``,
         then drop (and count) what is left."""
 
+    def threads(self) -> list[threading.Thread]:
+        """The threads this executor started (daemon threads, all of them)."""
+        return []
+
 
 class _Inline(_Executor):
     def submit(self, batch: Batch) -> None:
@@ -606,12 +775,14 @@ class _Threads(_Executor):
             )
             for _ in range(shards)
         ]
-        self.threads = []
+        self.workers: list[threading.Thread] = []
         for i in range(n):
             q = self.queues[i % shards]
-            t = threading.Thread(target=self._work, args=(q,), name=f"bpfloom-worker-{i}")
+            t = threading.Thread(
+                target=self._work, args=(q,), name=f"bpfloom-worker-{i}", daemon=True
+            )
             t.start()
-            self.threads.append(t)
+            self.workers.append(t)
 
     def _work(self, q: BoundedQueue) -> None:
         while True:
@@ -642,14 +813,17 @@ class _Threads(_Executor):
     def finish(self, deadline: float) -> None:
         for q in self.queues:
             q.close()
-        for t in self.threads:
+        for t in self.workers:
             t.join(max(deadline - time.monotonic(), 0.0))
         for q in self.queues:
             q.abandon()  # counted as dropped; workers stop at their next get()
         # Handlers already running when the deadline passed get a moment to finish
         # (and count as handled); one still running after that counts as dropped.
-        for t in self.threads:
+        for t in self.workers:
             t.join(max(deadline + IN_FLIGHT_GRACE - time.monotonic(), 0.0))
+
+    def threads(self) -> list[threading.Thread]:
+        return list(self.workers)
 
 
 class _AsyncRunner(_Executor):
@@ -701,7 +875,7 @@ class _AsyncRunner(_Executor):
                 finally:
                     self.loop.close()
 
-            self._thread = threading.Thread(target=run_loop, name="bpfloom-async")
+            self._thread = threading.Thread(target=run_loop, name="bpfloom-async", daemon=True)
             self._thread.start()
             started.wait()
         else:
@@ -815,53 +989,93 @@ class _AsyncRunner(_Executor):
         for task in asyncio.all_tasks(self.loop):
             task.cancel()
 
+    def threads(self) -> list[threading.Thread]:
+        return [self._thread] if self._thread is not None else []
+
 
 def _process_worker(
+    index: int,
     inbox: Any,
-    outbox: Any,
+    results: Any,
     decoder: Decoder,
     handler: Callable[[Any], Any],
     batch_mode: bool,
     ts_field: str | None,
 ) -> None:
     """A worker process: decode batches of raw records and run the handler on them
-    (``decoder`` arrives pickled as its type and string policy, and is rebuilt)."""
+    (``decoder`` arrives pickled as its type and string policy, and is rebuilt).
+
+    Sends ``(n, done, errors, error_text, latencies, e2e, halt)`` on ``results`` (its
+    own pipe) per batch of ``n`` events: ``done`` were handled, ``errors`` of them
+    failed. ``halt`` is a ``BaseException`` the handler raised (``SystemExit`` …), for
+    the pipeline to raise; after one the worker handles nothing more (``done`` = 0)
+    until told to stop.
+    """
+    # Ctrl-C in a terminal signals the whole process group: the pipeline's process
+    # decides what it means (the first one is a clean stop) and ends its workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
     if parent is not None:
         # The pipeline's process may exit at once (a second signal) or die: then leave
         # too, even from a half-received batch or a handler that is still running.
         threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+    halted = False
     while True:
         records = inbox.get()
         if records is None:
             return
         batch = Batch(records, decoder, "process")
         n = len(batch)
-        errors = 0
+        done = errors = 0
         latencies: list[int] = []
         error_text = ""
+        halt: BaseException | None = None
+        if halted:
+            results.send((n, 0, 0, "", [], [], None))
+            continue
         if batch_mode:
             t0 = time.perf_counter_ns()
+            done = n
             try:
                 handler(batch)
             except Exception as exc:
                 errors, error_text = n, f"{type(exc).__name__}: {exc}"
+            except BaseException as exc:
+                errors, halt = n, exc
             latencies.append(time.perf_counter_ns() - t0)
         else:
             for ev in batch:
+                done += 1
                 t0 = time.perf_counter_ns()
                 try:
                     handler(ev)
                 except Exception as exc:
                     errors += 1
                     error_text = f"{type(exc).__name__}: {exc}"
+                except BaseException as exc:
+                    errors += 1
+                    halt = exc
+                    break
                 if len(latencies) < _SAMPLE_CAP:
                     latencies.append(time.perf_counter_ns() - t0)
         e2e: list[int] = []
         if ts_field is not None and n:
             now = time.monotonic_ns()
             e2e = (now - batch.numpy()[ts_field][-_SAMPLE_CAP:].astype(np.int64)).tolist()
-        outbox.put((n, errors, error_text, latencies, e2e))
+        if halt is not None:
+            halted = True
+            halt = _portable(halt)
+        results.send((n, done, errors, error_text, latencies, e2e, halt))
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling (it goes to the pipeline's process), else a
+    ``PipelineError`` that names it."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return PipelineError(f"handler raised {type(exc).__name__}: {exc}")
+    return exc
 
 
 def _exit_with(parent: Any) -> None:
@@ -869,8 +1083,23 @@ def _exit_with(parent: Any) -> None:
     os._exit(1)
 
 
+def _how_it_ended(code: int | None) -> str:
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
+
+
 class _Processes(_Executor):
-    """Worker processes fed with numpy batches; with a key, batches split by key."""
+    """Worker processes fed with numpy batches; with a key, batches split by key.
+
+    Each worker sends its results on a pipe of its own, so a worker that dies half-way
+    through a message (SIGKILL) spoils nothing but its own pipe. The parent holds only
+    the read ends: a worker's pipe reaches EOF exactly when that worker is gone, and
+    before ``finish()`` that means it died (``os._exit`` in the handler, SIGKILL, the OOM
+    killer): the pipeline ends with a ``PipelineError`` and what the worker had in
+    flight counts as dropped.
+    """
 
     IN_FLIGHT_BATCHES = 4  # per worker: bounds memory on the worker side
 
@@ -882,24 +1111,31 @@ class _Processes(_Executor):
         decoder = next(iter(decoders.values()))
         ts_field = p._e2e_field
         ctx = multiprocessing.get_context("spawn")  # never fork a process with threads
-        self.outbox = ctx.Queue()
         self.inboxes = [ctx.Queue(self.IN_FLIGHT_BATCHES) for _ in range(p.workers)]
+        pipes = [ctx.Pipe(duplex=False) for _ in range(p.workers)]
+        self.results = [read_end for read_end, _ in pipes]
         self.procs = [
             ctx.Process(
                 target=_process_worker,
-                args=(box, self.outbox, decoder, p.handler, p.batch, ts_field),
+                args=(i, box, write_end, decoder, p.handler, p.batch, ts_field),
                 daemon=True,
                 name=f"bpfloom-process-{i}",
             )
-            for i, box in enumerate(self.inboxes)
+            for i, (box, (_, write_end)) in enumerate(zip(self.inboxes, pipes, strict=True))
         ]
         for proc in self.procs:
             proc.start()
+        for _, write_end in pipes:
+            write_end.close()  # the worker's copy is the only one left: EOF when it is gone
+        self.dead = [False] * len(self.procs)
+        self.finishing = False
         self.queue = BoundedQueue(p.queue_size, p.policy, p.stats, sample_every=p.sample_every)
         self._next = 0
         self.abandoned = False
-        self.feeder = threading.Thread(target=self._feed, name="bpfloom-feeder")
-        self.collector = threading.Thread(target=self._collect, name="bpfloom-collector")
+        self.feeder = threading.Thread(target=self._feed, name="bpfloom-feeder", daemon=True)
+        self.collector = threading.Thread(
+            target=self._collect, name="bpfloom-collector", daemon=True
+        )
         self.feeder.start()
         self.collector.start()
 
@@ -918,6 +1154,7 @@ class _Processes(_Executor):
                 self.queue.put_many([(i, part)], weight=len(part), stop=stop)
 
     def _feed(self) -> None:
+        p = self.p
         while True:
             item = self.queue.get()
             if item is CLOSED:
@@ -928,14 +1165,22 @@ class _Processes(_Executor):
             if target is None:
                 target = self._next
                 self._next = (self._next + 1) % len(self.inboxes)
-            self.p.stats.enter_handler(len(records))
+            n = len(records)
+            if p._halted or self.dead[target]:
+                p.stats.add(dropped_queue=n)
+                continue
+            p.stats.enter_handler(n)
             # A worker stuck past the deadline must not hold the feeder forever (the
-            # batch stays in flight; the final accounting counts it as dropped).
+            # batch stays in flight; the final accounting counts it as dropped), nor
+            # one that died.
             while not self._put(self.inboxes[target], records):
                 if self.abandoned:
                     return
-        for box in self.inboxes:
-            while not self._put(box, None):
+                if self.dead[target]:
+                    p.stats.add(inflight=-n, dropped_queue=n)
+                    break
+        for i, box in enumerate(self.inboxes):
+            while not self.dead[i] and not self._put(box, None):
                 if self.abandoned:
                     return
 
@@ -948,19 +1193,47 @@ class _Processes(_Executor):
         return True
 
     def _collect(self) -> None:
+        """Results of every worker until each one's pipe ends (the worker is gone)."""
         p = self.p
-        while True:
-            msg = self.outbox.get()
-            if msg is None:
-                return
-            n, errors, error_text, latencies, e2e = msg
-            p.stats.handler_latency.extend(latencies)
-            p.stats.end_to_end_latency.extend(e2e)
-            p.stats.leave_handler(n, errors)
-            if errors:
-                p._fail(PipelineError(error_text))
+        pipes = {conn: i for i, conn in enumerate(self.results)}
+        while pipes:
+            for ready in wait_for_any(list(pipes)):
+                conn = cast(Connection, ready)
+                i = pipes[conn]
+                try:
+                    msg: tuple[Any, ...] = conn.recv()
+                except (EOFError, OSError):
+                    del pipes[conn]
+                    self._gone(i)
+                    continue
+                n, done, errors, error_text, latencies, e2e, halt = msg
+                p.stats.handler_latency.extend(latencies)
+                p.stats.end_to_end_latency.extend(e2e)
+                p.stats.leave_handler(done, errors)
+                if n > done:  # left after a BaseException, or sent to a halted worker
+                    p.stats.add(inflight=done - n, dropped_queue=n - done)
+                if halt is not None:
+                    halt.add_note(f"raised by the handler in worker process {self.procs[i].name}")
+                    p._halt(halt)
+                elif errors:
+                    p._fail(PipelineError(error_text))
+
+    def _gone(self, i: int) -> None:
+        """Worker ``i`` is gone; unless ``finish()`` told it to go, it died."""
+        self.dead[i] = True
+        if self.finishing:
+            return
+        proc = self.procs[i]
+        proc.join(1.0)  # it is exiting: wait for its status
+        exc = PipelineError(
+            f"worker process {proc.name} died ({_how_it_ended(proc.exitcode)}); "
+            "the events it had in flight are counted as dropped"
+        )
+        log.error("%s", exc)
+        self.p._abort(exc)
 
     def finish(self, deadline: float) -> None:
+        self.finishing = True
         self.queue.close()
         self.feeder.join(max(deadline - time.monotonic(), 0.0))
         for proc in self.procs:
@@ -972,16 +1245,18 @@ class _Processes(_Executor):
         self.abandoned = True
         self.queue.abandon()
         self.feeder.join(1.0)
-        self.outbox.put(None)
-        self.collector.join(5.0)
+        self.collector.join(5.0)  # every worker is gone: their pipes end
         self.queue.abandon()
-        # Batches sent to a worker that was terminated never came back: dropped.
+        # Batches sent to a worker that was terminated or died never came back: dropped.
         lost = self.p.stats.inflight
         if lost:
             self.p.stats.add(inflight=-lost, dropped_queue=lost)
         for box in self.inboxes:
-            box.cancel_join_thread()
+            box.cancel_join_thread()  # a dead worker's inbox may never be read again
             box.close()
+
+    def threads(self) -> list[threading.Thread]:
+        return [self.feeder, self.collector]
 
 
 def _make_executor(p: Pipeline, loop: asyncio.AbstractEventLoop | None) -> _Executor:

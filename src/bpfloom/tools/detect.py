@@ -34,7 +34,7 @@ from ..rules import Alert, RuleSet, load_rules
 from .execsnoop import ExecSnoop
 from .exitsnoop import ExitSnoop
 from .opensnoop import OpenSnoop
-from .tool import SECONDS, Printer, Tool, fail, wait_for_stop
+from .tool import SECONDS, Printer, Tool, exit_output_blocked, fail, wait_for_stop
 
 #: Which tool gives events of each kind, built with the options detection needs.
 TOOLS: dict[str, Callable[[], Tool]] = {
@@ -235,6 +235,8 @@ def _run_detector(rules: RuleSet, as_json: bool, duration: float | None, workers
             )
             wait_for_stop(signals.stop, detector.pipeline, duration)
             stats = detector.stop()
+            if detector.pipeline.abandoned:  # a worker is stuck printing an alert
+                exit_output_blocked()
         except BpfloomError as exc:
             fail(str(exc))
             return

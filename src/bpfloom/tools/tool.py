@@ -20,12 +20,13 @@ with one offset taken when the tool starts (``wall_time``).
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 import click
 
@@ -237,6 +238,20 @@ class Printer:
             self.out.write(lines, 1)
 
 
+def exit_output_blocked() -> NoReturn:
+    """Exit at once, status 1: a printing handler was still stuck at the shutdown
+    deadline (stdout is a full pipe nobody reads) and holds the printer, so whatever
+    the way out still prints on stdout (a summary, histograms, ``--stats``) would wait
+    for good."""
+    click.echo(
+        "bpfloom: error: stdout is blocked (a full pipe nobody reads?); "
+        "the events being printed at the deadline were dropped",
+        err=True,
+    )
+    sys.stderr.flush()
+    os._exit(1)
+
+
 # --- the CLI run loop ---------------------------------------------------------------
 
 
@@ -332,6 +347,9 @@ def run_tool(
                 wait_for_stop(signals.stop, pipeline, duration, on_tick, interval)
             finally:
                 stats = pipeline.stop() if pipeline is not None else _no_stats(tool)
+            if pipeline is not None and pipeline.abandoned:
+                click.echo(tool.exit_line(stats), err=True)
+                exit_output_blocked()
             if tick is not None:
                 tick(tool, printer)
             summary = tool.summary()
