@@ -142,11 +142,13 @@ def test_trace_pipe_text_is_escaped(start_tool, gated_child) -> None:  # type: i
 
 
 def test_trace_lines_are_escaped_for_the_terminal(capsys: pytest.CaptureFixture[str]) -> None:
-    from bpfloom.cli import _Printer
+    from bpfloom.cli.run import trace_interval
+    from bpfloom.sinks.table import TableSink
     from bpfloom.tracepipe import TraceLine
 
     hostile = TraceLine("x\x1b[2J", 7, 1, 3.5, "a\nFAKE ALERT\x1b]0;t\x07")
-    _Printer(as_json=False).print_trace_line(hostile)
+    part = trace_interval(hostile)
+    TableSink([]).summary(part.text, part.records)
     out = capsys.readouterr().out
     assert out.count("\n") == 1
     assert "\x1b" not in out and "\x07" not in out

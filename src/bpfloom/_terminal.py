@@ -175,13 +175,24 @@ class StdoutLines:
 
 
 def quiet_stdout() -> None:
-    """Point file descriptor 1 at /dev/null: its reader went away or it failed; the
-    program exits without another error when Python flushes stdout."""
+    """Point stdout's file descriptor at /dev/null: its reader went away or it failed;
+    the program exits without another error when Python flushes stdout.
+
+    Nothing to do when the program started with stdout closed (``sys.stdout`` is None):
+    descriptor 1 may then belong to something else of ours (a pipe, an eventfd).
+    """
+    out = sys.stdout
+    if out is None:
+        return
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError):
+        return
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
     except OSError:
         return
     try:
-        os.dup2(devnull, 1)
+        os.dup2(devnull, fd)
     finally:
         os.close(devnull)

@@ -17,13 +17,15 @@ events. ``key`` (a field name or a function of the event) keeps events with the 
 key in arrival order, one at a time; different keys run concurrently (threads and
 processes shard by key; asyncio chains tasks per key).
 
-Shutdown (``stop()``): detach the programs of the objects the readers belong to, drain
-what is already in the buffers and the queue, let in-flight handlers finish until
-``shutdown_timeout``, then count whatever is left as dropped, so that
+Shutdown (``stop()``): drain what is already in the buffers and the queue, let
+in-flight handlers finish until ``shutdown_timeout``, then count whatever is left as
+dropped, so that
 ``produced == handled + dropped_kernel + dropped_queue`` holds exactly
-(``bpfloom.stats``). A handler that raises is counted and logged (rate-limited);
-with ``fatal_errors=True`` the first error stops the pipeline and ``wait()``/``stop()``
-raise ``PipelineError``.
+(``bpfloom.stats``). The pipeline reads; it never detaches programs: as in cilium/ebpf,
+whoever attached them detaches them (close the links, or the object) — first, when
+nothing new should arrive during the drain. A handler that raises is counted and logged
+(rate-limited); with ``fatal_errors=True`` the first error stops the pipeline and
+``wait()``/``stop()`` raise ``PipelineError``.
 
 Faults stop the pipeline, never stall it (``error`` says what ended it; ``wait()``
 returns): a handler's ``BaseException`` (``SystemExit``, ``KeyboardInterrupt``, in a
@@ -78,7 +80,7 @@ class EventSource(Protocol):
 
     name: str
     decoder: Decoder
-    owner: Any  # the BpfObject whose programs feed it (detached on stop), or None
+    owner: Any  # the BpfObject whose programs feed it (its drop counters), or None
 
     def read(self, timeout: float | None = None) -> Batch: ...
     def poll(self) -> Batch: ...
@@ -349,7 +351,8 @@ class Pipeline:
             while not self._stop_reading.is_set():
                 batch = reader.read(timeout=self.read_timeout)
                 self._take(reader, batch, runner)
-            # Programs are detached: drain what is already in the buffer, then stop.
+            # Stopping: drain what is already in the buffer (all of it, when the caller
+            # detached the programs first), then stop.
             # After a fatal error, or past the deadline, what is drained is counted as
             # dropped (``_take``): it was produced, so it must be accounted for.
             while not self._stop_draining.is_set():
@@ -419,15 +422,9 @@ class Pipeline:
         self._begin(_make_executor(self, loop=None))
         return self
 
-    def _detach(self) -> None:
-        for obj in self._owners:
-            for link in obj.links:
-                link.close()
-
     def _finish(self) -> None:
         """Wait for readers, then the executor (bounded by ``shutdown_timeout``)."""
         deadline = time.monotonic() + self.shutdown_timeout
-        self._detach()  # first: whatever the programs emitted is in the buffers now
         self._stop_reading.set()
         for reader in self.readers:
             reader.wakeup()  # a reader blocked in read() returns now, not at its timeout
@@ -555,7 +552,6 @@ class Pipeline:
 
     def _stop_readers_only(self) -> None:
         deadline = time.monotonic() + self.shutdown_timeout
-        self._detach()
         self._stop_reading.set()
         for reader in self.readers:
             reader.wakeup()
@@ -712,6 +708,36 @@ class StopSignals:
         self._waiter.join()
         os.close(read_fd)
         os.close(write_fd)
+
+
+def wait_for_stop(
+    stop: threading.Event,
+    pipeline: Pipeline | None,
+    duration: float | None,
+    tick: Callable[[], object] | None = None,
+    interval: float | None = None,
+) -> None:
+    """Sleep until ``stop`` is set, ``duration`` passes or the pipeline stops running;
+    call ``tick`` every ``interval`` seconds meanwhile (a tick returning True stops)."""
+    deadline = None if duration is None else time.monotonic() + duration
+    # Without a tick there is nothing to wake up for: waking at a past next_tick would
+    # spin the loop at 100% CPU.
+    next_tick = None if interval is None or tick is None else time.monotonic() + interval
+    while not stop.is_set():
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return
+        if pipeline is not None and not pipeline.running:
+            return
+        if tick is not None and next_tick is not None and interval is not None and now >= next_tick:
+            if tick() is True:
+                return
+            next_tick = now + interval
+        wait = 0.2
+        for until in (deadline, next_tick):
+            if until is not None:
+                wait = min(wait, until - now)
+        stop.wait(max(wait, 0.0))
 
 
 def _readers(sources: Reader | BpfObject | Sequence[Reader | BpfObject]) -> list[Reader]:
@@ -1271,4 +1297,4 @@ def _make_executor(p: Pipeline, loop: asyncio.AbstractEventLoop | None) -> _Exec
     return _Processes(p)
 
 
-__all__ = ["EXECUTORS", "POLICIES", "Pipeline", "PipelineError", "StopSignals"]
+__all__ = ["EXECUTORS", "POLICIES", "Pipeline", "PipelineError", "StopSignals", "wait_for_stop"]

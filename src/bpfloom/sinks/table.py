@@ -48,23 +48,17 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
-class TableSink(Sink):
-    """Records as table rows on stdout, under one header line.
+class TableLayout:
+    """The lines of a table whose columns widen to the widest value seen so far.
 
-    A ``time`` field holding Unix seconds prints as the local HH:MM:SS. ``summary()``
-    prints free text (histograms, summaries), each line escaped. When stdout's reader goes away
-    (``| head``) printing stops quietly; another write error is fatal.
+    ``header`` prints the column headers before the first row. Not thread-safe: a
+    ``TableSink`` serializes its calls.
     """
 
-    name = "standard output"
-
-    def __init__(
-        self, columns: Sequence[Column], on_stop: Callable[[], None] | None = None
-    ) -> None:
-        super().__init__(on_stop)
+    def __init__(self, columns: Sequence[Column], header: bool = True) -> None:
         self.columns = list(columns)
         self.widths = [c.width for c in self.columns]
-        self._header_done = False
+        self._header_done = not header
 
     def lines(self, records: Sequence[Record]) -> list[str]:
         """The output lines of ``records`` (the header first, once)."""
@@ -97,6 +91,53 @@ class TableSink(Sink):
             else:
                 parts.append(text if i == last else text.ljust(width))
         return " ".join(parts).rstrip()
+
+
+def format_table(columns: Sequence[Column], records: Sequence[Record]) -> list[str]:
+    """A whole table at once (a header and ``records``): for text built in one go."""
+    return TableLayout(columns).lines(records)
+
+
+class TableSink(Sink):
+    """Records as table rows on stdout, under a header line.
+
+    ``columns`` is one set of columns, or a function giving each batch's (an object
+    with several kinds of records gets a table, and a header, per kind). A ``time``
+    field holding Unix seconds prints as the local HH:MM:SS. ``summary()`` prints free
+    text (histograms, summaries), each line escaped. When stdout's reader goes away
+    (``| head``) printing stops quietly; another write error is fatal.
+    """
+
+    name = "standard output"
+
+    def __init__(
+        self,
+        columns: Sequence[Column] | Callable[[Any], Sequence[Column]],
+        on_stop: Callable[[], None] | None = None,
+        *,
+        header: bool = True,
+    ) -> None:
+        super().__init__(on_stop)
+        self._columns = columns
+        self._header = header
+        self._layouts: dict[int, TableLayout] = {}
+        self._batch: Any = None
+
+    def _layout(self) -> TableLayout:
+        columns = self._columns if not callable(self._columns) else self._columns(self._batch)
+        layout = self._layouts.get(id(columns))
+        if layout is None:
+            layout = self._layouts[id(columns)] = TableLayout(columns, self._header)
+        return layout
+
+    def lines(self, records: Sequence[Record]) -> list[str]:
+        """The output lines of ``records`` (a header first, once per column set)."""
+        return self._layout().lines(records)
+
+    def write_batch(self, batch: Any, records: Sequence[Record]) -> None:
+        with self.lock:
+            self._batch = batch
+            self.write(records)
 
     def _write(self, records: Sequence[Record]) -> None:
         _print(self.lines(records))

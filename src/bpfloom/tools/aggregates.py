@@ -20,14 +20,11 @@ of the slots), after its key's fields.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
-import click
-
 from ..histogram import format_log2_hist
-from .tool import SECONDS, Printer, Record, Tool, run_tool
+from .tool import Record, Tool
 
 F = TypeVar("F", bound=Callable[..., Any])
 K = TypeVar("K", bound=Hashable)
@@ -120,58 +117,3 @@ def check_cpu(cpu: int) -> None:
     count = os.cpu_count() or 1
     if not 0 <= cpu < count:
         raise ValueError(f"CPU {cpu} does not exist (this machine has CPUs 0-{count - 1})")
-
-
-# --- command line -----------------------------------------------------------------------
-
-
-def interval_options(func: F) -> F:
-    """``[interval] [count]`` positional arguments and ``-T``, as libbpf-tools'."""
-    func = click.argument("count", type=click.IntRange(min=1), required=False)(func)
-    func = click.argument("interval", type=SECONDS, required=False)(func)
-    func = click.option(
-        "-T", "--timestamp", is_flag=True, help="Print the time (HH:MM:SS) before each interval."
-    )(func)
-    return func
-
-
-def cpu_callback(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
-    """A click callback that checks a CPU number (``check_cpu``)."""
-    if value is not None:
-        try:
-            check_cpu(value)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
-    return value
-
-
-def run_intervals(
-    make_tool: Callable[[], AggregateTool],
-    *,
-    as_json: bool,
-    duration: float | None,
-    interval: float | None,
-    count: int | None,
-    timestamp: bool,
-) -> None:
-    """Run a metric tool: print its rows every ``interval`` seconds, ``count`` times
-    (then stop), and what is left at exit unless ``count`` intervals were printed."""
-    if count is not None and interval is None:
-        raise click.UsageError("a count needs an interval before it")
-    printed = 0
-
-    def tick(tool: Tool, printer: Printer) -> bool:
-        nonlocal printed
-        assert isinstance(tool, AggregateTool)
-        if count is not None and printed >= count:
-            return True
-        rows = tool.interval_rows()
-        printed += 1
-        if as_json:
-            printer.print([{"interval": printed, **row} for row in rows])
-        else:
-            head = [""] + ([time.strftime("%H:%M:%S")] if timestamp else [])
-            printer.text("\n".join(head + tool.text_lines(rows)))
-        return count is not None and printed >= count
-
-    run_tool(make_tool, as_json=as_json, duration=duration, tick=tick, interval=interval)

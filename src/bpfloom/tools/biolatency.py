@@ -27,18 +27,14 @@ import re
 import time
 from typing import Any
 
-import click
-
 from .aggregates import (
     UNITS,
     AggregateTool,
     Growing,
     hist_lines,
     hist_record,
-    interval_options,
-    run_intervals,
 )
-from .tool import Record, common_options
+from .tool import Record
 
 MINOR_BITS = 20  # the kernel's dev_t: major << 20 | minor
 REQ_OP_MASK = 0xFF
@@ -191,61 +187,3 @@ class BioLatency(AggregateTool):
                 lines += ["", " ".join(label)]
             lines += hist_lines(row)
         return lines
-
-
-def _disk_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None:
-        try:
-            disk_dev(value)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
-    return value
-
-
-@click.command("biolatency")
-@click.option("-m", "--milliseconds", is_flag=True, help="Millisecond histograms.")
-@click.option("-Q", "--queued", is_flag=True, help="Include the time queued in the OS.")
-@click.option("-D", "--disk", "per_disk", is_flag=True, help="A histogram per disk.")
-@click.option("-F", "--flag", "per_flags", is_flag=True, help="A histogram per set of flags.")
-@click.option(
-    "-d",
-    "--disk-name",
-    "disk",
-    default=None,
-    callback=_disk_option,
-    metavar="DISK",
-    help="Only this disk (a name in /sys/block).",
-)
-@interval_options
-@common_options
-def cli(
-    milliseconds: bool,
-    queued: bool,
-    per_disk: bool,
-    per_flags: bool,
-    disk: str | None,
-    timestamp: bool,
-    interval: float | None,
-    count: int | None,
-    as_json: bool,
-    duration: float | None,
-) -> None:
-    """Summarize block device I/O latency as histograms.
-
-    Prints at exit, or every INTERVAL seconds (COUNT times). With --json, one object
-    per histogram per interval.
-    """
-    run_intervals(
-        lambda: BioLatency(
-            per_disk=per_disk,
-            per_flags=per_flags,
-            queued=queued,
-            disk=disk,
-            milliseconds=milliseconds,
-        ),
-        as_json=as_json,
-        duration=duration,
-        interval=interval,
-        count=count,
-        timestamp=timestamp,
-    )

@@ -20,21 +20,17 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import click
-
-from .._exceptions import BpfloomError
 from .._terminal import escape_control
 from ..batch import Batch
-from ..pipeline import Pipeline, StopSignals
-from ..rules import Alert, RuleSet, load_rules
+from ..pipeline import Pipeline, StopSignals, wait_for_stop
+from ..rules import Alert, RuleSet
 from .execsnoop import ExecSnoop
 from .exitsnoop import ExitSnoop
 from .opensnoop import OpenSnoop
-from .tool import SECONDS, Printer, Tool, exit_output_blocked, fail, wait_for_stop
+from .tool import Tool
 
 #: Which tool gives events of each kind, built with the options detection needs.
 TOOLS: dict[str, Callable[[], Tool]] = {
@@ -81,9 +77,8 @@ class Detector:
                 tool = self.tools[kind] = TOOLS[kind]()
                 for reader in tool.readers:
                     self._tool_of[reader.decoder.type.name] = tool
-            readers = [r for t in self.tools.values() for r in t.readers]
             self.pipeline = Pipeline(
-                readers,
+                self.readers,
                 self._handle,
                 executor=executor,
                 workers=workers,
@@ -95,22 +90,44 @@ class Detector:
             self.close()
             raise
 
-    def _handle(self, batch: Batch) -> None:
+    @property
+    def readers(self) -> list[Any]:
+        """The ring buffers of every tool the rules need."""
+        return [r for t in self.tools.values() for r in t.readers]
+
+    def alerts_of(self, batch: Batch) -> list[Alert]:
+        """The alerts the rules raise on a batch's events (counted in ``alerts``);
+        thread-safe."""
         tool = self._tool_of[batch.decoder.type.name]
-        for record in tool.records(batch):
-            for alert in self.rules.evaluate(record):
-                with self._alert_lock:
+        found = [alert for record in tool.records(batch) for alert in self.rules.evaluate(record)]
+        if found:
+            with self._alert_lock:
+                for alert in found:
                     self.alerts[alert.rule] = self.alerts.get(alert.rule, 0) + 1
-                    self.on_alert(alert)
+        return found
+
+    def _handle(self, batch: Batch) -> None:
+        for alert in self.alerts_of(batch):
+            with self._alert_lock:
+                self.on_alert(alert)
+
+    def attach(self) -> None:
+        for tool in self.tools.values():
+            tool.attach()
+
+    def detach(self) -> None:
+        for tool in self.tools.values():
+            tool.detach()
 
     def start(self) -> Detector:
         # Read before attaching, so that drops of the first events count too.
         self.pipeline.start()
-        for tool in self.tools.values():
-            tool.attach()
+        self.attach()
         return self
 
     def stop(self) -> dict[str, Any]:
+        """Detach, then drain what the programs emitted; the pipeline's final stats."""
+        self.detach()
         return self.pipeline.stop()
 
     def run(self, duration: float | None = None) -> dict[str, Any]:
@@ -139,12 +156,13 @@ class Detector:
         self.close()
 
 
-def format_alert(alert: Alert) -> str:
+def format_alert(alert: Alert | dict[str, Any]) -> str:
     """One text line: time, priority, rule, and the rule's rendered output, escaped: the
     output quotes paths, arguments and names a traced process chose, and a newline in
-    one must not forge a second alert."""
-    stamp = time.strftime("%H:%M:%S", time.localtime(alert.time))
-    return escape_control(f"{stamp} {alert.priority:<8} {alert.rule}: {alert.output}")
+    one must not forge a second alert. Takes an ``Alert`` or its ``to_json()`` dict."""
+    fields = alert.to_json() if isinstance(alert, Alert) else alert
+    stamp = time.strftime("%H:%M:%S", time.localtime(fields["time"]))
+    return escape_control(f"{stamp} {fields['priority']:<8} {fields['rule']}: {fields['output']}")
 
 
 def rule_errors_line(rules: RuleSet) -> str | None:
@@ -154,107 +172,3 @@ def rule_errors_line(rules: RuleSet) -> str | None:
         return None
     failed = ", ".join(f"{n} {name!r}" for name, n in sorted(errors.items()))
     return f"bpfloom detect: rules that failed and were skipped on some events: {failed}"
-
-
-@click.command("detect")
-@click.option(
-    "-r",
-    "--rules",
-    "rule_files",
-    multiple=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="FILE",
-    help="YAML rule file; repeat to load several, in order (default: the built-in rules).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per alert.")
-@click.option(
-    "--duration",
-    type=SECONDS,
-    default=None,
-    metavar="SECONDS",
-    help="Stop after this many seconds (default: run until Ctrl-C).",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="Pipeline worker threads that evaluate the rules.",
-)
-@click.option("--list", "list_rules", is_flag=True, help="List the loaded rules and exit.")
-def cli(
-    rule_files: Sequence[Path],
-    as_json: bool,
-    duration: float | None,
-    workers: int,
-    list_rules: bool,
-) -> None:
-    """Detect suspicious behaviour in real time with Falco-style rules.
-
-    Events of exec, open and exit tracing feed one pipeline; every rule is evaluated
-    on the events it applies to. Alerts go to stdout, as text (TIME PRIORITY RULE:
-    OUTPUT) or, with --json, one object per line with rule, priority, time, output,
-    tags and the event's fields. Without --rules the built-in rule set is used: a shell
-    started by a non-shell, reads of /etc/shadow, programs run from /tmp or /dev/shm,
-    bursts of failed opens.
-    """
-    try:
-        rules = load_rules(list(rule_files) or None)
-    except BpfloomError as exc:
-        fail(str(exc))
-        return
-    if list_rules:
-        for rule in rules.rules:
-            kinds = ",".join(sorted(rule.applies_to))
-            click.echo(escape_control(f"{rule.priority:<13} {rule.name}  [{kinds}]"))
-        return
-    _run_detector(rules, as_json, duration, workers)
-
-
-def _run_detector(rules: RuleSet, as_json: bool, duration: float | None, workers: int) -> None:
-    with StopSignals() as signals:
-        printer = Printer((), as_json, on_stop=signals.stop.set)
-
-        def print_alert(alert: Alert) -> None:
-            if as_json:
-                printer.print([alert.to_json()])
-            else:
-                printer.text(format_alert(alert))
-
-        try:
-            detector = Detector(rules, print_alert, workers=workers)
-        except BpfloomError as exc:
-            fail(str(exc))
-            return
-        try:
-            detector.start()
-            kinds = ", ".join(detector.kinds)
-            click.echo(
-                f"bpfloom detect: tracing ({kinds}) with {len(rules.rules)} rules; Ctrl-C to stop",
-                err=True,
-            )
-            wait_for_stop(signals.stop, detector.pipeline, duration)
-            stats = detector.stop()
-            if detector.pipeline.abandoned:  # a worker is stuck printing an alert
-                exit_output_blocked()
-        except BpfloomError as exc:
-            fail(str(exc))
-            return
-        finally:
-            detector.close()
-    fired = ", ".join(f"{n} {name!r}" for name, n in sorted(detector.alerts.items())) or "none"
-    suppressed = sum(rules.suppressed.values())
-    click.echo(
-        escape_control(
-            f"bpfloom detect: {stats['received']} events; lost {stats['dropped_kernel']} in "
-            f"the kernel, {stats['dropped_queue']} in user space; alerts: {fired}"
-            + (f"; {suppressed} suppressed by rate limits" if suppressed else "")
-            + (f"; {printer.out.unwritten} not written" if printer.out.unwritten else "")
-        ),
-        err=True,
-    )
-    errors_line = rule_errors_line(rules)
-    if errors_line is not None:
-        click.echo(escape_control(errors_line), err=True)
-    if printer.out.error is not None:
-        fail(printer.out.error_message().replace("records", "alerts"))

@@ -38,12 +38,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import click
-
 from .._exceptions import BpfloomError, MapError
 from .cgroups import CgroupPaths, cgroup2_mount
 from .paths import norm_path
-from .tool import Column, Record, Tool, common_options, run_tool, wall_time
+from .tool import Column, Record, Tool, wall_time
 
 DEFAULT_MAX_ARGS = 20  # libbpf-tools' DEFAULT_MAXARGS
 TOTAL_MAX_ARGS = 60  # argv slots of the BPF record (TOTAL_MAX_ARGS in execsnoop.bpf.c)
@@ -186,80 +184,3 @@ class ExecSnoop(Tool):
                 event.path, event.fs_path, event.fs_path_kind, event.fs_path_cut
             )
         return record
-
-
-@click.command("execsnoop")
-@click.option("-T", "--time", "timestamps", is_flag=True, help="Print a TIME column (HH:MM:SS).")
-@click.option("-U", "--print-uid", is_flag=True, help="Print a UID column.")
-@click.option("-x", "--fails", is_flag=True, help="Include failed execs (RET < 0).")
-@click.option(
-    "-u",
-    "--uid",
-    type=click.IntRange(min=0, max=ANY_UID - 1),
-    default=None,
-    metavar="UID",
-    help="Only execs by this real user id.",
-)
-@click.option(
-    "-n",
-    "--name",
-    default="",
-    metavar="NAME",
-    help="Only processes whose name (comm, after the exec) contains NAME.",
-)
-@click.option(
-    "-c",
-    "--cgroup",
-    default=None,
-    metavar="CGROUP_PATH",
-    help="Only tasks in this cgroup v2 directory or below it (a full path, or one "
-    "relative to the cgroup2 mount as the JSON 'cgroup' field shows it).",
-)
-@click.option("-q", "--quote", is_flag=True, help='Put each argument in double quotes (" escaped).')
-@click.option(
-    "--max-args",
-    type=click.IntRange(1, TOTAL_MAX_ARGS),
-    default=DEFAULT_MAX_ARGS,
-    show_default=True,
-    metavar="N",
-    help=f"Copy at most this many argv entries (at most {TOTAL_MAX_ARGS}); longer argvs "
-    "end with '...' ('args_truncated' in JSON).",
-)
-@common_options
-def cli(
-    timestamps: bool,
-    print_uid: bool,
-    fails: bool,
-    uid: int | None,
-    name: str,
-    cgroup: str | None,
-    quote: bool,
-    max_args: int,
-    as_json: bool,
-    duration: float | None,
-) -> None:
-    """Trace exec() calls: [TIME] [UID] PCOMM PID PPID RET ARGS.
-
-    PCOMM is the process's name (the new program's after a successful exec), RET 0 or
-    -errno, ARGS the argv. In --json records the process's name is 'comm' (and 'pcomm',
-    the column), its parent's is 'parent_comm'; they also carry 'path' (the file name
-    given to exec), 'args' (a list), 'args_truncated' and 'cgroup'.
-    """
-    if len(name.encode()) > COMM_LEN:
-        raise click.BadParameter(
-            f"at most {COMM_LEN} bytes (the kernel's comm length)", param_hint="-n"
-        )
-    run_tool(
-        lambda: ExecSnoop(
-            uid=uid,
-            comm=name,
-            cgroup=cgroup,
-            include_failed=fails,
-            max_args=max_args,
-            timestamps=timestamps,
-            print_uid=print_uid,
-            quote=quote,
-        ),
-        as_json=as_json,
-        duration=duration,
-    )

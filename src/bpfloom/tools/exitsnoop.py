@@ -11,10 +11,8 @@ from __future__ import annotations
 import signal as _signal
 from typing import Any
 
-import click
-
 from .cgroups import CgroupPaths
-from .tool import Column, Record, Tool, common_options, run_tool, wall_time
+from .tool import Column, Record, Tool, wall_time
 
 
 def describe_status(exit_code: int, sig: int) -> str:
@@ -85,34 +83,3 @@ class ExitSnoop(Tool):
             "status": describe_status(code, sig),
             "cgroup": self.cgroups.path(event.cgroup_id),
         }
-
-
-@click.command("exitsnoop")
-@click.option("-p", "--pid", type=click.IntRange(min=1), default=None, help="Only this process.")
-@click.option("-c", "--comm", default="", metavar="COMM", help="Only processes named COMM.")
-@click.option("-x", "--failed", is_flag=True, help="Only exits with a non-zero code or a signal.")
-@click.option("-T", "--threads", is_flag=True, help="Report thread exits too.")
-@click.option("-t", "--timestamp", is_flag=True, help="Print a TIME column.")
-@common_options
-def cli(
-    pid: int | None,
-    comm: str,
-    failed: bool,
-    threads: bool,
-    timestamp: bool,
-    as_json: bool,
-    duration: float | None,
-) -> None:
-    """Trace process exits: PCOMM PID PPID TID AGE(s) EXIT_CODE.
-
-    EXIT_CODE is the status a process exited with, or the signal that killed it.
-    """
-    if len(comm.encode()) > 15:
-        raise click.BadParameter("at most 15 bytes (the kernel's comm length)", param_hint="-c")
-    run_tool(
-        lambda: ExitSnoop(
-            pid=pid or 0, comm=comm, failed_only=failed, threads=threads, timestamps=timestamp
-        ),
-        as_json=as_json,
-        duration=duration,
-    )

@@ -45,11 +45,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import click
-
-from .._terminal import json_line
 from .gobinary import CASGSTATUS, GoBinary, GoBinaryError, host_goarch, read_go_binary
-from .tool import Column, Record, Tool, common_options, run_tool, wall_time
+from .tool import Column, Record, Tool, wall_time
 
 # Go's goroutine states, runtime/runtime2.go.
 STATES = {
@@ -203,8 +200,7 @@ class GoroutineTracer(Tool):
 
     ``pid`` limits tracing to that process, in the uprobe and in the kernel.
     ``goid_offset`` overrides the DWARF lookup (for binaries built without DWARF).
-    ``json_summary`` makes ``summary()`` JSON lines instead of a table. Reading the
-    binary raises ``GoBinaryError`` (one-line reasons) before anything is loaded.
+    Reading the binary raises ``GoBinaryError`` (one-line reasons) before anything is loaded.
 
     ``record()`` also feeds the per-goroutine summary (``times``, a ``StateTimes``);
     it and ``summaries()`` may be called from different threads. Memory grows by a
@@ -227,10 +223,8 @@ class GoroutineTracer(Tool):
         *,
         pid: int = 0,
         goid_offset: int | None = None,
-        json_summary: bool = False,
     ) -> None:
         self.pid = pid
-        self.json_summary = json_summary
         self.go: GoBinary = read_go_binary(_binary_path(binary, pid), goid_offset=goid_offset)
         host = host_goarch()
         if self.go.goarch != host:
@@ -276,13 +270,13 @@ class GoroutineTracer(Tool):
         return self.times.rows(until_ns)
 
     def summary(self) -> str | None:
-        """The per-goroutine summary: a table, or JSON lines (``json_summary``)."""
+        """The per-goroutine summary as a table."""
         rows = self.summaries()
-        if not rows:
-            return None
-        if self.json_summary:
-            return "\n".join(json_line({"summary": row}) for row in rows)
-        return format_summary(rows)
+        return format_summary(rows) if rows else None
+
+    def summary_records(self) -> list[Record]:
+        """The per-goroutine summary for JSON: one ``{"summary": ...}`` per goroutine."""
+        return [{"summary": row} for row in self.summaries()]
 
 
 def format_summary(rows: list[Record]) -> str:
@@ -327,53 +321,3 @@ def _binary_path(binary: str | None, pid: int) -> str:
     if binary is None:
         raise GoBinaryError("give the Go binary to trace, or the pid of a process running it")
     return binary
-
-
-@click.command("goroutines")
-@click.option(
-    "-b",
-    "--binary",
-    metavar="PATH",
-    default=None,
-    help="The Go executable to trace (every process running it, unless --pid). "
-    "Needs its symbol table and DWARF (no -ldflags=-s / -w). Default: what --pid runs.",
-)
-@click.option(
-    "-p",
-    "--pid",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Only this process (its executable is traced when --binary is not given).",
-)
-@click.option(
-    "--goid-offset",
-    type=click.IntRange(min=0),
-    default=None,
-    metavar="N",
-    help="Byte offset of goid in runtime.g, for a binary built without DWARF "
-    "(-ldflags=-w); read it from an identical build that has DWARF.",
-)
-@common_options
-def cli(
-    binary: str | None,
-    pid: int | None,
-    goid_offset: int | None,
-    as_json: bool,
-    duration: float | None,
-) -> None:
-    """Trace goroutine state changes of a Go binary: TIME STATE GOID PID TGID.
-
-    STATE is the state a goroutine moves to (RUNNABLE, RUNNING, SYSCALL, WAITING,
-    DEAD, ...); PID is the thread that made the change, TGID its process. At exit,
-    the time each goroutine spent in each state (--json: one {"summary": ...} line
-    per goroutine).
-    """
-    if binary is None and pid is None:
-        raise click.UsageError("give --binary PATH, --pid N, or both")
-    run_tool(
-        lambda: GoroutineTracer(
-            binary, pid=pid or 0, goid_offset=goid_offset, json_summary=as_json
-        ),
-        as_json=as_json,
-        duration=duration,
-    )

@@ -22,21 +22,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import click
-
+from ..sinks.table import format_table
 from .aggregates import (
     NS_PER,
     UNITS,
     AggregateTool,
     Growing,
     check_cpu,
-    cpu_callback,
     hist_lines,
     hist_record,
-    interval_options,
-    run_intervals,
 )
-from .tool import Column, Printer, Record, common_options
+from .tool import Column, Record
 
 
 class HardIrqs(AggregateTool):
@@ -121,48 +117,8 @@ class HardIrqs(AggregateTool):
 
     def text_lines(self, rows: Any) -> list[str]:
         if not self.distributions:
-            return Printer(self.columns, as_json=False).lines(rows)
+            return format_table(self.columns, rows)
         lines: list[str] = []
         for row in rows:
             lines += [f"hardirq = {row['hardirq']}", *hist_lines(row)]
         return lines
-
-
-@click.command("hardirqs")
-@click.option("-C", "--count", "counts_only", is_flag=True, help="Counts instead of times.")
-@click.option("-d", "--distributed", is_flag=True, help="Histograms of the handlers' times.")
-@click.option("-N", "--nanoseconds", is_flag=True, help="Times in nanoseconds.")
-@click.option("-s", "--cpu", type=int, default=None, callback=cpu_callback, help="Only this CPU.")
-@interval_options
-@common_options
-def cli(
-    counts_only: bool,
-    distributed: bool,
-    nanoseconds: bool,
-    cpu: int | None,
-    timestamp: bool,
-    interval: float | None,
-    count: int | None,
-    as_json: bool,
-    duration: float | None,
-) -> None:
-    """Summarize hard interrupt handler time (or counts, or histograms).
-
-    Prints at exit, or every INTERVAL seconds (COUNT times). With --json, one object
-    per handler per interval.
-    """
-    if counts_only and distributed:
-        raise click.UsageError("-C and -d cannot be used together")
-    run_intervals(
-        lambda: HardIrqs(
-            cpu=cpu,
-            nanoseconds=nanoseconds,
-            distributions=distributed,
-            counts_only=counts_only,
-        ),
-        as_json=as_json,
-        duration=duration,
-        interval=interval,
-        count=count,
-        timestamp=timestamp,
-    )

@@ -28,12 +28,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import click
-
 from .. import _env
 from .._exceptions import AttachError
 from .paths import norm_path
-from .tool import Column, Record, Tool, common_options, run_tool, wall_time
+from .tool import Column, Record, Tool, wall_time
 
 COMM_LEN = 15  # bytes of a task's comm, without the NUL
 ANY_UID = 0xFFFFFFFF  # (u32)-1 is no user id
@@ -143,81 +141,3 @@ class OpenSnoop(Tool):
                 event.path, event.fs_path, event.fs_path_kind, event.fs_path_cut
             )
         return record
-
-
-@click.command("opensnoop")
-@click.option("-T", "--timestamp", is_flag=True, help="Print a TIME column (HH:MM:SS).")
-@click.option("-U", "--print-uid", is_flag=True, help="Print a UID column.")
-@click.option("-x", "--failed", is_flag=True, help="Only failed opens (FD -1, ERR > 0).")
-@click.option(
-    "-p", "--pid", type=click.IntRange(min=1), default=None, help="Only this process (tgid)."
-)
-@click.option(
-    "-t", "--tid", type=click.IntRange(min=1), default=None, help="Only this thread (tid)."
-)
-@click.option(
-    "-u",
-    "--uid",
-    type=click.IntRange(min=0, max=ANY_UID - 1),
-    default=None,
-    help="Only opens by this real user id.",
-)
-@click.option(
-    "-n",
-    "--name",
-    default="",
-    metavar="NAME",
-    help="Only processes whose name (comm, 15 bytes at most) contains NAME.",
-)
-@click.option(
-    "-F",
-    "--full-path",
-    is_flag=True,
-    help="Print each file's full path, as the kernel resolved it for an open that "
-    "succeeded (relative paths, symlinks, . and ..), or the normalized path given.",
-)
-@click.option(
-    "-e",
-    "--extended-fields",
-    is_flag=True,
-    help="Print a FLAGS column: the open flags in octal (O_WRONLY|O_CREAT is 00000101).",
-)
-@common_options
-def cli(
-    timestamp: bool,
-    print_uid: bool,
-    failed: bool,
-    pid: int | None,
-    tid: int | None,
-    uid: int | None,
-    name: str,
-    full_path: bool,
-    extended_fields: bool,
-    as_json: bool,
-    duration: float | None,
-) -> None:
-    """Trace open(), openat() and openat2(): [TIME] [UID] PID COMM FD ERR [FLAGS] PATH.
-
-    FD is the new file descriptor (-1 on failure), ERR the errno of a failed open.
-    With --json each record also has 'event', 'time', 'tid', 'uid' and 'flags' (an int),
-    and with -F 'norm_path' beside 'path' (the path as the program passed it).
-    """
-    if len(name.encode()) > COMM_LEN:
-        raise click.BadParameter(
-            f"at most {COMM_LEN} bytes (the kernel's comm length)", param_hint="-n"
-        )
-    run_tool(
-        lambda: OpenSnoop(
-            pid=pid or 0,
-            tid=tid or 0,
-            uid=uid,
-            comm=name,
-            failed_only=failed,
-            extended=extended_fields,
-            timestamps=timestamp,
-            print_uid=print_uid,
-            full_path=full_path,
-        ),
-        as_json=as_json,
-        duration=duration,
-    )

@@ -24,18 +24,14 @@ import os
 import time
 from typing import Any
 
-import click
-
 from .aggregates import (
     UNITS,
     AggregateTool,
     Growing,
     hist_lines,
     hist_record,
-    interval_options,
-    run_intervals,
 )
-from .tool import Record, common_options
+from .tool import Record
 
 ALL_TASKS = 0xFFFFFFFF  # the key of the one histogram of everything
 
@@ -126,43 +122,3 @@ class RunQLat(AggregateTool):
                 lines += ["", f"{self.key_field} = {row[self.key_field]} {row['comm']}"]
             lines += hist_lines(row)
         return lines
-
-
-@click.command("runqlat")
-@click.option("-m", "--milliseconds", is_flag=True, help="Millisecond histograms.")
-@click.option("-P", "--pids", "per_process", is_flag=True, help="A histogram per process.")
-@click.option("-L", "--tids", "per_thread", is_flag=True, help="A histogram per thread.")
-@click.option("-p", "--pid", type=click.IntRange(min=1), default=None, help="Only this process.")
-@interval_options
-@common_options
-def cli(
-    milliseconds: bool,
-    per_process: bool,
-    per_thread: bool,
-    pid: int | None,
-    timestamp: bool,
-    interval: float | None,
-    count: int | None,
-    as_json: bool,
-    duration: float | None,
-) -> None:
-    """Summarize run-queue (scheduler) latency as histograms.
-
-    Prints at exit, or every INTERVAL seconds (COUNT times). With --json, one object
-    per histogram per interval.
-    """
-    if per_process and per_thread:
-        raise click.UsageError("-P and -L cannot be used together")
-    run_intervals(
-        lambda: RunQLat(
-            per_process=per_process,
-            per_thread=per_thread,
-            pid=pid or 0,
-            milliseconds=milliseconds,
-        ),
-        as_json=as_json,
-        duration=duration,
-        interval=interval,
-        count=count,
-        timestamp=timestamp,
-    )

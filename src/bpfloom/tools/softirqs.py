@@ -21,21 +21,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import click
-
+from ..sinks.table import format_table
 from .aggregates import (
     NS_PER,
     UNITS,
     AggregateTool,
     Growing,
     check_cpu,
-    cpu_callback,
     hist_lines,
     hist_record,
-    interval_options,
-    run_intervals,
 )
-from .tool import Column, Printer, Record, common_options
+from .tool import Column, Record
 
 # NR_SOFTIRQS vectors, by number (include/linux/interrupt.h), named as libbpf-tools.
 VECTORS = (
@@ -130,46 +126,8 @@ class SoftIrqs(AggregateTool):
 
     def text_lines(self, rows: Any) -> list[str]:
         if not self.distributions:
-            return Printer(self.columns, as_json=False).lines(rows)
+            return format_table(self.columns, rows)
         lines: list[str] = []
         for row in rows:
             lines += [f"softirq = {row['softirq']}", *hist_lines(row), ""]
         return lines
-
-
-@click.command("softirqs")
-@click.option("-C", "--count", "with_counts", is_flag=True, help="Add the event counts.")
-@click.option("-d", "--distributed", is_flag=True, help="Histograms of the vectors' times.")
-@click.option("-N", "--nanoseconds", is_flag=True, help="Times in nanoseconds.")
-@click.option("-c", "--cpu", type=int, default=None, callback=cpu_callback, help="Only this CPU.")
-@interval_options
-@common_options
-def cli(
-    with_counts: bool,
-    distributed: bool,
-    nanoseconds: bool,
-    cpu: int | None,
-    timestamp: bool,
-    interval: float | None,
-    count: int | None,
-    as_json: bool,
-    duration: float | None,
-) -> None:
-    """Summarize soft interrupt time per vector (or histograms).
-
-    Prints at exit, or every INTERVAL seconds (COUNT times). With --json, one object
-    per vector per interval.
-    """
-    run_intervals(
-        lambda: SoftIrqs(
-            cpu=cpu,
-            nanoseconds=nanoseconds,
-            distributions=distributed,
-            with_counts=with_counts,
-        ),
-        as_json=as_json,
-        duration=duration,
-        interval=interval,
-        count=count,
-        timestamp=timestamp,
-    )

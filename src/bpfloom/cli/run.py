@@ -1,77 +1,39 @@
-"""The ``bpfloom`` command line: a thin layer over the public API.
+"""``bpfloom run OBJECT``: any precompiled object, as eunomia-bpf's ``ecli run`` runs it.
 
-``bpfloom run OBJECT [OPTIONS] [--<global> VALUE ...]`` is a drop-in for eunomia-bpf's
-``ecli run`` on plain objects: the object's globals become options named exactly like
-the variables (parsed by a second click command built from the object's BTF once the
-object is open), every program is attached by its ``SEC()`` name, events of every
-ring/perf buffer are printed as a table or JSON lines, and the object's maps and
-globals are printed every interval and at exit (``bpfloom.mapdump``). Errors are one
-line on stderr and exit status 1 — never a traceback (set ``BPFLOOM_DEBUG=1`` to see one).
+The object's globals become options named exactly like the variables (parsed by a
+second click command built from the object's BTF once the object is open), every
+program is attached by its ``SEC()`` name (or to the interface, binary or process the
+options and the source's attach comments give), events of every ring/perf buffer are
+printed as a table or JSON lines, and the object's maps and globals every interval and
+at exit (``bpfloom.mapdump``). ``bpfloom demo`` runs the built-in exec tracer.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Sequence
+from typing import Any
 
 import click
 
-from . import attach_comments, decode
-from ._exceptions import AttachError, BpfloomError, TypeInfoError
-from ._terminal import StdoutLines, escape_control, escape_lines, json_line
-from .batch import Batch
-from .decode import Decoder
-from .mapdump import DEFAULT_MAX_ROWS, MapDump
-from .object import XDP_MODES, BpfObject, GlobalVar, Link, Program
-from .perfbuf import PerfBuffer
-from .pipeline import Pipeline, StopSignals
-from .ringbuf import DEFAULT_POLL_INTERVAL, RingBuffer
-from .targets import AttachTargets, plan
-from .tools.tool import SECONDS, exit_output_blocked, wait_for_stop
-from .tracepipe import TraceLine, TracePipe, trace_pipe_path
-from .types import Array, Enum, Float, Int, Type, strip
-
-EXIT_ERROR = 1  # the run failed: a missing file, a refused load, an I/O error
-EXIT_USAGE = 2  # the command line is wrong: an unknown option, a bad value
-
-
-def _fail(message: str, status: int = EXIT_ERROR) -> NoReturn:
-    _stderr(f"bpfloom: error: {message}")
-    sys.exit(status)
-
-
-def _stderr(message: str) -> None:
-    """A message on stderr, escaped: it may quote names an object file chose."""
-    click.echo(escape_lines(message), err=True)
-
-
-def _usage_fail(exc: click.ClickException) -> NoReturn:
-    """click's error as one line with where to look for help (click itself prints Usage
-    and Try lines around it); status 2 for a wrong command line, 1 otherwise."""
-    message = " ".join(exc.format_message().split())
-    ctx = getattr(exc, "ctx", None)
-    if ctx is not None:
-        message += f" (see '{ctx.command_path} --help')"
-    _fail(message, EXIT_USAGE if isinstance(exc, click.UsageError) else EXIT_ERROR)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="bpfloom")
-def main() -> None:
-    """bpfloom: run precompiled CO-RE eBPF objects and read their events from Python.
-
-    Errors are one line on stderr. Exit status: 0 done (Ctrl-C and SIGTERM included),
-    1 the run failed, 2 the command line is wrong.
-    """
-
-
-# --- bpfloom run ------------------------------------------------------------------------
+from .. import attach_comments, decode
+from .._exceptions import AttachError, BpfloomError, TypeInfoError
+from .._terminal import escape_control
+from ..batch import Batch
+from ..mapdump import DEFAULT_MAX_ROWS, MapDump
+from ..object import XDP_MODES, BpfObject, GlobalVar, Link, Program
+from ..ringbuf import DEFAULT_POLL_INTERVAL
+from ..sinks import Record
+from ..sinks.table import Column
+from ..targets import AttachTargets, plan
+from ..tracepipe import TraceLine, TracePipe, trace_pipe_path
+from ..types import Array, Enum, Float, Int, Type, strip
+from ._app import main
+from ._common import EXIT_ERROR, EXIT_USAGE, SECONDS, fail, output_params, stderr, usage_fail
+from ._session import Interval, Session, run_session
 
 
 class _GlobalType(click.ParamType):  # type: ignore[type-arg]
@@ -160,14 +122,9 @@ def _text_settable(t: Type | None) -> bool:
 
 
 def _run_options() -> list[click.Parameter]:
+    """run's own options (every other option is a global of the object)."""
     return [
-        click.Option(["--json", "as_json"], is_flag=True, help="Print one JSON object per event."),
-        click.Option(
-            ["--duration"],
-            type=SECONDS,
-            default=None,
-            help="Stop after this many seconds (default: run until Ctrl-C).",
-        ),
+        *output_params("event"),
         click.Option(
             ["--event-type", "event_type"],
             default=None,
@@ -182,12 +139,6 @@ def _run_options() -> list[click.Parameter]:
             help="Trade latency for overhead: programs built on bpfloom.h stop waking the "
             "reader, which polls every SECONDS instead (default: adaptive wakeups, the "
             "kernel wakes the reader only when it had caught up).",
-        ),
-        click.Option(
-            ["--stats"],
-            is_flag=True,
-            help='At exit, print {"stats": {...}}: counts, drops, latencies (stdout with '
-            "--json, else stderr).",
         ),
         click.Option(
             ["--trace-pipe", "trace_pipe"],
@@ -317,7 +268,7 @@ def _split_object(args: Sequence[str]) -> tuple[str | None, list[str]]:
         elif name in flags:
             i += 1
         else:
-            _fail(
+            fail(
                 f"option {name!r} before OBJECT is not an option of run; the object's "
                 f"globals go after it: bpfloom run OBJECT {name} ...",
                 EXIT_USAGE,
@@ -340,11 +291,11 @@ def run_command(args: tuple[str, ...]) -> None:
             click.echo(inner.get_help(click.Context(inner, info_name="bpfloom run")))
             click.echo("\nUsage: bpfloom run OBJECT [OPTIONS] [--GLOBAL VALUE ...]")
             return
-        _fail("missing OBJECT: bpfloom run OBJECT [OPTIONS] (see bpfloom run --help)", EXIT_USAGE)
+        fail("missing OBJECT: bpfloom run OBJECT [OPTIONS] (see bpfloom run --help)", EXIT_USAGE)
     try:
         obj = BpfObject(obj_path, strings="surrogateescape")
     except BpfloomError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     try:
         inner = click.Command(
             "run",
@@ -359,18 +310,15 @@ def run_command(args: tuple[str, ...]) -> None:
             sys.exit(exc.exit_code)
         except click.NoSuchOption as exc:
             names = ", ".join(f"--{v.name}" for v in option_globals(obj)) or "none"
-            _fail(f"{exc.format_message()} Globals of {obj_path}: {names}", EXIT_USAGE)
+            fail(f"{exc.format_message()} Globals of {obj_path}: {names}", EXIT_USAGE)
         except click.ClickException as exc:
-            _usage_fail(exc)
+            usage_fail(exc)
         except click.exceptions.Abort:
             sys.exit(EXIT_ERROR)
     except BpfloomError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         obj.close()
-
-
-MAX_COLUMN_WIDTH = 64  # a wider value overflows its cell rather than widen the column
 
 
 def _field_width(name: str, t: Type | None) -> int:
@@ -383,80 +331,6 @@ def _field_width(name: str, t: Type | None) -> int:
     return max(len(name) + 1, 8)
 
 
-class _Printer:
-    """Prints events as a table or JSON lines; output is flushed per batch.
-
-    Table columns start at the width their type usually needs and widen to the widest
-    value seen so far (up to ``MAX_COLUMN_WIDTH``), so later rows stay aligned. Cells
-    are escaped: strings come from traced processes. Safe to call from several reader
-    threads. Output goes through ``out`` (a ``StdoutLines``): EPIPE stops it quietly,
-    another write error stops it and is fatal for the run; ``on_stop`` runs either way.
-    """
-
-    def __init__(self, as_json: bool, on_stop: Callable[[], None] | None = None) -> None:
-        self.as_json = as_json
-        self.widths: dict[int, list[int]] = {}  # id(decoder) -> column widths
-        self.out = StdoutLines(on_stop)
-
-    def print_batch(self, batch: Batch) -> None:
-        with self.out.lock:
-            lines = [] if self.out.stopped else self.batch(batch.decoder, batch)
-            self.out.write(lines, len(batch))
-
-    def print_trace_line(self, line: TraceLine) -> None:
-        """One bpf_printk line from trace_pipe."""
-        if self.as_json:
-            text = json_line({"trace_pipe": line.as_dict()})
-        else:
-            stamp = time.strftime("%H:%M:%S")
-            where = escape_control(f"{line.comm}-{line.pid} [{line.cpu:03d}]")
-            text = f"{stamp} TRACE {where} {escape_control(line.message)}"
-        self.out.write([text])
-
-    def lines(self, lines: Sequence[str]) -> None:
-        """Print whole lines (a map dump), never in the middle of a batch."""
-        self.out.write(lines)
-
-    def batch(self, decoder: Decoder, events: Iterable[Any]) -> list[str]:
-        """The output lines of a batch of events (a header first, once per decoder)."""
-        if self.as_json:
-            return [json_line(decode.to_jsonable(ev)) for ev in events]
-        out: list[str] = []
-        widths = self.widths.get(id(decoder))
-        if widths is None:
-            pairs = zip(decoder.c_fields, decoder.field_types, strict=True)
-            widths = self.widths[id(decoder)] = [_field_width(n, t) for n, t in pairs]
-            names = [n.upper() for n in decoder.c_fields]
-            header = "".join(n.ljust(w) for n, w in zip(names, widths, strict=True))
-            out.append(("TIME     " + header).rstrip())
-        now = time.strftime("%H:%M:%S")
-        last = len(widths) - 1
-        for ev in events:
-            cells = [escape_control(_cell(v)) for v in ev]
-            for i, cell in enumerate(cells[:last]):
-                if len(cell) >= widths[i]:
-                    widths[i] = max(widths[i], min(len(cell) + 1, MAX_COLUMN_WIDTH))
-                cells[i] = cell.ljust(widths[i] - 1) + " "
-            out.append(f"{now} " + "".join(cells).rstrip())
-        return out
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (tuple, list)):
-        return json.dumps(decode.to_jsonable(value), ensure_ascii=False)
-    return str(value)
-
-
-def _print_maps(dump: MapDump, printer: _Printer) -> None:
-    if printer.as_json:
-        rows = dump.json_rows()
-        printer.lines([json_line(row) for row in rows])
-    else:
-        printer.lines(dump.text_lines())
-
-
 def _set_globals(obj: BpfObject, opts: dict[str, Any]) -> None:
     """Set the globals given on the command line; warn (once each) about those that
     no program reads, since setting them changes nothing."""
@@ -467,103 +341,154 @@ def _set_globals(obj: BpfObject, opts: dict[str, Any]) -> None:
             continue
         obj.globals[var.name] = opts[dest]
         if not obj.globals.referenced(var.name):
-            _stderr(
+            stderr(
                 f"bpfloom: warning: no program reads global {var.name!r}, so setting it "
                 "changes nothing (a plain `const` is folded into the code by the compiler; "
                 "declare it `const volatile`)"
             )
 
 
-def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
-    _set_globals(obj, opts)
-    ctx = click.get_current_context()
-    as_json = bool(opts["as_json"])
-    if opts["no_maps"] and opts["map"]:
-        _fail("--map and --no-maps exclude each other")
-    dump = None if opts["no_maps"] else MapDump(obj, opts["map"] or None, opts["map_entries"])
-    if dump is not None and not dump.sources:
-        dump = None
-    # Take SIGINT/SIGTERM over before anything is attached: from then on the programs
-    # trace, and Ctrl-C must be the clean stop with a summary. A signal during set-up
-    # only sets `stop`; wait_for_stop() then returns at once.
-    poll_interval = DEFAULT_POLL_INTERVAL
-    if opts["max_latency"] is not None:
-        poll_interval = opts["max_latency"]
-        obj.use_polled_wakeups()
-    targets = _attach_targets(obj, opts)
-    printk = [p.name for p in obj.programs.values() if p.autoload and p.uses_trace_printk]
-    with StopSignals() as signals:
+class RunSession(Session):
+    """``bpfloom run``: any object's event buffers, maps, bpf_printk lines.
+
+    ``prepare`` (before load) takes the attach targets and the polled-wakeup choice,
+    ``load`` loads and opens the readers; the loop then attaches every program by its
+    SEC() name (or the targets), prints the maps every interval (or only at exit when
+    there are events: scratch maps would interleave with them) and at exit.
+    """
+
+    name = "run"
+
+    def __init__(self, obj: BpfObject, opts: dict[str, Any], periodic_maps: bool) -> None:
+        self.obj = obj
+        self.opts = opts
+        self.trace_pipe: TracePipe | None = None
+        self._trace_lines: list[Record] = []
+        self.columns = self._columns_of
+        self._columns: dict[int, list[Column]] = {}
+        if opts["no_maps"] and opts["map"]:
+            fail("--map and --no-maps exclude each other")
+        dump = None if opts["no_maps"] else MapDump(obj, opts["map"] or None, opts["map_entries"])
+        self.dump = dump if dump is not None and dump.sources else None
+        poll_interval = DEFAULT_POLL_INTERVAL
+        if opts["max_latency"] is not None:
+            poll_interval = opts["max_latency"]
+            obj.use_polled_wakeups()
+        self.targets = _attach_targets(obj, opts)
+        self.printk = [p.name for p in obj.programs.values() if p.autoload and p.uses_trace_printk]
         obj.load()
-        readers: list[RingBuffer | PerfBuffer] = [
+        self.readers = [
             obj.open_reader(m.name, opts["event_type"], poll_interval=poll_interval)
             for m in obj.event_buffers()
         ]
-        if printk and not opts["trace_pipe"]:
+        # With events, scratch maps (a pid -> timestamp hash) would interleave with the
+        # event stream: their maps print at exit, unless --interval asks.
+        self.interval = (
+            float(opts["interval"])
+            if self.dump is not None and (not self.readers or periodic_maps)
+            else None
+        )
+        if self.printk and not opts["trace_pipe"]:
             who = (
-                f"program {printk[0]} prints"
-                if len(printk) == 1
-                else (f"programs {', '.join(printk)} print")
+                f"program {self.printk[0]} prints"
+                if len(self.printk) == 1
+                else f"programs {', '.join(self.printk)} print"
             )
-            _stderr(
+            stderr(
                 f"bpfloom: note: {who} with bpf_printk; the lines go to "
                 f"{trace_pipe_path()} (add --trace-pipe to print them here)"
             )
-        printer = _Printer(as_json, on_stop=signals.stop.set)
-        trace_pipe = TracePipe(printer.print_trace_line) if opts["trace_pipe"] else None
-        pipeline = (
-            Pipeline(readers, printer.print_batch, executor="inline", batch=True)
-            if readers
-            else None
+
+    def _columns_of(self, batch: Batch) -> list[Column]:
+        """TIME, then the record's fields upper-cased, at the widths their types need."""
+        decoder = batch.decoder
+        columns = self._columns.get(id(decoder))
+        if columns is None:
+            pairs = zip(decoder.c_fields, decoder.field_types, strict=True)
+            columns = [Column("TIME", 8, text=_now)] + [
+                Column(name.upper(), _field_width(name, t) - 1, key=name) for name, t in pairs
+            ]
+            self._columns[id(decoder)] = columns
+        return columns
+
+    def records(self, batch: Batch) -> list[Record]:
+        records: list[Record] = [decode.to_jsonable(ev) for ev in batch]
+        return records
+
+    def attach(self) -> None:
+        if self.opts["trace_pipe"]:
+            self.trace_pipe = TracePipe(self._trace_line).start()
+        links = _attach(self.obj, self.targets)
+        skipped: list[Program] = getattr(self.obj, "skipped_programs", [])
+        # Maps do not count as something to read here: with no program attached,
+        # nothing can change them.
+        if not links and not self.readers and self.trace_pipe is None:
+            raise AttachError(_nothing_to_run(self.obj, skipped))
+        for prog in skipped:
+            stderr(f"bpfloom: note: {_skip_reason(prog)}")
+        if not self.readers and self.dump is None and self.trace_pipe is None and not self.printk:
+            stderr(
+                "bpfloom: note: the object has no ring/perf buffer or map to print; "
+                "programs stay attached until the end"
+            )
+
+    def _trace_line(self, line: TraceLine) -> None:
+        assert self.outputs is not None
+        self.outputs.summary(trace_interval(line))
+
+    def detach(self) -> None:
+        for link in self.obj.links:
+            link.close()
+        if self.trace_pipe is not None:
+            self.trace_pipe.close()  # reads what is already there first
+
+    def tick(self, final: bool) -> Interval | None:
+        if self.dump is None:
+            return None
+        return Interval("\n".join(self.dump.text_lines()), self.dump.json_rows())
+
+    def exit_line(self, stats: dict[str, Any]) -> str:
+        line = (
+            f"bpfloom: {stats['received']} events received; lost: {stats['dropped_kernel']} "
+            f"in the kernel, {stats['dropped_queue']} in user space"
         )
-        # Start reading before attaching: the pipeline takes its baseline of kernel
-        # drops when it starts, so drops of the very first events count too.
-        if pipeline is not None:
-            pipeline.start()
-        try:
-            if trace_pipe is not None:
-                trace_pipe.start()
-            links = _attach(obj, targets)
-            skipped: list[Program] = getattr(obj, "skipped_programs", [])
-            # Maps do not count as something to read here: with no program attached,
-            # nothing can change them.
-            if not links and not readers and trace_pipe is None:
-                raise AttachError(_nothing_to_run(obj, skipped))
-            for prog in skipped:
-                _stderr(f"bpfloom: note: {_skip_reason(prog)}")
-            if not readers and dump is None and trace_pipe is None and not printk:
-                _stderr(
-                    "bpfloom: note: the object has no ring/perf buffer or map to print; "
-                    "programs stay attached until the end"
-                )
-            # As every tool does: people (and scripts, tests) know tracing has begun.
-            click.echo("bpfloom run: tracing; Ctrl-C to stop", err=True)
-            # With events, scratch maps (a pid -> timestamp hash) would interleave with
-            # the event stream: their maps print at exit, unless --interval asks.
-            periodic = dump is not None and (
-                not readers
-                or ctx.get_parameter_source("interval") == click.core.ParameterSource.COMMANDLINE
-            )
-            wait_for_stop(
-                signals.stop,
-                pipeline,
-                opts["duration"],
-                (lambda: _print_maps(dump, printer)) if periodic and dump is not None else None,
-                float(opts["interval"]),
-            )
-        finally:
-            stats = pipeline.stop() if pipeline is not None else None
-            if trace_pipe is not None:
-                trace_pipe.close()
-        if pipeline is not None and pipeline.abandoned:  # stuck printing: stderr only
-            _summary(obj, stats, printer.out, bool(opts["stats"]), as_json=False)
-            exit_output_blocked()
-    if trace_pipe is not None:
-        click.echo(f"bpfloom: {trace_pipe.lines} bpf_printk lines from trace_pipe", err=True)
-    if dump is not None and not printer.out.stopped:
-        _print_maps(dump, printer)
-    _summary(obj, stats, printer.out, bool(opts["stats"]), as_json)
-    if printer.out.error is not None:
-        _fail(printer.out.error_message())
+        if self.trace_pipe is not None:
+            line = f"bpfloom: {self.trace_pipe.lines} bpf_printk lines from trace_pipe\n" + line
+        return line
+
+    def dropped_kernel(self) -> int:
+        return self.obj.dropped_kernel()
+
+    def close(self) -> None:
+        if self.trace_pipe is not None:
+            self.trace_pipe.close()
+        self.obj.close()
+
+
+def trace_interval(line: TraceLine) -> Interval:
+    """A bpf_printk line as printed: ``TIME TRACE comm-pid [cpu] message`` (escaped:
+    the comm and the message may carry what a traced process chose), or JSON."""
+    stamp = time.strftime("%H:%M:%S")
+    where = escape_control(f"{line.comm}-{line.pid} [{line.cpu:03d}]")
+    text = f"{stamp} TRACE {where} {escape_control(line.message)}"
+    return Interval(text, [{"trace_pipe": line.as_dict()}])
+
+
+def _now(record: Record) -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
+    _set_globals(obj, opts)
+    ctx = click.get_current_context()
+    periodic = ctx.get_parameter_source("interval") == click.core.ParameterSource.COMMANDLINE
+    run_session(
+        lambda: RunSession(obj, opts, periodic),
+        as_json=bool(opts["as_json"]),
+        output=opts["output"],
+        duration=opts["duration"],
+        show_stats=bool(opts["stats"]),
+    )
 
 
 def _is_probe(prog: Program) -> bool:
@@ -664,29 +589,6 @@ def _nothing_to_run(obj: BpfObject, skipped: list[Program]) -> str:
     )
 
 
-def _summary(
-    obj: BpfObject,
-    stats: dict[str, Any] | None,
-    out: StdoutLines,
-    show_stats: bool,
-    as_json: bool,
-) -> None:
-    """The exit summary on stderr (and ``--stats``); records the output could not take
-    count as lost too (``unwritten``)."""
-    if stats is None:
-        stats = {"received": 0, "dropped_kernel": obj.dropped_kernel(), "dropped_queue": 0}
-    stats["unwritten"] = out.unwritten
-    line = (
-        f"bpfloom: {stats['received']} events received; lost: {stats['dropped_kernel']} in "
-        f"the kernel, {stats['dropped_queue']} in user space"
-    )
-    if out.unwritten:
-        line += f", {out.unwritten} not written"
-    click.echo(line, err=True)
-    if show_stats and not (as_json and out.stopped):
-        click.echo(json.dumps({"stats": stats}), err=not as_json)
-
-
 # --- bpfloom demo -----------------------------------------------------------------------
 
 
@@ -705,12 +607,12 @@ def demo_command(duration: float, as_json: bool) -> None:
     While it runs, the demo starts a few short commands itself so there is something
     to see even on an idle machine.
     """
-    from .bpf import object_path
+    from ..bpf import object_path
 
     try:
         path = str(object_path("exec"))
     except BpfloomError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     stop = threading.Event()
 
     def activity() -> None:
@@ -728,36 +630,3 @@ def demo_command(duration: float, as_json: bool) -> None:
     finally:
         stop.set()
         worker.join(timeout=2)
-
-
-def _add_tool_commands() -> None:
-    from .tools import commands
-
-    for command in commands():
-        main.add_command(command)
-
-
-_add_tool_commands()
-
-
-def entry() -> None:
-    """Console entry point: every error is one line on stderr (``bpfloom: error: ...``)
-    with status 2 for a wrong command line and 1 for a failed run; an unexpected
-    exception too (status 1), unless BPFLOOM_DEBUG is set."""
-    try:
-        status = main.main(prog_name="bpfloom", standalone_mode=False)
-        sys.exit(status if isinstance(status, int) else 0)
-    except SystemExit:
-        raise
-    except click.exceptions.Abort:  # Ctrl-C or end of input at a prompt
-        sys.exit(130)
-    except click.ClickException as exc:
-        _usage_fail(exc)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except BpfloomError as exc:
-        _fail(str(exc))
-    except Exception as exc:
-        if os.environ.get("BPFLOOM_DEBUG"):
-            raise
-        _fail(f"internal error: {type(exc).__name__}: {exc} (BPFLOOM_DEBUG=1 shows a traceback)")

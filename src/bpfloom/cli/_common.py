@@ -1,0 +1,130 @@
+"""What every command shares: errors as one line, option types, output options.
+
+Exit status: 0 done (Ctrl-C and SIGTERM included), 1 the run failed (``EXIT_ERROR``),
+2 the command line is wrong (``EXIT_USAGE``). Messages may quote names chosen by an
+object file or a traced process, so they go out escaped (``bpfloom._terminal``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from .._terminal import escape_lines
+
+EXIT_ERROR = 1  # the run failed: a missing file, a refused load, an I/O error
+EXIT_USAGE = 2  # the command line is wrong: an unknown option, a bad value
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def stderr(message: str) -> None:
+    """A message on stderr, escaped: it may quote names an object file chose."""
+    click.echo(escape_lines(message), err=True)
+
+
+def fail(message: str, status: int = EXIT_ERROR) -> NoReturn:
+    """One ``bpfloom: error:`` line on stderr, then exit with ``status``."""
+    stderr(f"bpfloom: error: {message}")
+    sys.exit(status)
+
+
+def usage_fail(exc: click.ClickException) -> NoReturn:
+    """click's error as one line with where to look for help (click itself prints Usage
+    and Try lines around it); status 2 for a wrong command line, 1 otherwise."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    fail(message, EXIT_USAGE if isinstance(exc, click.UsageError) else EXIT_ERROR)
+
+
+class Seconds(click.FloatRange):
+    """A click type for a positive, finite number of seconds: ``nan`` and ``inf``, which
+    a float range lets through, would make a run that never ends or ticks forever."""
+
+    name = "seconds"
+
+    def __init__(self) -> None:
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()
+
+
+def _output_specs(record_word: str) -> list[tuple[list[str], dict[str, Any]]]:
+    return [
+        (
+            ["--json", "as_json"],
+            {"is_flag": True, "help": f"Print one JSON object per {record_word}."},
+        ),
+        (
+            ["--duration"],
+            {
+                "type": SECONDS,
+                "default": None,
+                "metavar": "SECONDS",
+                "help": "Stop after this many seconds (default: run until Ctrl-C).",
+            },
+        ),
+        (
+            ["-o", "--output"],
+            {
+                "default": None,
+                "metavar": "PATH",
+                "help": f"Write the {record_word}s to PATH instead of stdout: PATH.jsonl "
+                "gets JSON lines (appended), PATH.parquet the raw records (a new file; "
+                "needs pyarrow).",
+            },
+        ),
+        (
+            ["--stats"],
+            {
+                "is_flag": True,
+                "help": 'At exit, print {"stats": {...}}: counts, drops, latencies (stdout '
+                "with --json, else stderr).",
+            },
+        ),
+    ]
+
+
+def output_params(record_word: str = "record") -> list[click.Option]:
+    """``--json``, ``--duration``, ``-o/--output`` and ``--stats``: every command's."""
+    return [click.Option(decls, **attrs) for decls, attrs in _output_specs(record_word)]
+
+
+def output_options(record_word: str = "record") -> Callable[[F], F]:
+    """A decorator adding ``output_params`` to a command."""
+
+    def add(func: F) -> F:
+        for decls, attrs in reversed(_output_specs(record_word)):
+            func = click.option(*decls, **attrs)(func)
+        return func
+
+    return add
+
+
+def exit_output_blocked(exit_line: str) -> NoReturn:
+    """Exit at once, status 1: a printing handler was still stuck at the shutdown
+    deadline (stdout is a full pipe nobody reads) and holds the output, so whatever
+    the way out still prints on stdout (a summary, histograms, ``--stats``) would wait
+    for good."""
+    click.echo(exit_line, err=True)
+    click.echo(
+        "bpfloom: error: stdout is blocked (a full pipe nobody reads?); "
+        "the events being printed at the deadline were dropped",
+        err=True,
+    )
+    sys.stderr.flush()
+    os._exit(1)

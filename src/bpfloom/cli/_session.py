@@ -1,0 +1,303 @@
+"""The one run loop of every command: sources → Pipeline → sinks.
+
+A command describes what it runs as a ``Session`` (readers, how a batch becomes
+records, how to attach and detach, what to print every interval and at exit) and
+``run_session`` does the rest the same way for all of them:
+
+1. take SIGINT/SIGTERM over (``StopSignals``: the first is a clean stop, the second
+   exits at once), build the session (open, set globals, load) and its sinks;
+2. start the pipeline (its baseline of kernel drops is taken then, so drops of the
+   very first events count), attach, say ``bpfloom NAME: tracing; Ctrl-C to stop``;
+3. wait for ``--duration``, a signal, or the pipeline ending, ticking every interval;
+4. detach first — everything the programs emitted is in the buffers then — and stop
+   the pipeline, which drains them (the pipeline never detaches: whoever attached
+   does, as in cilium/ebpf);
+5. the last tick and the summary, close the sinks, the exit line on stderr (and
+   ``--stats``); a fatal sink failure (stdout or the ``-o`` file) is an error, status 1.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from .._exceptions import BpfloomError
+from ..batch import Batch
+from ..perfbuf import PerfBuffer
+from ..pipeline import Pipeline, StopSignals, wait_for_stop
+from ..ringbuf import RingBuffer
+from ..sinks import Record, Sink, sink_errors
+from ..sinks.jsonl import JsonLinesSink
+from ..sinks.parquet import ParquetSink
+from ..sinks.table import Column, TableSink
+from ..tools.tool import Tool
+from ._common import EXIT_USAGE, exit_output_blocked, fail, stderr
+
+
+@dataclass
+class Interval:
+    """What a tick prints: ``text`` for a table, ``records`` for JSON and files;
+    ``done`` ends the run (libbpf-tools' ``[count]`` intervals printed)."""
+
+    text: str = ""
+    records: list[Record] = field(default_factory=list)
+    done: bool = False
+
+
+class Session:
+    """What one command runs. Subclasses set the attributes and override what applies.
+
+    ``readers`` are the event buffers read (none for tools that aggregate in the
+    kernel); ``records(batch)`` turns a batch into output records; ``columns`` lays
+    out the table (a list, or a function of the batch); ``executor``/``workers`` run
+    ``records`` (inline in the reader thread unless a command needs workers).
+    """
+
+    name = "session"
+    readers: Sequence[RingBuffer | PerfBuffer] = ()
+    columns: Sequence[Column] | Callable[[Batch], Sequence[Column]] = ()
+    header = True
+    executor = "inline"
+    workers = 1
+    interval: float | None = None
+    #: The run's outputs, set by ``run_session`` before ``attach``: for what a session
+    #: prints beside its records from a thread of its own (trace_pipe lines).
+    outputs: Outputs | None = None
+
+    def records(self, batch: Batch) -> list[Record]:
+        return []
+
+    def attach(self) -> None:
+        """Start tracing."""
+
+    def detach(self) -> None:
+        """Stop tracing: nothing new reaches the buffers after this."""
+
+    def tracing_line(self) -> str:
+        return f"bpfloom {self.name}: tracing; Ctrl-C to stop"
+
+    def tick(self, final: bool) -> Interval | None:
+        """Every ``interval`` seconds and once at exit (``final``): what to print."""
+        return None
+
+    def summary(self) -> Interval | None:
+        """What to print at exit, after the last tick."""
+        return None
+
+    def exit_line(self, stats: dict[str, Any]) -> str:
+        return (
+            f"bpfloom {self.name}: {stats['received']} events; lost "
+            f"{stats['dropped_kernel']} in the kernel, {stats['dropped_queue']} in user space"
+        )
+
+    def dropped_kernel(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        """Release every kernel object (idempotent)."""
+
+
+class ToolSession(Session):
+    """A ready tool (``bpfloom.tools``) as a session; ``tick`` makes its intervals."""
+
+    def __init__(
+        self,
+        tool: Tool,
+        *,
+        tick: Callable[[bool], Interval | None] | None = None,
+        interval: float | None = None,
+        columns: Sequence[Column] | None = None,
+    ) -> None:
+        self.tool = tool
+        self.name = tool.name
+        self.readers = tool.readers
+        self.columns = tool.columns if columns is None else columns
+        self.interval = interval
+        self._tick = tick
+
+    def records(self, batch: Batch) -> list[Record]:
+        return self.tool.records(batch)
+
+    def attach(self) -> None:
+        self.tool.attach()
+
+    def detach(self) -> None:
+        self.tool.detach()
+
+    def tick(self, final: bool) -> Interval | None:
+        return None if self._tick is None else self._tick(final)
+
+    def summary(self) -> Interval | None:
+        text = self.tool.summary()
+        records = self.tool.summary_records()
+        if not text and not records:
+            return None
+        return Interval(text or "", records)
+
+    def exit_line(self, stats: dict[str, Any]) -> str:
+        return self.tool.exit_line(stats)
+
+    def dropped_kernel(self) -> int:
+        return self.tool.dropped_kernel()
+
+    def close(self) -> None:
+        self.tool.close()
+
+
+class Outputs:
+    """The sinks of one run: a batch's records go to each; their failures add up."""
+
+    def __init__(self, sinks: Sequence[Sink]) -> None:
+        self.sinks = list(sinks)
+
+    @classmethod
+    def for_command(
+        cls,
+        session: Session,
+        *,
+        as_json: bool,
+        output: str | None,
+        on_stop: Callable[[], None],
+    ) -> Outputs:
+        """stdout as a table (or JSON lines with ``as_json``), or the ``-o`` file."""
+        if output is None:
+            if as_json:
+                return cls([JsonLinesSink(on_stop=on_stop)])
+            return cls([TableSink(session.columns, on_stop, header=session.header)])
+        if output.endswith(".jsonl"):
+            return cls([JsonLinesSink(output, on_stop=on_stop)])
+        if output.endswith(".parquet"):
+            return cls([ParquetSink(output, on_stop=on_stop)])
+        fail(f"-o {output}: name the format by its ending, .jsonl or .parquet", EXIT_USAGE)
+
+    def write_batch(self, batch: Batch, records: Sequence[Record]) -> None:
+        for sink in self.sinks:
+            sink.write_batch(batch, records)
+
+    def write(self, records: Sequence[Record]) -> None:
+        for sink in self.sinks:
+            sink.write(records)
+
+    def summary(self, part: Interval | None) -> None:
+        if part is None:
+            return
+        for sink in self.sinks:
+            sink.summary(part.text, part.records)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+    @property
+    def errors(self) -> int:
+        return sink_errors(self.sinks)
+
+    @property
+    def stdout_stopped(self) -> bool:
+        """stdout failed or its reader went away: nothing more goes there."""
+        return any(s.stopped for s in self.sinks if _on_stdout(s))
+
+    def fatal_error(self) -> str | None:
+        """The message of the first fatal sink that failed, if any."""
+        for sink in self.sinks:
+            if sink.fatal and sink.error is not None:
+                return sink.error_message()
+        return None
+
+
+def run_session(
+    make: Callable[[], Session],
+    *,
+    as_json: bool = False,
+    output: str | None = None,
+    duration: float | None = None,
+    show_stats: bool = False,
+) -> dict[str, Any]:
+    """Run a command's session from start to exit (see the module docstring); returns
+    the pipeline's final stats. Errors end it with one line (``fail``)."""
+    with StopSignals() as signals:
+        try:
+            session = make()
+        except BpfloomError as exc:
+            fail(str(exc))
+        try:
+            outputs = Outputs.for_command(
+                session, as_json=as_json, output=output, on_stop=signals.stop.set
+            )
+            session.outputs = outputs
+
+            def handle(batch: Batch) -> None:
+                outputs.write_batch(batch, session.records(batch))
+
+            pipeline = (
+                Pipeline(
+                    list(session.readers),
+                    handle,
+                    executor=session.executor,
+                    workers=session.workers,
+                    batch=True,
+                )
+                if session.readers
+                else None
+            )
+            if pipeline is not None:
+                pipeline.start()
+            try:
+                try:
+                    session.attach()
+                    click.echo(session.tracing_line(), err=True)
+
+                    def tick() -> bool:
+                        part = session.tick(final=False)
+                        outputs.summary(part)
+                        return part is not None and part.done
+
+                    wait_for_stop(signals.stop, pipeline, duration, tick, session.interval)
+                finally:
+                    session.detach()
+            finally:
+                stats = pipeline.stop() if pipeline is not None else _no_stats(session)
+            if pipeline is not None and pipeline.abandoned:
+                exit_output_blocked(session.exit_line(stats))
+            outputs.summary(session.tick(final=True))
+            outputs.summary(session.summary())
+            outputs.close()
+            stats["sink_errors"] = outputs.errors
+            stderr(session.exit_line(stats) + _unwritten(outputs.errors))
+            if show_stats:
+                _print_stats(stats, to_stdout=as_json and output is None, outputs=outputs)
+            message = outputs.fatal_error()
+            if message is not None:
+                fail(message)
+            return stats
+        except BpfloomError as exc:
+            fail(str(exc))
+        finally:
+            session.close()
+
+
+def _on_stdout(sink: Sink) -> bool:
+    return isinstance(sink, TableSink) or (isinstance(sink, JsonLinesSink) and sink.path is None)
+
+
+def _unwritten(errors: int) -> str:
+    return f", {errors} not written" if errors else ""
+
+
+def _print_stats(stats: dict[str, Any], *, to_stdout: bool, outputs: Outputs) -> None:
+    line = json.dumps({"stats": stats})
+    if to_stdout and not outputs.stdout_stopped:
+        try:
+            click.echo(line)
+            return
+        except OSError:
+            pass
+    click.echo(line, err=True)
+
+
+def _no_stats(session: Session) -> dict[str, Any]:
+    return {"received": 0, "dropped_kernel": session.dropped_kernel(), "dropped_queue": 0}
