@@ -583,6 +583,48 @@ def demo_command(duration: float, as_json: bool) -> None:
         worker.join(timeout=2)
 
 
+@main.command("export")
+@click.argument("configs", nargs=-1, required=True, metavar="CONFIG.yaml...")
+@click.option(
+    "--listen",
+    default="127.0.0.1:9435",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Serve /metrics on this address only ([::1]:9435 for IPv6; port 0: any free one).",
+)
+@click.option(
+    "--max-series",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Cap every metric without its own max_series at N label sets; the rest are "
+    "summed into one __overflow__ series (default: no cap).",
+)
+@click.option("--duration", type=SECONDS, default=None, help="Stop after this many seconds.")
+def export_command(
+    configs: tuple[str, ...], listen: str, max_series: int | None, duration: float | None
+) -> None:
+    """Serve Prometheus metrics read from BPF maps at scrape time.
+
+    Each CONFIG.yaml is in cloudflare/ebpf_exporter's format, beside the object
+    CONFIG.bpf.o it describes: every metric reads the map named like it and prefixes
+    its name with ebpf_exporter_. Ctrl-C or SIGTERM detaches everything and exits 0.
+    """
+    from .export import parse_listen, serving
+
+    try:
+        address = parse_listen(listen)
+    except ValueError as exc:
+        _fail(f"--listen: {exc} (see 'bpfloom export --help')", EXIT_USAGE)
+    with StopSignals() as signals:
+        try:
+            with serving(configs, address, max_series=max_series) as server:
+                _stderr(f"bpfloom export: tracing; metrics at {server.url}; Ctrl-C to stop")
+                wait_for_stop(signals.stop, None, duration)
+        except BpfloomError as exc:
+            _fail(str(exc))
+
+
 def _add_tool_commands() -> None:
     from .tools import commands
 
