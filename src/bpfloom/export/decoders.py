@@ -277,16 +277,18 @@ def _read_partitions(path: str) -> dict[tuple[int, int], bytes]:
 
 class CGroup(LabelDecoder):
     """A cgroup id (``bpf_get_current_cgroup_id()``, after ``uint``) → the cgroup's
-    directory under /sys/fs/cgroup, or ``unknown_cgroup_id:<id>``.
+    directory (``/sys/fs/cgroup/system.slice/ssh.service``), or
+    ``unknown_cgroup_id:<id>``.
 
-    On cgroup v2 the id is the directory's inode number (kernfs node id). The tree is
-    walked again on a miss, at most once a second and over at most ``MAX_DIRS``
-    directories, so unknown ids cannot make every scrape walk it.
+    The id is a cgroup v2 directory's inode number (its kernfs node id), so only the
+    cgroup2 mount is walked (``/sys/fs/cgroup``, or ``/sys/fs/cgroup/unified`` in hybrid
+    set-ups), never crossing into another file system: inode numbers of other mounts
+    would collide. The tree is walked again on a miss, at most once a second and over
+    at most ``MAX_DIRS`` directories, so unknown ids cannot make every scrape walk it.
     """
 
     name = "cgroup"
     takes = NUMBER
-    root = "/sys/fs/cgroup"
     MAX_DIRS = 100_000
 
     def __init__(self, config: DecoderConfig) -> None:
@@ -299,18 +301,41 @@ class CGroup(LabelDecoder):
         path = self.cache.get(cgroup_id)
         if path is None and time.monotonic() - self.walked >= 1.0:
             self.walked = time.monotonic()
-            self.cache = _cgroup_ids(self.root, self.MAX_DIRS)
+            self.cache = _cgroup_ids(cgroup2_mount(), self.MAX_DIRS)
             path = self.cache.get(cgroup_id)
         return path if path is not None else b"unknown_cgroup_id:%d" % cgroup_id
 
 
+def cgroup2_mount(mounts: str = "/proc/self/mounts") -> str:
+    """Where the cgroup v2 hierarchy is mounted (the first cgroup2 mount listed)."""
+    try:
+        with open(mounts, "rb") as f:
+            for line in f.read(1 << 20).splitlines():
+                fields = line.split()
+                if len(fields) >= 3 and fields[2] == b"cgroup2":
+                    # the mounts file writes spaces and such as octal escapes (\040)
+                    path = re.sub(rb"\\\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), fields[1])
+                    return os.fsdecode(path)
+    except OSError:
+        pass
+    return "/sys/fs/cgroup"
+
+
 def _cgroup_ids(root: str, limit: int) -> dict[int, bytes]:
     found: dict[int, bytes] = {}
+    try:
+        device = os.stat(root).st_dev
+    except OSError:
+        return found
     for top, dirs, _ in os.walk(root):
         try:
-            found[os.stat(top).st_ino] = os.fsencode(top)
+            info = os.stat(top)
         except OSError:
             continue
+        if info.st_dev != device:
+            dirs.clear()  # another file system mounted inside: not cgroup2's ids
+            continue
+        found[info.st_ino] = os.fsencode(top)
         if len(found) >= limit:
             break
         dirs.sort()
