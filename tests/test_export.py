@@ -858,18 +858,29 @@ struct {
     __uint(max_entries, 1 << 16);
 } ringbuf_events_total SEC(".maps");
 
+struct {
+    __uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+    __uint(key_size, sizeof(u32));
+    __uint(value_size, sizeof(u32));
+} perf_events_total SEC(".maps");
+
 SEC("tracepoint/syscalls/sys_enter_getppid")
 int on_getppid(void *ctx)
 {
-    struct event *e;
+    struct event *e, copy;
+    u32 kind;
 
     if ((bpf_get_current_pid_tgid() >> 32) != target_tgid)
         return 0;
+    kind = seq % 3; /* one thread of ours calls getppid: no race on seq */
+    seq++;
+    __builtin_memset(&copy, 0, sizeof(copy));
+    copy.kind = kind;
+    bpf_perf_event_output(ctx, &perf_events_total, BPF_F_CURRENT_CPU, &copy, sizeof(copy));
     e = bpf_ringbuf_reserve(&ringbuf_events_total, sizeof(*e), 0);
     if (!e)
         return 0;
-    e->kind = seq % 3; /* one thread of ours calls getppid: no race on seq */
-    seq++;
+    e->kind = kind;
     e->cpu_hint = 0;
     bpf_ringbuf_submit(e, 0);
     return 0;
@@ -896,12 +907,22 @@ metrics:
         - name: hint
           decoders:
             - name: uint
+    - name: perf_events_total
+      help: Events of the perf buffer by kind, as ebpf_exporter's perf_event_array counters
+      perf_event_array: true
+      flush_interval: 1h
+      labels:
+        - name: kind
+          size: 4
+          decoders:
+            - name: uint
 """
 
 
 def test_ring_buffer_counter(tmp_path: Path) -> None:
     """Counters fed from a ring buffer's events (``ring_buffer: true``): one count per
-    record, by the labels decoded from it; label sizes come from the record's type."""
+    record, by the labels decoded from it; label sizes come from the record's type. The
+    same events through a perf event array (``perf_event_array: true``, explicit sizes)."""
     config = build(tmp_path, "ringbuf", RINGBUF_C, RINGBUF_YAML)
     with exporter(config, globals={"target_tgid": os.getpid()}) as ex:
         for _ in range(10):
@@ -909,8 +930,8 @@ def test_ring_buffer_counter(tmp_path: Path) -> None:
         deadline = time.monotonic() + DEADLINE
         while True:
             text = scrape(ex)
-            got = {k: int(v) for k, v in samples(text).items() if "ringbuf" in k[0]}
-            if sum(got.values()) >= 10 or time.monotonic() > deadline:
+            got = {k: int(v) for k, v in samples(text).items() if "_events_" in k[0]}
+            if sum(got.values()) >= 20 or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
     name = "ebpf_exporter_ringbuf_events_total"
@@ -918,6 +939,9 @@ def test_ring_buffer_counter(tmp_path: Path) -> None:
         (name, frozenset({("kind", "zero"), ("hint", "0")})): 4,
         (name, frozenset({("kind", "one"), ("hint", "0")})): 3,
         (name, frozenset({("kind", "two"), ("hint", "0")})): 3,
+        ("ebpf_exporter_perf_events_total", frozenset({("kind", "0")})): 4,
+        ("ebpf_exporter_perf_events_total", frozenset({("kind", "1")})): 3,
+        ("ebpf_exporter_perf_events_total", frozenset({("kind", "2")})): 3,
     }
 
 
