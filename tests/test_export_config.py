@@ -625,3 +625,27 @@ def test_export_package_does_not_import_click() -> None:
         "assert 'click' not in sys.modules, 'click imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_event_counts_count_by_key_and_flush() -> None:
+    """Event counters count records by their key bytes; with flush_interval they start
+    again from zero once that much time has passed (ebpf_exporter's perf_event_array
+    counters)."""
+    import time
+
+    import numpy as np
+
+    from bpfloom.export.collector import EventCounts
+
+    counts = EventCounts(2, flush_interval=0.05)
+    records = np.array([[1, 0, 9], [2, 0, 9], [1, 0, 7], [1, 0, 8]], dtype=np.uint8)
+    counts.add(records)  # the third byte is past the key: not part of it
+    rows = counts.read()
+    assert dict(zip(map(bytes, rows.keys), rows.values.tolist(), strict=True)) == {
+        b"\x01\x00": 3,
+        b"\x02\x00": 1,
+    }
+    time.sleep(0.1)
+    assert len(counts.read()) == 0
+    counts.add(records[:1])
+    assert counts.read().values.tolist() == [1]
