@@ -2,11 +2,12 @@
 
 A ``Collector`` writes one metric family each scrape from the rows its source gives
 now (a map read in bulk, ``mapread``; or the counts of a ring/perf buffer's events,
-``EventCounts``). Nothing is kept per series between scrapes but caches: the label
-values each distinct key decodes to (``KeyLabels``, as ebpf_exporter's decoder set
-caches them), the rendered ``a="x",b="y"`` text with them, and the label sets a
-cardinality cap has admitted. There is no client-library object per series: the lines
-are formatted straight from the rows, which is what makes a 100 000-series scrape cheap
+``EventCounts``). Labels are decoded column by column (``KeyLabels``): each label's
+distinct raw values go through its decoders once and stay cached, as ebpf_exporter's
+decoder set caches them; the ``a="x",b="y"`` text of every row is joined with numpy
+object arrays. Nothing else is kept between scrapes but the label sets a cardinality
+cap has admitted. There is no client-library object per series: the lines are
+formatted straight from the rows, which is what makes a 100 000-series scrape cheap
 (bench/export.py).
 
 Semantics follow cloudflare/ebpf_exporter: label sets that decode alike are summed; a
@@ -31,7 +32,7 @@ import numpy as np
 from ..maps import Map
 from ..types import Array, Enum, Int, Pointer, Struct, Type, describe, sizeof, strip
 from . import exposition
-from .config import LabelConfig, MetricConfig, Where
+from .config import LabelConfig, MetricConfig
 from .decoders import DecodeError, DecoderChain
 from .mapread import MapRows, read_u64_map
 
@@ -52,7 +53,7 @@ class LabelSlot:
 
 
 def plan_labels(
-    labels: tuple[LabelConfig, ...], key_size: int, key_type: Type | None, what: str, where: Where
+    labels: tuple[LabelConfig, ...], key_size: int, key_type: Type | None, what: str
 ) -> list[LabelSlot]:
     """Cut the key into labels: explicit ``size``/``padding``/``reuse`` as ebpf_exporter
     does, or, when a size is left out, the members of the key's BTF struct in order (a
@@ -221,8 +222,6 @@ def keys_as_bytes(keys: np.ndarray) -> list[bytes]:
 class Source:
     """Where a metric's rows come from."""
 
-    percpu = False
-
     def read(self) -> MapRows:
         raise NotImplementedError
 
@@ -233,7 +232,6 @@ class MapSource(Source):
     def __init__(self, m: Map, possible_cpus: int) -> None:
         self.map = m
         self.possible_cpus = possible_cpus
-        self.percpu = m.percpu
 
     def read(self) -> MapRows:
         return read_u64_map(self.map, self.possible_cpus)

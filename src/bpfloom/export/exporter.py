@@ -142,9 +142,7 @@ class Exporter:
         if m.percpu and metric.kind != "histogram" and labels and labels[-1].name == CPU_LABEL:
             cpu_slot = self._cpu_slot(labels[-1])
             labels = labels[:-1]
-        slots = plan_labels(
-            labels, m.key_size, m.key_type, f"key of map {metric.name!r}", metric.where
-        )
+        slots = plan_labels(labels, m.key_size, m.key_type, f"key of map {metric.name!r}")
         source = MapSource(m, obj.possible_cpus)
         if metric.kind == "histogram":
             return HistogramCollector(config.name, metric, source, slots, max_series=max_series)
@@ -195,7 +193,7 @@ class Exporter:
                     f"no type to take it from ({exc}); give size for every label"
                 ) from None
         size = Decoder(record).size
-        slots = plan_labels(metric.labels, size, record, f"records of {m.name!r}", metric.where)
+        slots = plan_labels(metric.labels, size, record, f"records of {m.name!r}")
         counts = EventCounts(size, metric.flush_interval)
         self._event_counts[config.name][m.name] = (counts, m, record)
         return counts, slots
