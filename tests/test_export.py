@@ -678,6 +678,21 @@ def test_four_configs_through_prometheus(tmp_path: Path) -> None:
     assert code == 0, run.stderr()
 
 
+def prog_ids_of(pid: int) -> set[int]:
+    """Ids of the BPF programs process ``pid`` holds file descriptors for (its fdinfo):
+    other test runs on the machine load programs of their own meanwhile."""
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                ids.update(int(line.split()[1]) for line in f if line.startswith("prog_id:"))
+        except OSError:
+            continue  # closed while we looked
+    return ids
+
+
 def kernel_symbols() -> set[str]:
     with open("/proc/kallsyms") as f:
         return {line.split()[2] for line in f}
@@ -688,10 +703,10 @@ def test_cli_stops_cleanly_and_detaches(tmp_path: Path) -> None:
     in the kernel; only the address given is bound."""
     program = getpid_program(tmp_path)
     config = build(tmp_path, "syscalls", SYSCALLS_C, SYSCALLS_YAML.format(comm=program.name))
-    before = kernel_prog_ids()
     run = ExportRun(tmp_path, [config])
-    ours = kernel_prog_ids() - before
+    ours = prog_ids_of(run.proc.pid)
     assert ours, "no program of bpfloom export in the kernel while it runs"
+    assert ours <= kernel_prog_ids()
     listening = subprocess.run(
         ["ss", "-Hltnp"], capture_output=True, text=True, check=True
     ).stdout.splitlines()
