@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install everything bpfloom needs on a fresh Debian 12 machine, as root:
-# system packages (libbpf, clang, bpftool, Go for test targets), a virtualenv in
-# .venv with the package and its test tools, and the BPF objects built from source.
+# system packages (libbpf, clang, bpftool, Go for test targets, Prometheus for the
+# export tests), a virtualenv in .venv with the package and its test tools, and the
+# BPF objects built from source.
 # Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(clang-16 llvm-16 libbpf-dev libbpf1 bpftool golang-go iproute2 iputils-ping util-linux libcap2-bin make gcc g++ libc6-dev systemtap-sdt-dev)
+PACKAGES=(clang-16 llvm-16 libbpf-dev libbpf1 bpftool golang-go iproute2 iputils-ping util-linux libcap2-bin make gcc g++ libc6-dev systemtap-sdt-dev prometheus)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

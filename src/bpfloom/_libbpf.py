@@ -478,3 +478,78 @@ def byref(obj: Any) -> Any:
 def load_vmlinux_btf() -> int | None:
     ptr = btf_load_vmlinux()
     return ptr or None
+
+
+# --- batched map reads ------------------------------------------------------------------
+
+
+class MapBatchOpts(Structure):
+    """``struct bpf_map_batch_opts``."""
+
+    _fields_ = [("sz", c_size_t), ("elem_flags", c_uint64), ("flags", c_uint64)]
+
+
+bpf_map_lookup_batch = _fn(
+    "bpf_map_lookup_batch",
+    c_int,
+    c_int,
+    c_void_p,
+    c_void_p,
+    c_void_p,
+    c_void_p,
+    POINTER(c_uint32),
+    POINTER(MapBatchOpts),
+)
+
+_ENOENT, _ENOSPC, _EINVAL, _ENOTSUPP, _EOPNOTSUPP = 2, 28, 22, 524, 95
+
+
+def map_lookup_all(
+    fd: int, key_size: int, value_size: int, chunk: int, limit: int
+) -> tuple[bytes, bytes, int] | None:
+    """Every entry of map ``fd``, read with BPF_MAP_LOOKUP_BATCH ``chunk`` entries per
+    call: (keys, values, count), keys and values packed back to back (``value_size``
+    bytes per entry: for per-CPU maps, the 8-byte-aligned value times the possible
+    CPUs). Reads at most ``limit`` entries (a map being refilled cannot keep us going).
+
+    None when the kernel has no batch lookup for this map type (EINVAL on the first
+    call, ENOTSUPP/EOPNOTSUPP): read it key by key then. Raises ``OSError`` otherwise.
+    The batch token is opaque (a bucket index for hash maps, a key for arrays): its
+    buffer is as large as either.
+    """
+    chunk = max(1, min(chunk, limit))
+    token_size = max(key_size, 8)
+    tokens = [ctypes.create_string_buffer(token_size), ctypes.create_string_buffer(token_size)]
+    keys = ctypes.create_string_buffer(chunk * key_size)
+    values = ctypes.create_string_buffer(chunk * value_size)
+    opts = MapBatchOpts(sz=ctypes.sizeof(MapBatchOpts))
+    key_parts: list[bytes] = []
+    value_parts: list[bytes] = []
+    total = 0
+    first = True
+    while total < limit:
+        count = c_uint32(min(chunk, limit - total))
+        in_token = None if first else tokens[0]
+        ret = bpf_map_lookup_batch(
+            fd, in_token, tokens[1], keys, values, ctypes.byref(count), ctypes.byref(opts)
+        )
+        n = count.value if ret in (0, -_ENOENT) else 0
+        if ret < 0 and ret != -_ENOENT:
+            if ret == -_ENOSPC and chunk < limit:
+                # A hash bucket holds more entries than fit: retry with room for it.
+                chunk = min(chunk * 4, limit)
+                keys = ctypes.create_string_buffer(chunk * key_size)
+                values = ctypes.create_string_buffer(chunk * value_size)
+                continue
+            if first and ret in (-_EINVAL, -_ENOTSUPP, -_EOPNOTSUPP):
+                return None
+            check(ret, "BPF_MAP_LOOKUP_BATCH")
+        if n:
+            key_parts.append(ctypes.string_at(keys, n * key_size))
+            value_parts.append(ctypes.string_at(values, n * value_size))
+            total += n
+        if ret == -_ENOENT or n == 0:
+            break
+        first = False
+        tokens.reverse()  # this call's out token is the next call's in token
+    return b"".join(key_parts), b"".join(value_parts), total
