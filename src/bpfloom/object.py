@@ -39,11 +39,11 @@ from ._exceptions import (
     ObjectFileError,
     TypeInfoError,
 )
+from ._poller import DEFAULT_POLL_INTERVAL
 from .btf import Btf, parse_btf
 from .decode import STRING_POLICIES, Decoder, encode
 from .maps import Map
 from .relocations import data_references
-from .ringbuf import DEFAULT_POLL_INTERVAL
 from .typeinfo import TypeInfo
 from .types import Datasec, Struct, Type, Var, describe, sizeof, strip
 

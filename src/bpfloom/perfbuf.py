@@ -15,24 +15,20 @@ CPU by CPU; order across CPUs is not the order of the events.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import mmap
 import os
-import select
 import struct
-import threading
-import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import _syscalls
-from ._exceptions import BpfloomError, ClosedError, MapError, TypeInfoError
+from ._exceptions import BpfloomError, MapError, TypeInfoError
+from ._poller import DEFAULT_POLL_INTERVAL, BufferReader
 from .batch import Batch, concat, empty_batch
 from .decode import Decoder, pad_records
-from .ringbuf import DEFAULT_POLL_INTERVAL, _require_tso
+from .ringbuf import _require_tso
 from .types import describe
 
 if TYPE_CHECKING:
@@ -96,7 +92,7 @@ class _CpuRing:
         os.close(self.fd)
 
 
-class PerfBuffer:
+class PerfBuffer(BufferReader):
     """Reads batches of samples from a perf event array, all CPUs at once.
 
     ``read(timeout)`` returns the next batch holding records or lost-sample counts
@@ -127,18 +123,12 @@ class PerfBuffer:
             )
         self.name = perf_map.name
         self.decoder = decoder
-        self.poll_interval = poll_interval
         self.received = 0
         self.lost_samples = 0
         self._map = perf_map
         self.owner = owner
-        self._lock = threading.Lock()
-        self._wake_lock = threading.Lock()  # orders wakeup() before close() frees the fd
-        self._closed = False
         self._rings: list[_CpuRing] = []
-        self._epoll = select.epoll()
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._epoll.register(self._wake_fd, select.EPOLLIN)
+        super().__init__(poll_interval)
         try:
             for cpu in online_cpus():
                 if cpu >= perf_map.max_entries:
@@ -147,12 +137,12 @@ class PerfBuffer:
                 self._rings.append(ring)
                 perf_map.update(cpu, ring.fd)
                 fcntl.ioctl(ring.fd, _syscalls.PERF_EVENT_IOC_ENABLE, 0)
-                self._epoll.register(ring.fd, select.EPOLLIN)
+                self._watch(ring.fd)
         except MapError:
-            self._release()
+            self._release_all()
             raise
         except OSError as exc:
-            self._release()
+            self._release_all()
             raise BpfloomError(
                 f"perf buffer {self.name!r}: {exc.strerror or exc}", errno=exc.errno
             ) from exc
@@ -192,7 +182,9 @@ class PerfBuffer:
         batch.lost += lost
         return batch
 
-    def _drain(self) -> Batch:
+    def _drain(self, max_records: int | None = None) -> Batch:
+        """Every CPU's unread region (``max_records`` is not used: a perf ring is
+        released region by region, never in part)."""
         parts = []
         for ring in self._rings:
             region = ring.read_region()
@@ -205,62 +197,10 @@ class PerfBuffer:
         self.lost_samples += batch.lost
         return batch
 
-    def read(self, timeout: float | None = None) -> Batch:
-        """The next batch with records or losses, waiting up to ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            while True:
-                if self._closed:
-                    raise ClosedError(f"perf buffer {self.name!r} is closed")
-                batch = self._drain()
-                if batch or batch.lost:
-                    return batch
-                wait = self.poll_interval
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return batch
-                    wait = min(wait, left)
-                events = self._epoll.poll(wait)
-                if not self._closed and any(fd == self._wake_fd for fd, _ in events):
-                    with contextlib.suppress(BlockingIOError):
-                        os.eventfd_read(self._wake_fd)  # woken by wakeup(): return now
-                    return self._drain()
+    kind = "perf buffer"
 
-    def poll(self) -> Batch:
-        """Drain what is there now without waiting."""
-        with self._lock:
-            if self._closed:
-                raise ClosedError(f"perf buffer {self.name!r} is closed")
-            return self._drain()
-
-    def batches(self, timeout: float | None = None) -> Iterator[Batch]:
-        while True:
-            try:
-                batch = self.read(timeout)
-            except ClosedError:
-                return
-            if not batch and not batch.lost:
-                return
-            yield batch
-
-    def __iter__(self) -> Iterator[Any]:
-        for batch in self.batches():
-            yield from batch
-
-    def wakeup(self) -> None:
-        """Make a pending ``read`` return now, with what is there (maybe nothing).
-
-        Thread-safe; does nothing once closed. The pipeline calls it on ``stop()`` so
-        that its readers do not sit out the rest of their read timeout.
-        """
-        with self._wake_lock:
-            if not self._closed:
-                os.eventfd_write(self._wake_fd, 1)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
+    def _news(self, batch: Batch) -> bool:
+        return bool(batch) or bool(batch.lost)  # lost samples are news too
 
     def _release(self) -> None:
         for ring in self._rings:
@@ -272,19 +212,12 @@ class PerfBuffer:
                 pass  # the map may already be gone with its object
             ring.close()
         self._rings = []
+
+    def _release_all(self) -> None:
+        """Undo a construction that failed half-way."""
+        self._release()
         self._epoll.close()
         os.close(self._wake_fd)
-
-    def close(self) -> None:
-        with self._wake_lock:
-            if self._closed:
-                return
-            self._closed = True
-            os.eventfd_write(self._wake_fd, 1)
-        with self._lock:
-            self._release()
-        if self.owner is not None:
-            self.owner._forget(self)
 
     def __enter__(self) -> PerfBuffer:
         return self

@@ -21,19 +21,14 @@ Thread-safety: ``read`` may be called from several threads (reads are serialised
 
 from __future__ import annotations
 
-import contextlib
 import mmap
-import os
 import platform
-import select
-import threading
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from ._exceptions import BpfloomError, ClosedError, TypeInfoError
+from ._exceptions import BpfloomError, TypeInfoError
+from ._poller import DEFAULT_POLL_INTERVAL, BufferReader
 from .batch import Batch, concat, empty_batch
 from .decode import Decoder, pad_records
 from .types import describe
@@ -41,7 +36,6 @@ from .types import describe
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
 HEADER_SIZE = 8
-DEFAULT_POLL_INTERVAL = 0.1
 # Bytes copied out per batch at most. Copies that stay cache-sized and reuse freed
 # memory run several times faster than huge ones that fault in fresh pages
 # (bench/drain.py: 64 K records of 40 bytes drain at ~390 M/s, 1 M at ~15 M/s).
@@ -56,7 +50,7 @@ def _require_tso() -> None:
         )
 
 
-class RingBuffer:
+class RingBuffer(BufferReader):
     """Reads batches of records from one BPF ring buffer map.
 
     ``read(timeout)`` returns the next non-empty ``Batch`` (an empty one on timeout).
@@ -88,15 +82,11 @@ class RingBuffer:
         self.name = name
         self.decoder = decoder
         self.size = size
-        self.poll_interval = poll_interval
         self.batch_bytes = batch_bytes
         self.received = 0
         self.discarded = 0
         self.owner = owner
         self._mask = size - 1
-        self._lock = threading.Lock()
-        self._wake_lock = threading.Lock()  # orders wakeup() before close() frees the fd
-        self._closed = False
         page = mmap.PAGESIZE
         self._consumer_map = mmap.mmap(
             map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0
@@ -111,10 +101,8 @@ class RingBuffer:
         self._consumer_pos = np.frombuffer(self._consumer_map, dtype=np.uint64, count=1)
         self._producer_pos = np.frombuffer(self._data_map, dtype=np.uint64, count=1)
         self._data = np.frombuffer(self._data_map, dtype=np.uint8, offset=page)
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._epoll = select.epoll()
-        self._epoll.register(map_fd, select.EPOLLIN)
-        self._epoll.register(self._wake_fd, select.EPOLLIN)
+        super().__init__(poll_interval)
+        self._watch(map_fd)
 
     def __repr__(self) -> str:
         return f"<RingBuffer {self.name} {self.size} bytes{' closed' if self._closed else ''}>"
@@ -180,85 +168,12 @@ class RingBuffer:
             return empty_batch(self.decoder, self.name)
         return concat(chunks, self.decoder, self.name)
 
-    def read(self, timeout: float | None = None, max_records: int | None = None) -> Batch:
-        """The next non-empty batch, waiting up to ``timeout`` seconds (None: forever).
+    kind = "ring buffer"
 
-        Returns an empty batch on timeout. Raises ``ClosedError`` once closed.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            while True:
-                if self._closed:
-                    raise ClosedError(f"ring buffer {self.name!r} is closed")
-                batch = self._drain(max_records)
-                if batch:
-                    return batch
-                wait = self.poll_interval
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return batch
-                    wait = min(wait, left)
-                events = self._epoll.poll(wait)
-                if not self._closed and any(fd == self._wake_fd for fd, _ in events):
-                    with contextlib.suppress(BlockingIOError):
-                        os.eventfd_read(self._wake_fd)  # woken by wakeup(): return now
-                    return self._drain(max_records)
-
-    def poll(self, max_records: int | None = None) -> Batch:
-        """Drain what is there now without waiting (possibly an empty batch)."""
-        with self._lock:
-            if self._closed:
-                raise ClosedError(f"ring buffer {self.name!r} is closed")
-            return self._drain(max_records)
-
-    def batches(self, timeout: float | None = None) -> Iterator[Batch]:
-        """Non-empty batches until closed (or until ``timeout`` passes with nothing)."""
-        while True:
-            try:
-                batch = self.read(timeout)
-            except ClosedError:
-                return
-            if not batch:
-                return
-            yield batch
-
-    def __iter__(self) -> Iterator[Any]:
-        """Decoded events, one at a time, until the reader is closed."""
-        for batch in self.batches():
-            yield from batch
-
-    # --- life cycle ----------------------------------------------------------------
-
-    def wakeup(self) -> None:
-        """Make a pending ``read`` return now, with what is there (maybe nothing).
-
-        Thread-safe; does nothing once closed. The pipeline calls it on ``stop()`` so
-        that its readers do not sit out the rest of their read timeout.
-        """
-        with self._wake_lock:
-            if not self._closed:
-                os.eventfd_write(self._wake_fd, 1)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        """Release the mappings and unblock a pending ``read`` (idempotent)."""
-        with self._wake_lock:
-            if self._closed:
-                return
-            self._closed = True
-            os.eventfd_write(self._wake_fd, 1)
-        with self._lock:  # a pending read wakes up, sees closed, and returns
-            del self._consumer_pos, self._producer_pos, self._data
-            self._epoll.close()
-            os.close(self._wake_fd)
-            self._consumer_map.close()
-            self._data_map.close()
-        if self.owner is not None:
-            self.owner._forget(self)
+    def _release(self) -> None:
+        del self._consumer_pos, self._producer_pos, self._data
+        self._consumer_map.close()
+        self._data_map.close()
 
     def __enter__(self) -> RingBuffer:
         return self

@@ -21,11 +21,11 @@ import click
 
 from .. import attach_comments, decode
 from .._exceptions import AttachError, BpfloomError, TypeInfoError
+from .._poller import DEFAULT_POLL_INTERVAL
 from .._terminal import escape_control
 from ..batch import Batch
 from ..mapdump import DEFAULT_MAX_ROWS, MapDump
 from ..object import XDP_MODES, BpfObject, GlobalVar, Link, Program
-from ..ringbuf import DEFAULT_POLL_INTERVAL
 from ..sinks import Record
 from ..sinks.table import Column
 from ..targets import AttachTargets, plan
