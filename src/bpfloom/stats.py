@@ -30,14 +30,21 @@ class Latencies:
     def __init__(self) -> None:
         self._samples: deque[int] = deque(maxlen=RESERVOIR)
         self.count = 0
+        #: Every sample counted by magnitude: ``buckets[i]`` holds [2**(i-1), 2**i) ns
+        #: (cumulative since the start, for Prometheus histograms).
+        self.buckets = [0] * 65
 
     def add(self, ns: int) -> None:
         self._samples.append(ns)
         self.count += 1
+        self.buckets[min(max(ns, 0).bit_length(), 64)] += 1
 
     def extend(self, samples: list[int]) -> None:
         self._samples.extend(samples)
         self.count += len(samples)
+        buckets = self.buckets
+        for ns in samples:
+            buckets[min(max(ns, 0).bit_length(), 64)] += 1
 
     def summary(self) -> dict[str, float] | None:
         """Percentiles in microseconds (``p50_us`` …) and the sample count, or None."""

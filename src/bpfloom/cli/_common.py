@@ -63,6 +63,27 @@ class Seconds(click.FloatRange):
 SECONDS = Seconds()
 
 
+class Listen(click.ParamType):  # type: ignore[type-arg]
+    """A click type for an address to listen on: ``HOST:PORT``, ``[::1]:PORT``, or a
+    bare ``PORT`` for 127.0.0.1 (only the address given is bound)."""
+
+    name = "host:port"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        from ..export.server import parse_listen
+
+        text = f"127.0.0.1:{value}" if value.isdigit() else value
+        try:
+            return parse_listen(text)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+LISTEN = Listen()
+
+
 def _output_specs(record_word: str) -> list[tuple[list[str], dict[str, Any]]]:
     return [
         (
@@ -94,6 +115,17 @@ def _output_specs(record_word: str) -> list[tuple[list[str], dict[str, Any]]]:
                 "is_flag": True,
                 "help": 'At exit, print {"stats": {...}}: counts, drops, latencies (stdout '
                 "with --json, else stderr).",
+            },
+        ),
+        (
+            ["--metrics-addr", "metrics_addr"],
+            {
+                "type": LISTEN,
+                "default": None,
+                "metavar": "HOST:PORT",
+                "help": "Serve this run's counters (events received, handled and lost by "
+                "where, latencies, alerts, interval aggregates) to Prometheus at "
+                "http://HOST:PORT/metrics; a bare PORT means 127.0.0.1:PORT.",
             },
         ),
     ]

@@ -33,6 +33,7 @@ from ..ringbuf import RingBuffer
 from ..sinks import Record, Sink, sink_errors
 from ..sinks.jsonl import JsonLinesSink
 from ..sinks.parquet import ParquetSink
+from ..sinks.prometheus import PrometheusSink
 from ..sinks.table import Column, TableSink
 from ..tools.tool import Tool
 from ._common import EXIT_USAGE, exit_output_blocked, fail, stderr
@@ -161,18 +162,38 @@ class Outputs:
         *,
         as_json: bool,
         output: str | None,
+        metrics_addr: tuple[str, int] | None,
         on_stop: Callable[[], None],
     ) -> Outputs:
-        """stdout as a table (or JSON lines with ``as_json``), or the ``-o`` file."""
+        """stdout as a table (or JSON lines with ``as_json``), or the ``-o`` file; and
+        Prometheus with ``metrics_addr``."""
+        sinks: list[Sink]
         if output is None:
             if as_json:
-                return cls([JsonLinesSink(on_stop=on_stop)])
-            return cls([TableSink(session.columns, on_stop, header=session.header)])
-        if output.endswith(".jsonl"):
-            return cls([JsonLinesSink(output, on_stop=on_stop)])
-        if output.endswith(".parquet"):
-            return cls([ParquetSink(output, on_stop=on_stop)])
-        fail(f"-o {output}: name the format by its ending, .jsonl or .parquet", EXIT_USAGE)
+                sinks = [JsonLinesSink(on_stop=on_stop)]
+            else:
+                sinks = [TableSink(session.columns, on_stop, header=session.header)]
+        elif output.endswith(".jsonl"):
+            sinks = [JsonLinesSink(output, on_stop=on_stop)]
+        elif output.endswith(".parquet"):
+            sinks = [ParquetSink(output, on_stop=on_stop)]
+        else:
+            fail(f"-o {output}: name the format by its ending, .jsonl or .parquet", EXIT_USAGE)
+        if metrics_addr is not None:
+            try:
+                sinks.append(PrometheusSink(metrics_addr, session.name))
+            except OSError as exc:
+                for sink in sinks:
+                    sink.close()
+                host, port = metrics_addr
+                raise BpfloomError(
+                    f"--metrics-addr {host}:{port}: {exc.strerror or exc}", errno=exc.errno
+                ) from exc
+        return cls(sinks)
+
+    @property
+    def prometheus(self) -> PrometheusSink | None:
+        return next((s for s in self.sinks if isinstance(s, PrometheusSink)), None)
 
     def write_batch(self, batch: Batch, records: Sequence[Record]) -> None:
         for sink in self.sinks:
@@ -216,6 +237,7 @@ def run_session(
     output: str | None = None,
     duration: float | None = None,
     show_stats: bool = False,
+    metrics_addr: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
     """Run a command's session from start to exit (see the module docstring); returns
     the pipeline's final stats. Errors end it with one line (``fail``)."""
@@ -224,9 +246,14 @@ def run_session(
             session = make()
         except BpfloomError as exc:
             fail(str(exc))
+        outputs: Outputs | None = None
         try:
             outputs = Outputs.for_command(
-                session, as_json=as_json, output=output, on_stop=signals.stop.set
+                session,
+                as_json=as_json,
+                output=output,
+                metrics_addr=metrics_addr,
+                on_stop=signals.stop.set,
             )
             session.outputs = outputs
 
@@ -244,6 +271,17 @@ def run_session(
                 if session.readers
                 else None
             )
+            prometheus = outputs.prometheus
+            if prometheus is not None:
+                if pipeline is not None:
+                    live = pipeline
+                    prometheus.bind(
+                        lambda: {**live.stats.snapshot(), "sink_errors": outputs.errors},
+                        lambda: list(live.stats.handler_latency.buckets),
+                    )
+                else:
+                    prometheus.bind(lambda: {**_no_stats(session), "sink_errors": outputs.errors})
+                stderr(f"bpfloom {session.name}: metrics at {prometheus.url}")
             if pipeline is not None:
                 pipeline.start()
             try:
@@ -277,6 +315,8 @@ def run_session(
         except BpfloomError as exc:
             fail(str(exc))
         finally:
+            if outputs is not None:
+                outputs.close()  # idempotent: stops the metrics server on every way out
             session.close()
 
 

@@ -102,6 +102,7 @@ def detect_command(
     duration: float | None,
     output: str | None,
     stats: bool,
+    metrics_addr: tuple[str, int] | None,
 ) -> None:
     """Detect suspicious behaviour in real time with Falco-style rules.
 
@@ -127,4 +128,5 @@ def detect_command(
         output=output,
         duration=duration,
         show_stats=stats,
+        metrics_addr=metrics_addr,
     )

@@ -11,7 +11,7 @@ import click
 from .._exceptions import BpfloomError
 from ..pipeline import StopSignals, wait_for_stop
 from ._app import main
-from ._common import EXIT_USAGE, SECONDS, fail, stderr
+from ._common import EXIT_USAGE, LISTEN, SECONDS, fail, stderr
 
 
 @main.command("export")
@@ -32,8 +32,21 @@ from ._common import EXIT_USAGE, SECONDS, fail, stderr
     "summed into one __overflow__ series (default: no cap).",
 )
 @click.option("--duration", type=SECONDS, default=None, help="Stop after this many seconds.")
+@click.option(
+    "--metrics-addr",
+    "metrics_addr",
+    type=LISTEN,
+    default=None,
+    metavar="HOST:PORT",
+    help="Also serve the exporter's own series (scrapes, their durations, read errors) "
+    "at http://HOST:PORT/metrics; a bare PORT means 127.0.0.1:PORT.",
+)
 def export_command(
-    configs: tuple[str, ...], listen: str, max_series: int | None, duration: float | None
+    configs: tuple[str, ...],
+    listen: str,
+    max_series: int | None,
+    duration: float | None,
+    metrics_addr: tuple[str, int] | None,
 ) -> None:
     """Serve Prometheus metrics read from BPF maps at scrape time.
 
@@ -49,7 +62,9 @@ def export_command(
         fail(f"--listen: {exc} (see 'bpfloom export --help')", EXIT_USAGE)
     with StopSignals() as signals:
         try:
-            with serving(configs, address, max_series=max_series) as server:
+            with serving(
+                configs, address, max_series=max_series, metrics_addr=metrics_addr
+            ) as server:
                 stderr(f"bpfloom export: tracing; metrics at {server.url}; Ctrl-C to stop")
                 wait_for_stop(signals.stop, None, duration)
         except BpfloomError as exc:

@@ -52,6 +52,7 @@ def run_intervals(
     output: str | None,
     duration: float | None,
     stats: bool,
+    metrics_addr: tuple[str, int] | None,
     interval: float | None,
     count: int | None,
     timestamp: bool,
@@ -79,7 +80,14 @@ def run_intervals(
         tool = make_tool()
         return ToolSession(tool, tick=lambda final: tick(tool, final), interval=interval)
 
-    run_session(session, as_json=as_json, output=output, duration=duration, show_stats=stats)
+    run_session(
+        session,
+        as_json=as_json,
+        output=output,
+        duration=duration,
+        show_stats=stats,
+        metrics_addr=metrics_addr,
+    )
 
 
 @main.command("runqlat")
@@ -101,6 +109,7 @@ def runqlat_command(
     duration: float | None,
     output: str | None,
     stats: bool,
+    metrics_addr: tuple[str, int] | None,
 ) -> None:
     """Summarize run-queue (scheduler) latency as histograms.
 
@@ -120,6 +129,7 @@ def runqlat_command(
         output=output,
         duration=duration,
         stats=stats,
+        metrics_addr=metrics_addr,
         interval=interval,
         count=count,
         timestamp=timestamp,
@@ -164,6 +174,7 @@ def biolatency_command(
     duration: float | None,
     output: str | None,
     stats: bool,
+    metrics_addr: tuple[str, int] | None,
 ) -> None:
     """Summarize block device I/O latency as histograms.
 
@@ -182,6 +193,7 @@ def biolatency_command(
         output=output,
         duration=duration,
         stats=stats,
+        metrics_addr=metrics_addr,
         interval=interval,
         count=count,
         timestamp=timestamp,
@@ -207,6 +219,7 @@ def hardirqs_command(
     duration: float | None,
     output: str | None,
     stats: bool,
+    metrics_addr: tuple[str, int] | None,
 ) -> None:
     """Summarize hard interrupt handler time (or counts, or histograms).
 
@@ -226,6 +239,7 @@ def hardirqs_command(
         output=output,
         duration=duration,
         stats=stats,
+        metrics_addr=metrics_addr,
         interval=interval,
         count=count,
         timestamp=timestamp,
@@ -251,6 +265,7 @@ def softirqs_command(
     duration: float | None,
     output: str | None,
     stats: bool,
+    metrics_addr: tuple[str, int] | None,
 ) -> None:
     """Summarize soft interrupt time per vector (or histograms).
 
@@ -268,6 +283,7 @@ def softirqs_command(
         output=output,
         duration=duration,
         stats=stats,
+        metrics_addr=metrics_addr,
         interval=interval,
         count=count,
         timestamp=timestamp,

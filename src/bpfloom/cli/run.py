@@ -488,6 +488,7 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
         output=opts["output"],
         duration=opts["duration"],
         show_stats=bool(opts["stats"]),
+        metrics_addr=opts["metrics_addr"],
     )
 
 

@@ -74,6 +74,7 @@ def execsnoop_command(
     duration: float | None,
     output: str | None,
     stats: bool,
+    metrics_addr: tuple[str, int] | None,
 ) -> None:
     """Trace exec() calls: [TIME] [UID] PCOMM PID PPID RET ARGS.
 
@@ -103,6 +104,7 @@ def execsnoop_command(
         output=output,
         duration=duration,
         show_stats=stats,
+        metrics_addr=metrics_addr,
     )
 
 
@@ -158,6 +160,7 @@ def opensnoop_command(
     duration: float | None,
     output: str | None,
     stats: bool,
+    metrics_addr: tuple[str, int] | None,
 ) -> None:
     """Trace open(), openat() and openat2(): [TIME] [UID] PID COMM FD ERR [FLAGS] PATH.
 
@@ -187,6 +190,7 @@ def opensnoop_command(
         output=output,
         duration=duration,
         show_stats=stats,
+        metrics_addr=metrics_addr,
     )
 
 
@@ -207,6 +211,7 @@ def exitsnoop_command(
     duration: float | None,
     output: str | None,
     stats: bool,
+    metrics_addr: tuple[str, int] | None,
 ) -> None:
     """Trace process exits: PCOMM PID PPID TID AGE(s) EXIT_CODE.
 
@@ -224,6 +229,7 @@ def exitsnoop_command(
         output=output,
         duration=duration,
         show_stats=stats,
+        metrics_addr=metrics_addr,
     )
 
 
@@ -260,6 +266,7 @@ def goroutines_command(
     duration: float | None,
     output: str | None,
     stats: bool,
+    metrics_addr: tuple[str, int] | None,
 ) -> None:
     """Trace goroutine state changes of a Go binary: TIME STATE GOID PID TGID.
 
@@ -276,6 +283,7 @@ def goroutines_command(
         output=output,
         duration=duration,
         show_stats=stats,
+        metrics_addr=metrics_addr,
     )
 
 
@@ -389,6 +397,7 @@ def syscount_command(
     duration: float | None,
     output: str | None,
     stats: bool,
+    metrics_addr: tuple[str, int] | None,
 ) -> None:
     """Count system calls in the kernel: SYSCALL COUNT (or PID COMM COUNT with -P).
 

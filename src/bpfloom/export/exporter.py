@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from .._exceptions import BpfloomError
@@ -74,6 +75,10 @@ class Exporter:
         self._lock = threading.Lock()
         self._logged: dict[int, str] = {}
         self.started = False
+        #: Scrapes served and their durations in log2 buckets of µs (``self_metrics``).
+        self.scrapes = 0
+        self.scrape_buckets = [0] * 32
+        self.scrape_seconds = 0.0
         try:
             for config in self.configs:
                 self._open(config)
@@ -256,6 +261,49 @@ class Exporter:
 
     def scrape(self) -> bytes:
         """The exposition text of every metric, read from the maps now."""
+        started = time.perf_counter()
+        try:
+            return self._scrape()
+        finally:
+            took = time.perf_counter() - started
+            with self._lock:
+                self.scrapes += 1
+                self.scrape_seconds += took
+                micros = int(took * 1e6)
+                self.scrape_buckets[min(micros.bit_length(), 31)] += 1
+
+    def self_metrics(self) -> bytes:
+        """bpfloom's own series about this exporter (``--metrics-addr``): scrapes and
+        their durations, read errors and the event counters' pipelines."""
+        with self._lock:
+            scrapes, total, buckets = self.scrapes, self.scrape_seconds, list(self.scrape_buckets)
+            read_errors = [
+                (c.name, collector.name, collector.read_errors)
+                for c in self.configs
+                for collector in self.collectors[c.name]
+            ]
+        tool = ("tool",), ("export",)
+        out = [exposition.header("bpfloom_export_scrapes_total", "counter", "Scrapes served.")]
+        out.append(f'bpfloom_export_scrapes_total{{tool="export"}} {scrapes}\n')
+        name = "bpfloom_export_scrape_duration_seconds"
+        out.append(exposition.header(name, "histogram", "Time to read the maps for a scrape."))
+        cumulative = 0
+        for i, n in enumerate(buckets):
+            cumulative += n
+            le = exposition.go_float(float(1 << i) / 1e6)
+            block = exposition.label_block(("tool", "le"), ("export", le))
+            out.append(f"{name}_bucket{{{block}}} {cumulative}\n")
+        out.append(f'{name}_bucket{{tool="export",le="+Inf"}} {scrapes}\n')
+        out.append(f'{name}_sum{{tool="export"}} {exposition.go_float(total)}\n')
+        out.append(f'{name}_count{{tool="export"}} {scrapes}\n')
+        name = "bpfloom_export_read_errors_total"
+        out.append(exposition.header(name, "counter", "Scrapes of a metric whose map read failed."))
+        for config, metric, n in read_errors:
+            block = exposition.label_block(("tool", "config", "metric"), (*tool[1], config, metric))
+            out.append(f"{name}{{{block}}} {n}\n")
+        return "".join(out).encode()
+
+    def _scrape(self) -> bytes:
         with self._lock:
             out: list[str] = []
             errors: list[tuple[str, int]] = []
@@ -321,26 +369,38 @@ def serving(
     listen: tuple[str, int],
     *,
     max_series: int | None = None,
+    metrics_addr: tuple[str, int] | None = None,
 ) -> Iterator[MetricsServer]:
     """Load the configs, bind ``listen``, load and attach everything, and serve
     ``/metrics`` until the ``with`` block ends; then stop serving and detach.
+    ``metrics_addr`` also serves the exporter's own series (``Exporter.self_metrics``).
 
-    The address is bound before anything is loaded: an address in use fails before a
-    single program runs. Raises ``BpfloomError`` (config, load, attach) or ``OSError``
-    (the address).
+    The addresses are bound before anything is loaded: an address in use fails before a
+    single program runs. Raises ``BpfloomError`` (config, load, attach, an address).
     """
     configs = load_configs(list(config_paths))
     with Exporter(configs, max_series=max_series) as exporter:
+        server = _bind(listen, exporter.scrape, "cannot listen on")
+        own = None
         try:
-            server = MetricsServer(listen, exporter.scrape)
-        except OSError as exc:
-            host = f"[{listen[0]}]" if ":" in listen[0] else listen[0]
-            reason = exc.strerror or str(exc)
-            raise BpfloomError(f"cannot listen on {host}:{listen[1]}: {reason}") from exc
-        try:
+            if metrics_addr is not None:
+                own = _bind(metrics_addr, exporter.self_metrics, "--metrics-addr")
             exporter.load()
             exporter.start()
             server.start()
+            if own is not None:
+                own.start()
             yield server
         finally:
             server.close()
+            if own is not None:
+                own.close()
+
+
+def _bind(address: tuple[str, int], scrape: Callable[[], bytes], what: str) -> MetricsServer:
+    try:
+        return MetricsServer(address, scrape)
+    except OSError as exc:
+        host = f"[{address[0]}]" if ":" in address[0] else address[0]
+        reason = exc.strerror or str(exc)
+        raise BpfloomError(f"{what} {host}:{address[1]}: {reason}") from exc
