@@ -6,12 +6,15 @@ tests exercise real compiler output (BTF, DWARF) instead of hand-made fixtures.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, NamedTuple
 
 import pytest
@@ -269,6 +272,81 @@ def assert_exact(stats: dict[str, Any], produced: int) -> None:
     assert stats["produced"] == produced, stats
     assert stats["received"] + stats["dropped_kernel"] == produced, stats
     assert stats["handled"] + stats["dropped_kernel"] + stats["dropped_queue"] == produced, stats
+
+
+@pytest.fixture
+def make_pipeline() -> Iterator[Callable[..., Any]]:
+    """``Pipeline(...)``, stopped at teardown whatever the test did (and whatever
+    ``stop()`` raises), so a failing test leaves no worker threads behind."""
+    from bpfloom import Pipeline
+
+    made: list[Pipeline] = []
+
+    def make(*args: Any, **kwargs: Any) -> Pipeline:
+        pipeline = Pipeline(*args, **kwargs)
+        made.append(pipeline)
+        return pipeline
+
+    yield make
+    for pipeline in made:
+        with contextlib.suppress(BaseException):
+            pipeline.stop(timeout=2.0)
+
+
+# --- uprobe targets -----------------------------------------------------------------------
+
+
+class WaitingTarget:
+    """``tests/bpf/uprobe_target.c`` (built) started with ``--wait``: it has printed
+    "ready PID" and calls the probed function ``calls`` times when ``go()`` is called."""
+
+    def __init__(self, binary: Path, calls: int) -> None:
+        self.proc = subprocess.Popen(
+            [str(binary), str(calls), "--wait"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        ready = self.proc.stdout.readline().split()
+        assert ready[0] == "ready", ready
+        self.pid = int(ready[1])
+        assert self.pid == self.proc.pid
+
+    def go(self) -> str:
+        """Let it run; its last line ("done N")."""
+        out, _ = self.proc.communicate("go\n", timeout=60)
+        assert self.proc.returncode == 0
+        return out.strip()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+# --- bounded work -------------------------------------------------------------------------
+
+
+class Hang(BaseException):
+    """Raised by ``time_limit``'s alarm when a call runs far longer than its input
+    justifies. A BaseException, so that a broad ``except Exception`` cannot hide it."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float = 10.0) -> Iterator[None]:
+    """Fail with ``Hang`` instead of hanging (SIGALRM; the main thread only)."""
+
+    def on_alarm(signum: int, frame: FrameType | None) -> None:
+        raise Hang(f"no result after {seconds}s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # --- Go programs --------------------------------------------------------------------------

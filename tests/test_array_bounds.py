@@ -12,13 +12,11 @@ allocation, a crash or a hang.
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import struct
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -31,7 +29,7 @@ from bpfloom.decode import MAX_SIZE, Decoder, decode_value, encode
 from bpfloom.dwarf import _bound, _Builder, dwarf_types
 from bpfloom.typeinfo import TypeInfo, _member_struct_names
 from bpfloom.types import Array, Int, Member, Struct, Type, describe, sizeof, strip
-from conftest import CLANG, compile_bpf
+from conftest import CLANG, compile_bpf, time_limit
 
 HEAD, TAIL = 0x11223344, 0xA1B2C3D4
 LENGTHS = [1, 127, 128, 255, 256, 32767, 32768, 65535, 65536]
@@ -53,25 +51,6 @@ def payload(kind: str, n: int) -> tuple[bytes, Any]:
 
 def padded(size: int) -> int:
     return (size + 3) // 4 * 4
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float = 10.0) -> Iterator[None]:
-    """Fail instead of hanging (a BaseException, so no ``except Exception`` hides it)."""
-
-    class Hang(BaseException):
-        pass
-
-    def on_alarm(signum: int, frame: FrameType | None) -> None:
-        raise Hang(f"no result after {seconds}s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # --- what the compiler wrote, read independently with pyelftools ---------------------------

@@ -21,7 +21,7 @@ from elftools.elf.elffile import ELFFile
 
 import bpfloom
 from bpfloom import BpfObject, Link, RingBuffer
-from conftest import TESTS_BPF, bpf_object, kernel_link_ids
+from conftest import TESTS_BPF, WaitingTarget, bpf_object, kernel_link_ids
 
 pytestmark = pytest.mark.kernel
 
@@ -189,28 +189,6 @@ def symbol_file_offset(binary: Path, symbol: str) -> tuple[int, int]:
     raise AssertionError(f"{symbol} is in no PT_LOAD segment of {binary}")
 
 
-class Target:
-    """uprobe_target started with --wait: it has printed its pid and waits for a line."""
-
-    def __init__(self, binary: Path, calls: int) -> None:
-        self.proc = subprocess.Popen(
-            [str(binary), str(calls), "--wait"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        ready = self.proc.stdout.readline().split()
-        assert ready[0] == "ready", ready
-        self.pid = int(ready[1])
-        assert self.pid == self.proc.pid
-
-    def run(self) -> str:
-        out, _ = self.proc.communicate("go\n", timeout=30)
-        assert self.proc.returncode == 0
-        return out.strip()
-
-
 @pytest.fixture
 def uprobe_obj() -> Iterator[BpfObject]:
     with bpfloom.load(bpf_object("uprobe")) as obj:
@@ -220,14 +198,14 @@ def uprobe_obj() -> Iterator[BpfObject]:
 @pytest.mark.parametrize("calls", [1, 10])
 def test_uprobe_and_uretprobe_by_symbol(uprobe_obj: BpfObject, target: Path, calls: int) -> None:
     rb = uprobe_obj.ring_buffer("rb")
-    proc = Target(target, calls)
+    proc = WaitingTarget(target, calls)
     entry = uprobe_obj.program("probe_me_entry").attach_uprobe(str(target), SYMBOL, pid=proc.pid)
     ret = uprobe_obj.program("probe_me_return").attach_uprobe(
         str(target), SYMBOL, pid=proc.pid, retprobe=True
     )
     assert entry.hook == f"uprobe {target}:{SYMBOL}"
     assert ret.hook == f"uretprobe {target}:{SYMBOL}"
-    assert proc.run() == f"done {calls * calls}"
+    assert proc.go() == f"done {calls * calls}"
     events = drain(rb, 2 * calls)
     assert len(events) == 2 * calls
     assert {ev.pid for ev in events} == {proc.pid}
@@ -243,10 +221,10 @@ def test_uprobe_and_uretprobe_by_symbol(uprobe_obj: BpfObject, target: Path, cal
 
 def test_uprobe_pid_filter_ignores_other_processes(uprobe_obj: BpfObject, target: Path) -> None:
     rb = uprobe_obj.ring_buffer("rb")
-    watched, other = Target(target, 3), Target(target, 5)
+    watched, other = WaitingTarget(target, 3), WaitingTarget(target, 5)
     uprobe_obj.program("probe_me_entry").attach_uprobe(str(target), SYMBOL, pid=watched.pid)
-    assert other.run() == "done 25"
-    assert watched.run() == "done 9"
+    assert other.go() == "done 25"
+    assert watched.go() == "done 9"
     events = drain(rb, 3)
     assert [(ev.pid, ev.arg) for ev in events] == [(watched.pid, i) for i in range(3)]
 
@@ -260,13 +238,13 @@ def test_uprobe_by_offset(uprobe_obj: BpfObject, target: Path, retprobe: bool) -
     nm = subprocess.run(["nm", str(target)], capture_output=True, text=True, check=True).stdout
     assert f"{value:016x} T {SYMBOL}" in nm
     rb = uprobe_obj.ring_buffer("rb")
-    proc = Target(target, 4)
+    proc = WaitingTarget(target, 4)
     name = "probe_me_return" if retprobe else "probe_me_entry"
     link = uprobe_obj.program(name).attach_uprobe(
         str(target), offset=offset, pid=proc.pid, retprobe=retprobe
     )
     assert link.hook == f"{'uretprobe' if retprobe else 'uprobe'} {target}:0x{offset:x}"
-    assert proc.run() == "done 16"
+    assert proc.go() == "done 16"
     events = drain(rb, 4)
     if retprobe:
         assert [(ev.is_return, ev.ret) for ev in events] == [(1, 2 * i + 1) for i in range(4)]
@@ -277,13 +255,13 @@ def test_uprobe_by_offset(uprobe_obj: BpfObject, target: Path, retprobe: bool) -
 
 def test_uprobe_link_close_stops_events(uprobe_obj: BpfObject, target: Path) -> None:
     rb = uprobe_obj.ring_buffer("rb")
-    first = Target(target, 2)
+    first = WaitingTarget(target, 2)
     link = uprobe_obj.program("probe_me_entry").attach_uprobe(str(target), SYMBOL, pid=-1)
-    second = Target(target, 3)
-    assert first.run() == "done 4"
+    second = WaitingTarget(target, 3)
+    assert first.go() == "done 4"
     assert len([ev for ev in drain(rb, 2) if ev.pid == first.pid]) == 2
     link.close()
-    assert second.run() == "done 9"
+    assert second.go() == "done 9"
     assert [ev for ev in rb.poll().events() if ev.pid == second.pid] == []
 
 

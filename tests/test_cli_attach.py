@@ -26,13 +26,14 @@ from conftest import (
     ROOT,
     TESTS_BPF,
     Veth,
+    WaitingTarget,
     assert_gone_from_kernel,
     bpf_object,
     compile_bpf,
     ip_command,
     own_bpf_ids,
 )
-from toolrun import TIMEOUT, Result, ToolRun, run_tool_cli
+from toolrun import TIMEOUT, Result, ToolRun, one_error_line, run_tool_cli
 
 pytestmark = pytest.mark.kernel
 
@@ -231,19 +232,6 @@ def finish_clean(run: ToolRun) -> Result:
         "the kernel, 0 in user space"
     ], result.stderr
     return result
-
-
-def one_error_line(result: Result, *needles: str, status: int = 1) -> str:
-    """One line of error on stderr holding ``needles``; exit ``status`` (2: a wrong
-    command line, 1: a failed run)."""
-    assert result.returncode == status, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, f"expected one line of error, got:\n{result.stderr}"
-    assert lines[0].startswith("bpfloom: error: "), lines[0]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 # --- XDP and tc from the command line -----------------------------------------------------
@@ -522,32 +510,6 @@ def uprobe_target(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-class Waiting:
-    """A target started with --wait: it has printed "ready PID" and waits for a line."""
-
-    def __init__(self, binary: Path, calls: int) -> None:
-        self.proc = subprocess.Popen(
-            [str(binary), str(calls), "--wait"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        ready = self.proc.stdout.readline().split()
-        assert ready[0] == "ready", ready
-        self.pid = int(ready[1])
-
-    def go(self) -> str:
-        out, _ = self.proc.communicate("go\n", timeout=TIMEOUT)
-        assert self.proc.returncode == 0
-        return out.strip()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate()
-
-
 def calls_of(result: Result, pid: int) -> list[tuple[int, int, int]]:
     """(is_return, arg, ret) of ``pid``'s events, in order."""
     return [
@@ -579,7 +541,7 @@ def test_binary_retargets_uprobes(
 def test_pid_limits_retargeted_uprobes(
     start: Callable[..., ToolRun], tmp_path: Path, uprobe_obj: Path, uprobe_target: Path
 ) -> None:
-    traced = Waiting(uprobe_target, 3)
+    traced = WaitingTarget(uprobe_target, 3)
     try:
         # the options before OBJECT: --binary's value is not taken for the object
         args = ["--json", "--binary", str(uprobe_target), "--pid", str(traced.pid)]
@@ -740,7 +702,7 @@ def test_usdt_retargeted_with_binary_and_pid(
     obj = usdt_object(tmp_path, "./missing/usdt_target")
     copy = tmp_path / "copy_of_usdt_target"
     shutil.copy(usdt_target, copy)
-    traced = Waiting(copy, 3)
+    traced = WaitingTarget(copy, 3)
     try:
         args = ["--json", "--binary", str(copy), "--pid", str(traced.pid)]
         run = start(str(obj), *args)

@@ -5,32 +5,22 @@ gets one line of error, never a traceback."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bpfloom import _env
 from bpfloom.perfbuf import online_cpus
 from conftest import assert_gone_from_kernel, bpf_object, compile_bpf
-from toolrun import run_tool_cli
+from toolrun import BPFLOOM, SUMMARY, TIMEOUT, Result, one_error_line, run_tool_cli
 
-BPFLOOM = [sys.executable, "-m", "bpfloom"]
-TIMEOUT = 60  # seconds any one bpfloom process may take, far above what it needs
-SUMMARY = re.compile(
-    r"^bpfloom: (\d+) events received; lost: (\d+) in the kernel, (\d+) in user space$",
-    re.MULTILINE,
-)
 HIST_LINE = re.compile(r"\d+ -> \d+\s*: \d+\s*\|\**\s*\|")
 GOROUTINE_STATES = {
     "IDLE",
@@ -56,23 +46,6 @@ needs_objects = pytest.mark.skipif(
 
 
 # --- running bpfloom --------------------------------------------------------------------
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def summary(self) -> tuple[int, int, int]:
-        """(received, lost in the kernel, lost in user space) from the exit summary."""
-        found = SUMMARY.findall(self.stderr)
-        assert len(found) == 1, f"no single exit summary in stderr:\n{self.stderr}"
-        received, kernel, user = found[0]
-        return int(received), int(kernel), int(user)
-
-    def json_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
 
 
 class Run:
@@ -599,7 +572,7 @@ def test_absurd_array_in_the_event(tmp_path: Path) -> None:
     """A 2^40-byte event type is one line of error, not an allocation or a traceback."""
     obj = compile_bpf(HUGE_EVENT, tmp_path)
     result = bpfloom_run(str(obj), "--duration", "1")
-    _one_error_line(result, f"struct event is {2**40 + 4} bytes", "at most")
+    one_error_line(result, f"struct event is {2**40 + 4} bytes", "at most")
 
 
 # --- stopping with a signal -------------------------------------------------------------
@@ -715,34 +688,22 @@ def test_help_lists_every_global(name: str, expected: dict[str, tuple[str, str |
 # --- bad input --------------------------------------------------------------------------
 
 
-def _one_error_line(result: Result, *needles: str, status: int = 1) -> str:
-    """One `bpfloom: error:` line; status 1 for a failed run, 2 for a wrong command."""
-    assert result.returncode == status, (result.returncode, result.stderr)
-    _no_traceback(result)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, f"expected one line of error, got:\n{result.stderr}"
-    assert lines[0].startswith("bpfloom: error: "), lines[0]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 def _usage_error(result: Result, option: str) -> None:
     """A bad option value: one error line naming the option and where help is."""
-    line = _one_error_line(result, option, "--help", status=2)
+    line = one_error_line(result, option, "--help", status=2)
     assert "Usage:" not in line
     assert result.stdout == ""
 
 
 def test_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "missing.bpf.o"
-    _one_error_line(bpfloom_run(str(missing)), str(missing), "no such file")
+    one_error_line(bpfloom_run(str(missing)), str(missing), "no such file")
 
 
 def test_not_elf(tmp_path: Path) -> None:
     text = tmp_path / "notes.bpf.o"
     text.write_text("not an object\n")
-    _one_error_line(bpfloom_run(str(text)), "not an ELF file")
+    one_error_line(bpfloom_run(str(text)), "not an ELF file")
 
 
 @needs_objects
@@ -751,17 +712,17 @@ def test_truncated_object(tmp_path: Path, keep: int | str) -> None:
     data = bpf_object("ecli/sigsnoop").read_bytes()
     cut = tmp_path / "cut.bpf.o"
     cut.write_bytes(data[: len(data) // 2 if keep == "half" else int(keep)])
-    line = _one_error_line(bpfloom_run(str(cut)), str(cut))
+    line = one_error_line(bpfloom_run(str(cut)), str(cut))
     assert "truncated" in line
 
 
 def test_elf_for_another_machine() -> None:
-    _one_error_line(bpfloom_run("/bin/true"), "/bin/true", "not a BPF object")
+    one_error_line(bpfloom_run("/bin/true"), "/bin/true", "not a BPF object")
 
 
 @needs_objects
 def test_object_without_programs() -> None:
-    _one_error_line(bpfloom_run(str(bpf_object("noprog"))), "no BPF programs")
+    one_error_line(bpfloom_run(str(bpf_object("noprog"))), "no BPF programs")
 
 
 @needs_objects
@@ -784,14 +745,14 @@ def test_kprobe_object_says_kprobes_are_missing() -> None:
     if _env.kprobes_available():  # another kernel: it runs, and stops after a second
         assert result.returncode == 0, result.stderr
         return
-    line = _one_error_line(result, "on_do_unlinkat", "kprobe")
+    line = one_error_line(result, "on_do_unlinkat", "kprobe")
     assert "no kprobes" in line and "tracepoint" in line
 
 
 @needs_objects
 def test_unknown_global_lists_the_valid_ones() -> None:
     result = bpfloom_run(str(bpf_object("ecli/sigsnoop")), "--no_such_global", "1")
-    _one_error_line(
+    one_error_line(
         result, "--no_such_global", "--filtered_pid", "--target_signal", "--failed_only", status=2
     )
 
@@ -812,7 +773,7 @@ def test_bad_option_value(args: list[str], option: str) -> None:
 
 
 def test_no_object() -> None:
-    _one_error_line(bpfloom_run(), "missing OBJECT", status=2)
+    one_error_line(bpfloom_run(), "missing OBJECT", status=2)
 
 
 def test_run_help_without_object() -> None:

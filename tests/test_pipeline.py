@@ -147,22 +147,6 @@ def out_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     handlers.close_files()
 
 
-@pytest.fixture
-def make_pipeline() -> Iterator[Callable[..., Pipeline]]:
-    """``Pipeline(...)``, stopped at teardown whatever the test did."""
-    made: list[Pipeline] = []
-
-    def make(*args: Any, **kwargs: Any) -> Pipeline:
-        pipeline = Pipeline(*args, **kwargs)
-        made.append(pipeline)
-        return pipeline
-
-    yield make
-    for pipeline in made:
-        with contextlib.suppress(Exception):
-            pipeline.stop(timeout=2.0)
-
-
 def drain_reader(obj: BpfObject, records_per_batch: int = 256) -> RingBuffer:
     """drain.bpf.o's reader, with small batches: many batches reach the queue."""
     rb = obj.ring_buffer("rb")

@@ -40,23 +40,6 @@ SMALL = bpf_object("pipeline")  # tests/bpf/pipeline.bpf.c: 64 KiB ring
 DRAIN = ROOT / "bench" / "bpf" / "drain.bpf.o"
 
 
-@pytest.fixture
-def make_pipeline() -> Iterator[Callable[..., Pipeline]]:
-    """``Pipeline(...)`` stopped at teardown whatever the test did (whatever stop()
-    raises: these pipelines re-raise SystemExit and KeyboardInterrupt)."""
-    made: list[Pipeline] = []
-
-    def make(*args: Any, **kwargs: Any) -> Pipeline:
-        pipeline = Pipeline(*args, **kwargs)
-        made.append(pipeline)
-        return pipeline
-
-    yield make
-    for pipeline in made:
-        with contextlib.suppress(BaseException):
-            pipeline.stop(timeout=1.0)
-
-
 # --- 9. a handler's SystemExit / KeyboardInterrupt, a worker process that dies ----------
 
 

@@ -15,7 +15,7 @@ import pytest
 from bpfloom import BpfObject
 from bpfloom.tracepipe import parse_line
 from conftest import bpf_object, compile_bpf
-from toolrun import run_tool_cli
+from toolrun import one_error_line, run_tool_cli
 
 PRINTK = str(bpf_object("ecli/printk"))
 FOLDED_WARNING = (
@@ -33,18 +33,6 @@ def _comm() -> str:
 def _getppid(times: int) -> None:
     for _ in range(times):
         os.getppid()
-
-
-def _one_error_line(returncode: int, stderr: str, *needles: str, status: int = 2) -> str:
-    """One `bpfloom: error:` line; status 2 for a wrong command line, 1 for a failed run."""
-    assert returncode == status, stderr
-    assert "Traceback" not in stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, f"expected one line of error, got:\n{stderr}"
-    assert lines[0].startswith("bpfloom: error: "), lines[0]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 # --- which globals are options ------------------------------------------------------
@@ -250,9 +238,7 @@ def test_json_keeps_unnamed_enum_values_as_numbers(start_tool) -> None:  # type:
 )
 def test_bad_option_value_is_one_line_not_doubled(args: list[str], needles: list[str]) -> None:
     result = run_tool_cli("run", PRINTK, *args)
-    line = _one_error_line(
-        result.returncode, result.stderr, *needles, f"'bpfloom run {PRINTK} --help'"
-    )
+    line = one_error_line(result, *needles, f"'bpfloom run {PRINTK} --help'", status=2)
     for needle in needles:
         assert line.count(needle) == 1, line
     assert result.stdout == ""
@@ -264,21 +250,19 @@ def test_bad_option_value_is_one_line_not_doubled(args: list[str], needles: list
 )
 def test_usage_errors_of_every_command_are_one_line(args: list[str]) -> None:
     result = run_tool_cli(*args)
-    _one_error_line(result.returncode, result.stderr, "--help")
+    one_error_line(result, "--help", status=2)
     assert result.stdout == ""
 
 
 @pytest.mark.kernel
 def test_trampoline_object_says_what_really_failed() -> None:
     result = run_tool_cli("run", str(bpf_object("trampoline")), "--duration", "1")
-    _one_error_line(
-        result.returncode,
-        result.stderr,
+    one_error_line(
+        result,
         "program 'on_fentry'",
         "program type tracing, attach type trace_fentry",
         "no BPF trampolines",
         "tp_btf",
-        status=1,
     )
 
 

@@ -4,11 +4,8 @@ never another exception and never a hang (each call runs under a SIGALRM time li
 from __future__ import annotations
 
 import contextlib
-import signal
 import struct
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 import pytest
 from elftools.elf.elffile import ELFFile
@@ -18,7 +15,7 @@ from hypothesis import strategies as st
 from bpfloom._exceptions import TypeInfoError
 from bpfloom.btf import parse_btf
 from bpfloom.dwarf import dwarf_types
-from conftest import compile_bpf
+from conftest import compile_bpf, time_limit
 
 SOURCE = r"""
 #include <linux/types.h>
@@ -55,28 +52,6 @@ char LICENSE[] SEC("license") = "GPL";
 """
 
 DWARF_SECTIONS = (".debug_info", ".debug_abbrev", ".debug_str", ".debug_line")
-TIME_LIMIT = 10.0  # seconds per call; the real cost is milliseconds
-
-
-class Hang(BaseException):
-    """Raised by the alarm when a reader loops far longer than its input justifies.
-
-    A BaseException, so that the readers' broad ``except Exception`` cannot hide it.
-    """
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float = TIME_LIMIT) -> Iterator[None]:
-    def on_alarm(signum: int, frame: FrameType | None) -> None:
-        raise Hang(f"no result after {seconds}s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def check_btf(raw: bytes) -> None:

@@ -23,6 +23,10 @@ import pytest
 BPFLOOM = [sys.executable, "-m", "bpfloom"]
 TIMEOUT = 60  # seconds any one tool process may take, far above what it needs
 LOST = re.compile(r"^bpfloom (\w+): (\d+) events; lost (\d+) in the kernel, (\d+) in user space$")
+SUMMARY = re.compile(
+    r"^bpfloom: (\d+) events received; lost: (\d+) in the kernel, (\d+) in user space$",
+    re.MULTILINE,
+)
 
 
 @dataclass
@@ -35,11 +39,32 @@ class Result:
         return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
 
     def lost(self) -> tuple[int, int, int]:
-        """(events, lost in the kernel, lost in user space) from the exit line."""
+        """(events, lost in the kernel, lost in user space) from a tool's exit line."""
         found = [m.groups() for m in map(LOST.match, self.stderr.splitlines()) if m]
         assert len(found) == 1, f"no single exit line in stderr:\n{self.stderr}"
         _, events, kernel, user = found[0]
         return int(events), int(kernel), int(user)
+
+    def summary(self) -> tuple[int, int, int]:
+        """(received, lost in the kernel, lost in user space) from ``bpfloom run``'s
+        exit summary."""
+        found = SUMMARY.findall(self.stderr)
+        assert len(found) == 1, f"no single exit summary in stderr:\n{self.stderr}"
+        received, kernel, user = found[0]
+        return int(received), int(kernel), int(user)
+
+
+def one_error_line(result: Result, *needles: str, status: int = 1) -> str:
+    """One ``bpfloom: error:`` line on stderr holding ``needles``, no traceback; exit
+    ``status`` (2: a wrong command line, 1: a failed run)."""
+    assert result.returncode == status, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line of error, got:\n{result.stderr}"
+    assert lines[0].startswith("bpfloom: error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
 
 
 class ToolRun:
