@@ -1,7 +1,7 @@
 """``bpfloom export`` benchmark: scraping 100 000 label sets, and what the metric
 programs add to a traced system call.
 
-Two sections, one run (as root, after ``make bpf``):
+Three sections, one run (as root, after ``make bpf``):
 
 - ``scrape``: a hash map of 100 000 counters keyed by (id, kind), as ebpf_exporter's
   ``bench_requests_total`` (``bench/bpf/export_scrape.yaml``), filled from user space.
@@ -23,6 +23,13 @@ Two sections, one run (as root, after ``make bpf``):
   command), each loaded from its config by ``Exporter``. ebpf_exporter publishes
   +35 ns for the simple map update on a tracepoint; the number to compare is the
   difference. Rounds alternate with and without probes; the minimum of each is kept.
+
+- ``sinks``: events per second written to a file from a stream of batches (256
+  records of a 112-byte opensnoop-like event: ts, pid, tid, uid, ret, comm[16],
+  path[64]), by the Parquet sink (Arrow columns straight from the numpy batch, one row
+  group per batch) and, as the baseline, the JSON-lines sink fed what ``bpfloom run
+  -o x.jsonl`` feeds it (each event decoded, made JSON-able, one line each). CPU time
+  of this process, best of ``--rounds``; the file sizes beside.
 
 Nothing here asserts a timing. ``--json`` prints one JSON object per line; the last
 line is the summary. The machine may be shared: the summary records the load average.
@@ -310,6 +317,100 @@ def overhead_section(calls: int, rounds: int, tmp: Path) -> dict[str, Any]:
     }
 
 
+# --- sinks -------------------------------------------------------------------------------
+
+
+def _sink_batches(count: int, size: int) -> list[Any]:
+    import numpy as np
+
+    from bpfloom.batch import Batch
+    from bpfloom.decode import Decoder
+    from bpfloom.types import Array, Int, Member, Struct
+
+    u64, u32, s32 = Int("u64", 8, False), Int("u32", 4, False), Int("int", 4, True)
+    char = Int("char", 1, True, is_char=True)
+    event = Struct(
+        "open_event",
+        112,
+        [
+            Member("ts", u64, 0),
+            Member("pid", u32, 64),
+            Member("tid", u32, 96),
+            Member("uid", u32, 128),
+            Member("ret", s32, 160),
+            Member("comm", Array(char, 16), 192),
+            Member("path", Array(char, 64), 320),
+            Member("flags", u64, 832),
+        ],
+    )
+    decoder = Decoder(event)
+    rec = struct.Struct("<QIIIi16s64sQ")
+    assert rec.size == 112
+    batches = []
+    for b in range(count):
+        raw = b"".join(
+            rec.pack(
+                time.time_ns(),
+                1000 + i,
+                1000 + i,
+                0,
+                -2 if i % 3 else 3,
+                b"python3",
+                f"/usr/lib/python3/dist-packages/module_{b}_{i}.py".encode(),
+                0o2000000,
+            )
+            for i in range(size)
+        )
+        records = np.frombuffer(raw, dtype=np.uint8).reshape(size, rec.size).copy()
+        batches.append(Batch(records, decoder, "bench"))
+    return batches
+
+
+def sinks_section(rounds: int, tmp: Path) -> dict[str, Any]:
+    from bpfloom import decode
+    from bpfloom.sinks.jsonl import JsonLinesSink
+    from bpfloom.sinks.parquet import ParquetSink
+
+    batches = _sink_batches(400, 256)
+    events = sum(len(b) for b in batches)
+
+    def parquet(path: Path) -> None:
+        sink = ParquetSink(str(path))
+        for batch in batches:
+            sink.write_batch(batch, [])
+        sink.close()
+        assert sink.written == events and not sink.errors
+
+    def jsonl(path: Path) -> None:
+        sink = JsonLinesSink(str(path))
+        for batch in batches:
+            sink.write_batch(batch, [decode.to_jsonable(ev) for ev in batch])
+        sink.close()
+        assert sink.written == events and not sink.errors
+
+    cpu: dict[str, list[float]] = {"parquet": [], "jsonl": []}
+    size: dict[str, int] = {}
+    for r in range(rounds):
+        for name, write in (("parquet", parquet), ("jsonl", jsonl)):
+            path = tmp / f"sink{r}.{name}"
+            start = time.process_time()  # all threads: Arrow may use its own
+            write(path)
+            cpu[name].append(time.process_time() - start)
+            size[name] = path.stat().st_size
+            path.unlink()
+    parquet_rate = events / min(cpu["parquet"])
+    jsonl_rate = events / min(cpu["jsonl"])
+    return {
+        "section": "sinks",
+        "sink_events": events,
+        "parquet_events_per_s": round(parquet_rate),
+        "jsonl_events_per_s": round(jsonl_rate),
+        "parquet_vs_jsonl": round(parquet_rate / jsonl_rate, 2),
+        "parquet_file_mib": round(size["parquet"] / (1 << 20), 2),
+        "jsonl_file_mib": round(size["jsonl"] / (1 << 20), 2),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="JSON lines only")
@@ -326,6 +427,7 @@ def main() -> int:
     results = [scrape_section()]
     with tempfile.TemporaryDirectory(prefix="bpfloom-bench-export-") as tmp:
         results.append(overhead_section(args.calls, args.rounds, Path(tmp)))
+        results.append(sinks_section(args.rounds, Path(tmp)))
     summary: dict[str, Any] = {"section": "summary"}
     for r in results:
         summary.update({k: v for k, v in r.items() if k not in ("section", "all_ns")})

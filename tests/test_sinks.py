@@ -1,4 +1,6 @@
-"""Sinks on their own (no kernel): what they write, what they count, how they fail."""
+"""Sinks without the kernel: what they write, what they count, how they fail, and how a
+failing or stuck sink behind a running pipeline (fake source) is counted without
+stalling the reader. The same with real events through the commands: test_outputs.py."""
 
 from __future__ import annotations
 
@@ -6,19 +8,25 @@ import base64
 import json
 import struct
 import sys
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bpfloom import Pipeline
 from bpfloom._exceptions import BpfloomError
 from bpfloom.batch import Batch
 from bpfloom.decode import Decoder
-from bpfloom.sinks import Sink, sink_errors
+from bpfloom.sinks import Record, Sink, sink_errors
 from bpfloom.sinks.jsonl import JsonLinesSink
 from bpfloom.sinks.parquet import ParquetSink
+from bpfloom.sinks.queued import QueuedSink
 from bpfloom.sinks.table import Column, TableSink
 from bpfloom.types import Array, Int, Member, Struct
+from conftest import assert_exact
+from test_pipeline_fake import WAIT, FakeReader, fake_batches, wait_for
 
 U32 = Int("u32", 4, False)
 CHAR = Int("char", 1, True, is_char=True)
@@ -120,3 +128,109 @@ def test_closed_stdout_is_a_counted_failure(monkeypatch: pytest.MonkeyPatch) -> 
     sink = TableSink([Column("PID", 5)])
     sink.write([{"pid": 1}])
     assert sink.errors == 1 and isinstance(sink.error, OSError)
+
+
+# --- sinks behind a running pipeline (fake source) ------------------------------------------
+
+
+class FlakySink(Sink):
+    """Takes records like a list; raises on every third write (a network hiccup)."""
+
+    fatal = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.got: list[Record] = []
+        self.calls = 0
+
+    def _write(self, records: Sequence[Record]) -> None:
+        self.calls += 1
+        if self.calls % 3 == 0:
+            raise ConnectionResetError("peer went away")
+        self.got.extend(records)
+
+
+class StuckSink(Sink):
+    """Blocks in every write until ``release`` is set (a server that stopped answering)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.got: list[Record] = []
+
+    def _write(self, records: Sequence[Record]) -> None:
+        self.entered.set()
+        self.release.wait()
+        self.got.extend(records)
+
+
+def _records(batch: Batch) -> list[Record]:
+    return [{"seq": ev.seq} for ev in batch]
+
+
+@pytest.mark.parametrize("executor", ["thread", "async"])
+def test_a_raising_sink_is_counted_and_the_pipeline_goes_on(
+    executor: str, make_pipeline: Callable[..., Pipeline]
+) -> None:
+    n = 2000
+    sink = FlakySink()
+    pipeline = make_pipeline(
+        [FakeReader(fake_batches(n, 50))],
+        lambda batch: sink.write(_records(batch)),
+        executor=executor,
+        workers=1,
+        batch=True,
+    )
+    pipeline.start()
+    wait_for(lambda: pipeline.stats.handled == n)
+    assert_exact(pipeline.stop(), n)
+    # Every record is either delivered or counted lost; the first failure is kept,
+    # and a non-fatal sink keeps taking records after it.
+    assert sink.written + sink.errors == n
+    assert sink.written == len(sink.got) and sink.errors == (n // 50 // 3) * 50
+    assert isinstance(sink.error, ConnectionResetError) and not sink.stopped
+
+
+def test_a_blocked_sink_behind_a_queue_never_stalls_the_reader(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    n, capacity = 5000, 1000
+    inner = StuckSink()
+    sink = QueuedSink(inner, capacity=capacity, timeout=WAIT)
+    pipeline = make_pipeline(
+        [FakeReader(fake_batches(n, 50))],
+        lambda batch: sink.write(_records(batch)),
+        executor="thread",
+        workers=1,
+        batch=True,
+    )
+    pipeline.start()
+    # The inner sink is stuck on its first batch, yet every event is handled: the
+    # reader and the handler only ever append to the queue.
+    wait_for(lambda: pipeline.stats.handled == n)
+    assert inner.entered.is_set() and not inner.got
+    stats = pipeline.stop()
+    assert_exact(stats, n)
+    assert stats["dropped_queue"] == 0 and stats["dropped_kernel"] == 0
+    # What did not fit (capacity counts every record taken and not yet delivered, the
+    # stuck writer's batch too) was dropped and counted as it came.
+    assert sink.errors == n - capacity
+    inner.release.set()
+    sink.close()
+    assert inner.written == len(inner.got) == sink.written == capacity
+    assert sink.written + sink.errors == n
+    assert [r["seq"] for r in inner.got] == list(range(capacity))  # in order
+
+
+def test_a_queued_sink_stuck_at_close_counts_what_it_could_not_deliver() -> None:
+    inner = StuckSink()
+    sink = QueuedSink(inner, capacity=100, timeout=0.2)
+    sink.write([{"seq": 0}])
+    assert inner.entered.wait(WAIT)
+    sink.write([{"seq": s} for s in range(1, 11)])
+    sink.close()  # gives up after 0.2 s: the stuck batch and the queued ten are lost
+    assert (sink.written, sink.errors) == (0, 11)
+    sink.write([{"seq": 99}])  # after close: refused, counted
+    assert sink.errors == 12
+    inner.release.set()

@@ -176,7 +176,14 @@ class Outputs:
         elif output.endswith(".jsonl"):
             sinks = [JsonLinesSink(output, on_stop=on_stop)]
         elif output.endswith(".parquet"):
-            sinks = [ParquetSink(output, on_stop=on_stop)]
+            if not session.readers:
+                fail(
+                    f"-o {output}: {session.name} prints aggregates, not events, and "
+                    "Parquet takes raw events; write them as JSON lines (.jsonl)",
+                    EXIT_USAGE,
+                )
+            decoder = session.readers[0].decoder
+            sinks = [ParquetSink(output, on_stop=on_stop, decoder=decoder)]
         else:
             fail(f"-o {output}: name the format by its ending, .jsonl or .parquet", EXIT_USAGE)
         if metrics_addr is not None:

@@ -12,7 +12,11 @@ waits, the kernel's buffer fills, and the kernel counts what it drops.
     Sink                  base: counting, locking, the fatal flag
     ├── TableSink         a table on stdout (sinks.table)
     ├── JsonLinesSink     JSON lines on stdout or appended to a file (sinks.jsonl)
-    └── ParquetSink       raw records from numpy batches to a Parquet file (sinks.parquet)
+    ├── ParquetSink       raw records from numpy batches to a Parquet file (sinks.parquet)
+    ├── PrometheusSink    the run's counters served to Prometheus (sinks.prometheus)
+    └── QueuedSink        any sink behind a bounded queue and a thread of its own, for
+                          outputs that may block (a network peer): never waits, counts
+                          what does not fit (sinks.queued)
 
 The pipeline's invariant is unchanged by sinks, ``produced = handled + dropped_kernel +
 dropped_queue``; what sinks lose is counted beside it, as ``sink_errors``.

@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._exceptions import BpfloomError
+from ..batch import empty_batch
 from . import Record, Sink
 
 if TYPE_CHECKING:
     from ..batch import Batch
+    from ..decode import Decoder
 
 
 class ParquetSink(Sink):
@@ -43,8 +45,17 @@ class ParquetSink(Sink):
 
     wants_batches = True
 
-    def __init__(self, path: str, on_stop: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        on_stop: Callable[[], None] | None = None,
+        *,
+        decoder: Decoder | None = None,
+    ) -> None:
+        """``decoder``, the record type when known in advance, lets a run that saw no
+        event still leave a valid file (no rows, the columns of that type)."""
         super().__init__(on_stop)
+        self._decoder = decoder
         try:
             import pyarrow
             import pyarrow.parquet  # noqa: F401
@@ -81,6 +92,11 @@ class ParquetSink(Sink):
         """Only raw batches go to Parquet; decoded records are not written here."""
 
     def _close(self) -> None:
+        if self._writer is None and self._decoder is not None and not self._file.closed:
+            import pyarrow.parquet as pq
+
+            empty = arrow_table(empty_batch(self._decoder, self.path).numpy())
+            pq.write_table(empty, self._file)
         if self._writer is not None:
             writer, self._writer = self._writer, None
             writer.close()
@@ -106,7 +122,7 @@ def _column(values: np.ndarray) -> Any:
         return pa.StructArray.from_arrays([_column(values[n]) for n in names], names=names)
     if values.ndim > 1:  # an array member: one fixed-size list per row
         rows = values.shape[0]
-        flat = values.reshape(rows, -1)
+        flat = values.reshape(rows, int(np.prod(values.shape[1:])))
         width = flat.shape[1]
         return pa.FixedSizeListArray.from_arrays(_column(flat.reshape(-1)), width)
     if dtype.kind == "S":  # char[N]: the bytes up to the first NUL, as one buffer

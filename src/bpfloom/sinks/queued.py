@@ -1,8 +1,9 @@
 """A sink that never stalls the reader: another sink fed from a thread of its own.
 
 Network outputs can block for as long as a server takes to answer. Wrapped in a
-``QueuedSink``, such a sink gets its records through a bounded queue (``capacity``
-records) drained by one thread: ``write`` only appends, so the reader never waits on
+``QueuedSink``, such a sink gets its records through a bounded queue (at most
+``capacity`` records taken and not yet delivered, the batch being written included)
+drained by one thread: ``write`` only appends, so the reader never waits on
 the network; records that do not fit are dropped and counted (``errors``), like any
 other loss. ``close()`` waits up to ``timeout`` seconds for the queue to drain, then
 counts what is left as lost and leaves the stuck thread behind (a daemon thread).
