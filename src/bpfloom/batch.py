@@ -11,7 +11,7 @@ iteration over decoded events (namedtuples, decoded once per batch, by column).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -39,6 +39,28 @@ class Batch:
 
     def __repr__(self) -> str:
         return f"<Batch {self.source}: {len(self)} records, {self.lost} lost>"
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> Batch: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        """``batch[i]``: one decoded event; ``batch[a:b]`` (or ``[a::step]``): those
+        records as a batch of their own, a view without copying (``lost`` stays with
+        this batch). The pipeline hands events to its workers as such slices."""
+        if isinstance(index, slice):
+            if self._events is not None:
+                part = Batch(self.records[index], self.decoder, self.source)
+                part._events = self._events[index]
+                return part
+            return Batch(self.records[index], self.decoder, self.source)
+        if self._events is not None:
+            return self._events[index]
+        n = len(self)
+        i = index + n if index < 0 else index
+        if not 0 <= i < n:
+            raise IndexError("batch index out of range")
+        return self.decoder.decode_batch(self.records[i : i + 1])[0]
 
     def numpy(self) -> np.ndarray:
         """The records as a structured array (``decoder.dtype``), without copying.

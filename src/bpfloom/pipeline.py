@@ -6,16 +6,24 @@ ring/perf buffers in batches and hand events to an executor through a *bounded* 
 so receiving never waits for handling and memory stays bounded. Executors:
 
 - ``inline``: the handler runs in the reader thread (fastest for trivial handlers);
-- ``async``: one asyncio task per event — the closest thing to goroutines — at most
-  ``max_inflight`` at once; handlers may be coroutines;
+- ``async``: worker coroutines on an event loop — the closest thing to goroutines —
+  started on demand and kept, at most ``max_inflight`` handlers at once; handlers may
+  be coroutines;
 - ``thread``: a pool of ``workers`` threads, for blocking I/O handlers;
 - ``process``: ``workers`` processes for CPU-heavy handlers; records cross as numpy
   batches (one pickle per batch, never per event) and are decoded in the worker.
 
+Events cross the queue in *chunks*, never one queue operation each: a batch goes in
+as one entry, and a worker takes its share of what is queued (a slice of the batch,
+decoded in the worker) with one lock; counters are updated once per chunk. The queue
+still applies its policy to every event exactly as if each were put on its own
+(``_queue.BoundedQueue.put_events``).
+
 ``batch=True`` gives the handler whole ``Batch`` objects (numpy views) instead of
 events. ``key`` (a field name or a function of the event) keeps events with the same
 key in arrival order, one at a time; different keys run concurrently (threads and
-processes shard by key; asyncio chains tasks per key).
+processes shard by key; on asyncio the events of a key being handled wait in that
+key's chain).
 
 Shutdown (``stop()``): drain what is already in the buffers and the queue, let
 in-flight handlers finish until ``shutdown_timeout``, then count whatever is left as
@@ -61,7 +69,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 import numpy as np
 
 from ._exceptions import BpfloomError, ClosedError
-from ._queue import CLOSED, POLICIES, BoundedQueue
+from ._queue import CLOSED, POLICIES, BoundedQueue, Chunk
 from .batch import Batch
 from .decode import Decoder
 from .object import BpfObject
@@ -193,6 +201,9 @@ class Pipeline:
         self.abandoned: tuple[str, ...] = ()
         self._reraise: BaseException | None = None  # what stop() raises
         self._halted = False  # a handler raised a BaseException: handle nothing more
+        # Handle nothing more (``_halted``, or the shutdown deadline passed): workers
+        # check it before every event and count what they still hold as dropped.
+        self._cut = False
         self._errors = _ErrorLog()
         ts_fields = {_timestamp_field(r.decoder, timestamp_field) for r in self.readers}
         # End-to-end latency needs the same kernel timestamp field in every record type.
@@ -224,6 +235,7 @@ class Pipeline:
         ``SystemExit`` or ``KeyboardInterrupt``: handle nothing more (what is left counts
         as dropped), stop reading, and have ``stop()`` re-raise it."""
         self._halted = True
+        self._cut = True
         log.error(
             "handler raised %s%s: stopping", type(exc).__name__, f": {exc}" if str(exc) else ""
         )
@@ -240,7 +252,7 @@ class Pipeline:
     def call(self, item: Any) -> None:
         """Run the (synchronous) handler on one event or batch, with accounting."""
         n = len(item) if self.batch else 1
-        if self._halted:
+        if self._cut:
             self.stats.add(dropped_queue=n)
             return
         self.stats.enter_handler(n)
@@ -260,49 +272,72 @@ class Pipeline:
             self._record_e2e(item)
             self.stats.leave_handler(n, errors)
 
-    def call_each(self, batch: Batch) -> None:
-        """Run the (synchronous) handler on every event of ``batch``, in this thread.
+    def call_each(self, events: Chunk) -> None:
+        """Run the (synchronous) handler on every event of ``events`` (a ``Batch``, a
+        slice of one, or a list of events), in this thread.
 
-        Accounts once per batch, so that a trivial handler costs little more than the
-        call itself: ``handled`` advances when the batch is done, one event in
-        ``sample_every`` is timed for ``handler_latency``, and ``inflight`` counts the
-        one handler running.
+        Accounts once per call, so that a trivial handler costs little more than the
+        call itself: ``handled`` advances when the events are done (``stats.begin``:
+        one finished before a handler got stuck still counts), one event in
+        ``sample_every`` is timed for ``handler_latency`` (and gives an end-to-end
+        sample), and ``inflight`` counts the one handler running. Once handling is cut
+        off (a handler's ``BaseException`` here or in another worker, or the shutdown
+        deadline), the events not yet begun are counted as dropped.
         """
         handler = self.handler
-        every = max(self.sample_every, 1)
-        samples: list[int] = []
-        errors = done = 0
-        if self._halted:
-            self.stats.add(dropped_queue=len(batch))
+        n = len(events)
+        if self._cut:
+            self.stats.add(dropped_queue=n)
             return
-        self.stats.enter_handler(1)
+        every = max(self.sample_every, 1)
+        perf = time.perf_counter_ns
+        samples: list[int] = []
+        tally = self.stats.begin()  # [finished, errors]
         try:
-            for done, ev in enumerate(batch, 1):
-                if handler is None:
+            if handler is None:
+                tally[0] = n
+                return
+            count = 0
+            for ev in events:
+                if self._cut:
+                    break
+                count += 1
+                if count % every:
+                    try:
+                        handler(ev)
+                    except Exception as exc:
+                        tally[1] += 1
+                        self._fail(exc)
+                    except BaseException as exc:
+                        tally[1] += 1
+                        tally[0] += 1
+                        self._halt(exc)
+                        break
+                    tally[0] += 1
                     continue
-                t0 = time.perf_counter_ns() if done % every == 0 else 0
+                t0 = perf()
                 try:
                     handler(ev)
                 except Exception as exc:
-                    errors += 1
+                    tally[1] += 1
                     self._fail(exc)
                 except BaseException as exc:
-                    errors += 1
+                    tally[1] += 1
+                    tally[0] += 1
                     self._halt(exc)
                     break
-                if t0:
-                    samples.append(time.perf_counter_ns() - t0)
+                tally[0] += 1
+                samples.append(perf() - t0)
         finally:
             self.stats.handler_latency.extend(samples)
-            self._record_e2e(batch)
-            # What a BaseException (or a failing decode) left of the batch is dropped.
-            rest = len(batch) - done
-            self.stats.add(inflight=-1, handled=done, handler_errors=errors, dropped_queue=rest)
+            self._record_e2e(events, every)
+            # What a BaseException, the cut-off (or a failing decode) left is dropped.
+            self.stats.flush(tally, n - tally[0], end=True)
 
     async def acall(self, item: Any) -> None:
         """Run a handler that may be a coroutine function, with accounting."""
         n = len(item) if self.batch else 1
-        if self._halted:
+        if self._cut:
             self.stats.add(dropped_queue=n)
             return
         self.stats.enter_handler(n)
@@ -327,7 +362,10 @@ class Pipeline:
         self._record_e2e(item)
         self.stats.leave_handler(n, errors)
 
-    def _record_e2e(self, item: Any) -> None:
+    def _record_e2e(self, item: Any, stride: int = 1) -> None:
+        """End-to-end latency samples of a batch or a list of events (one in
+        ``stride``, the first included; the last ``_SAMPLE_CAP`` of those), or of one
+        event."""
         field = self._e2e_field
         if field is None:
             return
@@ -335,12 +373,16 @@ class Pipeline:
         if isinstance(item, Batch):
             if len(item) == 0:
                 return
-            ts = item.numpy()[field][-_SAMPLE_CAP:].astype(np.int64)
+            ts = item.numpy()[field][::stride][-_SAMPLE_CAP:].astype(np.int64)
             self.stats.end_to_end_latency.extend((now - ts).tolist())
-        else:
-            ts_value = getattr(item, field, None)
+            return
+        events = item[::stride][-_SAMPLE_CAP:] if isinstance(item, list) else (item,)
+        samples = []
+        for ev in events:
+            ts_value = getattr(ev, field, None)
             if isinstance(ts_value, int) and 0 < ts_value <= now:
-                self.stats.end_to_end_latency.add(now - ts_value)
+                samples.append(now - ts_value)
+        self.stats.end_to_end_latency.extend(samples)
 
     # --- reading -----------------------------------------------------------------
 
@@ -584,6 +626,9 @@ class Pipeline:
         await self.astart()
         runner = self._runner
         assert isinstance(runner, _AsyncRunner)
+        # One worker delivers, so events reach the inbox in arrival order even when it
+        # is full (several workers would race for each slot the consumer frees).
+        runner.max_workers = 1
         # The inbox may be full when the last handler finishes: wait for room.
         ending: list[asyncio.Task[None]] = []
         runner.on_finished = lambda: ending.append(asyncio.ensure_future(inbox.put(end)))
@@ -788,8 +833,20 @@ def _shard(key: Hashable, n: int) -> int:
     return hash(key) % n
 
 
+CHUNK = 256  # events a thread worker takes from the queue at most at once
+LOCAL_CHUNK = 1024  # events the asyncio workers take from the queue at most at once
+FLUSH = 256  # events an asyncio worker handles between two updates of the counters
+
+
 class _Threads(_Executor):
-    """A pool of threads; with a key, one queue per thread and events sharded by key."""
+    """A pool of threads; with a key, one queue per thread and events sharded by key.
+
+    Events go through the queue in chunks (slices of a batch, or the lists of one key
+    shard) and each worker takes its share of what is queued, at most ``CHUNK``
+    events, in one queue operation: with many workers and slow handlers, chunks are
+    small and every worker gets some; with a fast handler, one lock and one wakeup
+    serve hundreds of events (``Pipeline.call_each``).
+    """
 
     def start(self) -> None:
         p = self.p
@@ -805,18 +862,26 @@ class _Threads(_Executor):
         for i in range(n):
             q = self.queues[i % shards]
             t = threading.Thread(
-                target=self._work, args=(q,), name=f"bpfloom-worker-{i}", daemon=True
+                target=self._work, args=(q, n // shards), name=f"bpfloom-worker-{i}", daemon=True
             )
             t.start()
             self.workers.append(t)
 
-    def _work(self, q: BoundedQueue) -> None:
+    def _work(self, q: BoundedQueue, share: int) -> None:
+        p = self.p
         while True:
-            item = q.get()
+            item = q.get_chunk(CHUNK, share)
             if item is CLOSED:
                 return
-            if item is not None:
-                self.p.call(item)
+            if item is None:
+                continue
+            if p.batch:
+                p.call(item)
+                continue
+            try:
+                p.call_each(item)
+            except Exception as exc:  # decoding the chunk failed: as a reader failure
+                p._failed_outside_handler("decoding events", exc)
 
     def submit(self, batch: Batch) -> None:
         p = self.p
@@ -825,7 +890,7 @@ class _Threads(_Executor):
             self.queues[0].put_many([batch], weight=len(batch), stop=stop)
             return
         if p.key is None:
-            self.queues[0].put_many(batch, stop=stop)
+            self.queues[0].put_events(batch, stop=stop)
             return
         n = len(self.queues)
         buckets: list[list[Any]] = [[] for _ in range(n)]
@@ -834,13 +899,16 @@ class _Threads(_Executor):
             buckets[_shard(key(ev), n)].append(ev)
         for q, items in zip(self.queues, buckets, strict=True):
             if items:
-                q.put_many(items, stop=stop)
+                q.put_events(items, stop=stop)
 
     def finish(self, deadline: float) -> None:
         for q in self.queues:
             q.close()
         for t in self.workers:
             t.join(max(deadline - time.monotonic(), 0.0))
+        # Past the deadline: workers finish the event in hand and drop (count) the
+        # rest of their chunk; what is queued is counted as dropped.
+        self.p._cut = True
         for q in self.queues:
             q.abandon()  # counted as dropped; workers stop at their next get()
         # Handlers already running when the deadline passed get a moment to finish
@@ -852,22 +920,38 @@ class _Threads(_Executor):
         return list(self.workers)
 
 
-class _AsyncRunner(_Executor):
-    """One task per event on an event loop, at most ``max_inflight`` at a time.
+def _ignore(event: Any) -> None:
+    """The handler of a pipeline given none: events are only counted."""
 
-    With a key, events of one key run one after the other in a chain task; chains of
-    different keys run concurrently. The loop is the caller's (``astart``) or a private
-    one in a thread (``start``).
+
+class _AsyncRunner(_Executor):
+    """Worker coroutines on an event loop, at most ``max_inflight`` handlers at a time.
+
+    Events reach the loop in chunks: a worker that finds the loop's deque of taken
+    events (``local``) empty refills it from the bounded queue, up to ``LOCAL_CHUNK``
+    events in one lock. Workers are started on demand, up to ``max_inflight``, and
+    kept: parked on a future of their own when there is nothing to do, woken one at a
+    time. A worker about to await a handler's coroutine first wakes (or starts)
+    another one for the next event, so handlers that wait overlap as much as
+    ``max_inflight`` allows, while a synchronous handler runs event after event on one
+    worker, with no task switch at all. Counters are updated once per chunk (and
+    every ``FLUSH`` events); the tally of ``stats.begin`` keeps them exact meanwhile.
+
+    With a key, an event whose key is being handled waits in that key's chain, and the
+    worker that handles the key takes the chain's events in order before anything
+    else: one at a time per key, in arrival order; different keys concurrently. Events
+    taken and not begun (in ``local`` and in chains) are at most ``max_inflight``.
+
+    The loop is the caller's (``astart``) or a private one in a thread (``start``).
     """
 
     def __init__(self, pipeline: Pipeline, loop: asyncio.AbstractEventLoop | None) -> None:
         super().__init__(pipeline)
         self.own_loop = loop is None
         self.loop = loop or asyncio.new_event_loop()
-        self.discard = False
         self.on_finished: Callable[[], None] | None = None
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
+        #: Workers at most (``events()`` delivers through one, to keep the order).
+        self.max_workers = pipeline.max_inflight
         self.queue = BoundedQueue(
             pipeline.queue_size,
             pipeline.policy,
@@ -878,10 +962,80 @@ class _AsyncRunner(_Executor):
         self._thread: threading.Thread | None = None
         self._dispatcher: asyncio.Future[None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.local: deque[Any] = deque()  # taken from the queue: events, or batches
+        self.chains: dict[Hashable, deque[Any]] = {}
+        self.chained = 0  # events waiting in chains
+        self.workers = 0  # started and not ended
+        self.waking = 0  # woken or started, not yet running
+        self.idle: deque[asyncio.Future[None]] = deque()
+        self._wake_pending = False
+        self._ended: asyncio.Future[None] | None = None
+
+    @property
+    def discard(self) -> bool:
+        """True once what is left is to be dropped (counted), not handled."""
+        return self.p._cut
+
+    @discard.setter
+    def discard(self, value: bool) -> None:
+        if value:
+            self.p._cut = True
+
+    # --- wakeups ---------------------------------------------------------------------
 
     def _ready(self) -> None:
+        """From a reader thread: items were queued (or the queue closed)."""
+        if self._wake_pending:
+            return
+        self._wake_pending = True
         with contextlib.suppress(RuntimeError):  # a closed loop has nothing to wake
-            self.loop.call_soon_threadsafe(self._wake.set)
+            self.loop.call_soon_threadsafe(self._on_ready)
+
+    def _on_ready(self) -> None:
+        self._wake_pending = False  # before looking: a later put schedules another call
+        if self.queue.closed_and_empty:
+            self._wake_all()
+        else:
+            self._wake_one()
+
+    def _room(self) -> int:
+        return self.p.max_inflight - len(self.local) - self.chained
+
+    def _wake_one(self) -> None:
+        """Wake (or start) one more worker, if there is work it could take and no
+        other worker is already on its way to it."""
+        if self.waking or not (self.local or (self.queue.depth and self._room() > 0)):
+            return
+        while self.idle:
+            parked = self.idle.popleft()
+            if not parked.done():
+                parked.set_result(None)
+                self.waking += 1
+                return
+        if self.workers < self.max_workers:
+            self._start_worker()
+
+    def _wake_all(self) -> None:
+        while self.idle:
+            parked = self.idle.popleft()
+            if not parked.done():
+                parked.set_result(None)
+                self.waking += 1
+
+    async def _park(self) -> None:
+        parked = self.loop.create_future()
+        self.idle.append(parked)
+        await parked
+        self.waking -= 1
+
+    def _start_worker(self) -> None:
+        self.workers += 1
+        self.waking += 1
+        task = self.loop.create_task(self._work())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # --- life cycle ------------------------------------------------------------------
 
     def start(self) -> None:
         if self.own_loop:
@@ -908,68 +1062,242 @@ class _AsyncRunner(_Executor):
             self._dispatcher = self.loop.create_task(self._dispatch())
 
     async def _dispatch(self) -> None:
-        p = self.p
-        sem = asyncio.Semaphore(p.max_inflight)
-        tasks = self.tasks
-        chains: dict[Hashable, deque[Any]] = {}
-
-        async def run_one(item: Any) -> None:
-            try:
-                await p.acall(item)
-            finally:
-                sem.release()
-
-        async def run_chain(k: Hashable) -> None:
-            pending = chains[k]
-            while pending:
-                item = pending.popleft()
-                try:
-                    await p.acall(item)
-                finally:
-                    sem.release()
-            del chains[k]
-
-        def spawn(coro: Any) -> None:
-            task = asyncio.ensure_future(coro)
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-        while True:
-            items = self.queue.get_nowait_many(p.max_inflight)
-            if not items:
-                if self.queue.closed_and_empty:
-                    break
-                self._wake.clear()
-                if self.queue.depth == 0 and not self.queue.closed_and_empty:
-                    await self._wake.wait()
-                continue
-            for item in items:
-                await sem.acquire()
-                if self.discard:
-                    sem.release()
-                    p.stats.add(dropped_queue=len(item) if p.batch else 1)
-                    continue
-                if p.key is None:
-                    spawn(run_one(item))
-                    continue
-                try:
-                    k = p.key(item)
-                except Exception as exc:  # as a reader failure: the pipeline ends, loudly
-                    sem.release()
-                    p.stats.add(dropped_queue=len(item) if p.batch else 1)
-                    p._failed_outside_handler("the key function", exc)
-                    self.discard = True
-                    continue
-                pending = chains.get(k)
-                if pending is None:
-                    chains[k] = deque([item])
-                    spawn(run_chain(k))
-                else:
-                    pending.append(item)
-        if tasks:
-            await asyncio.wait(set(tasks))
+        """Start the first worker; end when the last one has."""
+        self._ended = self.loop.create_future()
+        self._start_worker()
+        await self._ended
         if self.on_finished is not None:
             self.on_finished()
+
+    def _refill(self) -> bool:
+        """Take what the queue holds, within ``max_inflight``; False if nothing."""
+        room = self._room()
+        if room <= 0:
+            return False
+        if self.p.batch:
+            items = self.queue.get_nowait_many(room)
+            self.local.extend(items)
+            return bool(items)
+        taken = False
+        for chunk in self.queue.take_events_nowait(min(room, LOCAL_CHUNK)):
+            try:
+                self.local.extend(chunk)  # decodes a batch's events
+            except Exception as exc:  # as a reader failure: the pipeline ends, loudly
+                self.p.stats.add(dropped_queue=len(chunk))
+                self.p._failed_outside_handler("decoding events", exc)
+                continue
+            taken = True
+        return taken
+
+    async def _work(self) -> None:
+        self.waking -= 1
+        try:
+            if self.p.batch:
+                await self._work_batches()
+            elif self.p.key is None:
+                await self._work_events()
+            else:
+                await self._work_keyed()
+        finally:
+            self.workers -= 1
+            # The queue is closed and drained: the parked workers end too.
+            self._wake_all()
+            if self.workers == 0 and self._ended is not None and not self._ended.done():
+                self._ended.set_result(None)
+
+    async def _idle(self) -> bool:
+        """Nothing to take: park until woken; False once the queue is closed and
+        drained (the worker ends)."""
+        if self.queue.closed_and_empty:
+            return False
+        await self._park()
+        return True
+
+    def _drop_local(self) -> None:
+        """Handling is cut off: what ``local`` holds is dropped, counted."""
+        p = self.p
+        n = sum(len(item) for item in self.local) if p.batch else len(self.local)
+        self.local.clear()
+        if n:
+            p.stats.add(dropped_queue=n)
+
+    async def _work_batches(self) -> None:
+        p = self.p
+        local = self.local
+        while True:
+            if not local and not self._refill():
+                if not await self._idle():
+                    return
+                continue
+            if p._cut:
+                self._drop_local()
+                continue
+            item = local.popleft()
+            self._wake_one()
+            await p.acall(item)
+
+    async def _work_events(self) -> None:
+        """Events without a key, one after the other while handlers do not wait."""
+        p = self.p
+        stats = p.stats
+        handler = p.handler or _ignore
+        local = self.local
+        isawaitable = inspect.isawaitable
+        every = max(p.sample_every, 1)
+        perf = time.perf_counter_ns
+        count = 0
+        samples: list[int] = []
+        timed: list[Any] = []  # the events timed: their end-to-end latency too
+        tally: list[int] | None = None  # [finished, errors] while active (``stats.begin``)
+        try:
+            while True:
+                if not local:
+                    if tally is not None and (tally[0] or tally[1]):
+                        self._flush(tally, samples, timed, end=False)
+                        samples, timed = [], []
+                    if not self._refill():
+                        if tally is not None:
+                            self._flush(tally, samples, timed, end=True)
+                            tally, samples, timed = None, [], []
+                        if not await self._idle():
+                            return
+                        continue
+                if tally is None:
+                    tally = stats.begin()
+                while local:
+                    if p._cut:
+                        self._drop_local()
+                        break
+                    ev = local.popleft()
+                    count += 1
+                    t0 = 0 if count % every else perf()
+                    try:
+                        result = handler(ev)
+                        if result is not None and isawaitable(result):
+                            self._wake_one()  # the next event need not wait for this one
+                            await result
+                            if tally[0] >= FLUSH:
+                                self._flush(tally, samples, timed, end=False)
+                                samples, timed = [], []
+                    except Exception as exc:
+                        tally[1] += 1
+                        p._fail(exc)
+                    except asyncio.CancelledError:
+                        # Cut off at the shutdown deadline: not handled (the final
+                        # accounting counts it as dropped).
+                        raise
+                    except BaseException as exc:  # kept from the loop, which would die
+                        tally[1] += 1
+                        p._halt(exc)
+                    tally[0] += 1
+                    if t0:
+                        samples.append(perf() - t0)
+                        timed.append(ev)
+        finally:
+            if tally is not None:
+                self._flush(tally, samples, timed, end=True)
+
+    async def _work_keyed(self) -> None:
+        """Events with a key: one at a time per key (chains), in arrival order."""
+        p = self.p
+        stats = p.stats
+        handler = p.handler or _ignore
+        key = p.key
+        assert key is not None
+        local = self.local
+        chains = self.chains
+        isawaitable = inspect.isawaitable
+        every = max(p.sample_every, 1)
+        perf = time.perf_counter_ns
+        count = 0
+        samples: list[int] = []
+        timed: list[Any] = []
+        tally: list[int] | None = None
+        try:
+            while True:
+                if not local and not self._refill():
+                    if tally is not None:
+                        self._flush(tally, samples, timed, end=True)
+                        tally, samples, timed = None, [], []
+                    if not await self._idle():
+                        return
+                    continue
+                if tally is None:
+                    tally = stats.begin()
+                if p._cut:
+                    self._drop_local()
+                    continue
+                ev = local.popleft()
+                try:
+                    k = key(ev)
+                except Exception as exc:  # as a reader failure: the pipeline ends
+                    stats.add(dropped_queue=1)
+                    p._failed_outside_handler("the key function", exc)
+                    p._cut = True
+                    continue
+                except BaseException as exc:  # as from a handler
+                    stats.add(dropped_queue=1)
+                    p._halt(exc)
+                    continue
+                chain = chains.get(k)
+                if chain is not None:  # its key is being handled: wait for it
+                    chain.append(ev)
+                    self.chained += 1
+                    continue
+                chains[k] = chain = deque()
+                while True:
+                    count += 1
+                    t0 = 0 if count % every else perf()
+                    try:
+                        result = handler(ev)
+                        if result is not None and isawaitable(result):
+                            self._wake_one()
+                            await result
+                    except Exception as exc:
+                        tally[1] += 1
+                        p._fail(exc)
+                    except asyncio.CancelledError:
+                        raise
+                    except BaseException as exc:
+                        tally[1] += 1
+                        p._halt(exc)
+                    tally[0] += 1
+                    if t0:
+                        samples.append(perf() - t0)
+                        timed.append(ev)
+                    if tally[0] >= FLUSH:
+                        self._flush(tally, samples, timed, end=False)
+                        samples, timed = [], []
+                    if chain and p._cut:
+                        stats.add(dropped_queue=len(chain))
+                        self.chained -= len(chain)
+                        chain.clear()
+                    if not chain:
+                        del chains[k]
+                        break
+                    ev = chain.popleft()
+                    self.chained -= 1
+        finally:
+            if tally is not None:
+                self._flush(tally, samples, timed, end=True)
+
+    def _flush(self, tally: list[int], samples: list[int], timed: list[Any], *, end: bool) -> None:
+        """A worker's counts since its last flush go into the stats."""
+        if samples:
+            self.p.stats.handler_latency.extend(samples)
+            self.p._record_e2e(timed)
+        self.p.stats.flush(tally, end=end)
+
+    def _drop_held(self) -> None:
+        """On the loop, past the deadline: what was taken and not begun is dropped."""
+        self._drop_local()
+        n = 0
+        for chain in self.chains.values():
+            n += len(chain)
+            chain.clear()
+        self.chained = 0
+        if n:
+            self.p.stats.add(dropped_queue=n)
 
     def submit(self, batch: Batch) -> None:
         p = self.p
@@ -977,10 +1305,10 @@ class _AsyncRunner(_Executor):
         if p.batch:
             self.queue.put_many([batch], weight=len(batch), stop=stop)
         else:
-            self.queue.put_many(batch, stop=stop)
+            self.queue.put_events(batch, stop=stop)
 
     async def adrain(self, deadline: float) -> None:
-        """On the loop: close the queue and wait for the dispatcher until ``deadline``."""
+        """On the loop: close the queue and wait for the workers until ``deadline``."""
         self.queue.close()
         if self._dispatcher is None:
             return
@@ -992,6 +1320,7 @@ class _AsyncRunner(_Executor):
             # Past the deadline: nothing may keep running (and counting) after stop().
             self.discard = True
             self.queue.abandon()
+            self._drop_held()
             self._dispatcher.cancel()
             for task in list(self.tasks):
                 task.cancel()
@@ -1012,6 +1341,7 @@ class _AsyncRunner(_Executor):
         self.queue.abandon()
 
     def _cancel_all(self) -> None:
+        self._drop_held()
         for task in asyncio.all_tasks(self.loop):
             task.cancel()
 

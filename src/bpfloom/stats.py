@@ -76,6 +76,7 @@ class PipelineStats:
         self.handler_latency = Latencies()
         self.end_to_end_latency = Latencies()
         self.sealed = False
+        self._tallies: list[list[int]] = []  # of handler runs still open (begin/end)
 
     def add(self, **counts: int) -> None:
         with self._lock:
@@ -97,6 +98,10 @@ class PipelineStats:
         with self._lock:
             if self.sealed:
                 return 0
+            for handled, errors in self._tallies:  # runs still open: what they finished
+                self.handled += handled
+                self.handler_errors += errors
+            self._tallies.clear()
             late = self.received - self.handled - self.dropped_queue
             self.dropped_queue += late
             self.inflight = 0
@@ -110,6 +115,36 @@ class PipelineStats:
             self.inflight += n
             if self.inflight > self.inflight_max:
                 self.inflight_max = self.inflight
+
+    def begin(self) -> list[int]:
+        """A worker begins a run of events (one handler at a time): one more in
+        ``inflight``. Returns the run's tally, ``[handled, handler_errors]`` of the
+        events it has finished, which the worker keeps up to date event by event with
+        no lock, and hands in with ``flush()`` and finally ``end()``. ``seal()`` counts
+        the tallies of runs still open: an event finished before a handler got stuck on
+        the next one is counted as handled, not dropped."""
+        tally = [0, 0]
+        with self._lock:
+            if not self.sealed:
+                self._tallies.append(tally)
+                self.inflight += 1
+                if self.inflight > self.inflight_max:
+                    self.inflight_max = self.inflight
+        return tally
+
+    def flush(self, tally: list[int], dropped: int = 0, *, end: bool = False) -> None:
+        """Move ``tally`` into the counters (and ``dropped`` events into
+        ``dropped_queue``); with ``end`` the run is over (one less in ``inflight``)."""
+        with self._lock:
+            if self.sealed:  # seal() counted the tally already
+                return
+            self.handled += tally[0]
+            self.handler_errors += tally[1]
+            self.dropped_queue += dropped
+            tally[0] = tally[1] = 0
+            if end:
+                self.inflight -= 1
+                self._tallies.remove(tally)
 
     def leave_handler(self, n: int = 1, errors: int = 0) -> None:
         with self._lock:
