@@ -391,3 +391,14 @@ def go_build(source: Path, out: Path, *, cache: Path, ldflags: str = "") -> Path
     if proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} failed:\n{proc.stderr}", pytrace=False)
     return out
+
+
+# --- the type cache -------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_type_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """bpfloom keeps what it read of objects' DWARF in the user's cache directory
+    (``bpfloom.typecache``): this session and the commands it starts use one of their
+    own, so no run of the suite reads or writes ``~/.cache``."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))

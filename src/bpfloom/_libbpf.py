@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import ctypes.util
 import os
 import threading
 from ctypes import (
@@ -42,7 +41,9 @@ def _load_libbpf() -> ctypes.CDLL:
         return ctypes.CDLL("libbpf.so.1", use_errno=True)
     except OSError:
         pass
-    name = ctypes.util.find_library("bpf")
+    from ctypes.util import find_library  # runs ldconfig: only when needed
+
+    name = find_library("bpf")
     try:
         if name is None:
             raise OSError("not found")

@@ -28,8 +28,6 @@ import struct
 from collections.abc import Iterator
 from typing import Any, TypeVar, overload
 
-from elftools.elf.elffile import ELFFile
-
 from ._exceptions import TypeInfoError
 from .types import (
     Array,
@@ -410,6 +408,8 @@ def btf_from_elf(path: str | os.PathLike[str]) -> Btf | None:
     with open(path, "rb") as f:
         image = f.read()
     try:
+        from elftools.elf.elffile import ELFFile  # imported when used: start-up
+
         section = ELFFile(io.BytesIO(image)).get_section_by_name(".BTF")
         if section is None:
             return None

@@ -43,7 +43,6 @@ from ._poller import DEFAULT_POLL_INTERVAL
 from .btf import Btf, parse_btf
 from .decode import STRING_POLICIES, Decoder, encode
 from .maps import Map
-from .relocations import data_references
 from .typeinfo import TypeInfo
 from .types import Datasec, Struct, Type, Var, describe, sizeof, strip
 
@@ -635,6 +634,8 @@ class Globals(Mapping[str, Any]):
         """
         var, _ = self._lookup(name)
         if self._references is None:
+            from .relocations import data_references  # pyelftools: imported when used
+
             self._references = data_references(self._obj.image, self._obj.path)
         return any(
             var.offset <= at < var.offset + max(var.size, 1)

@@ -9,6 +9,10 @@ in BTF, then DWARF (parsed lazily, once).
 the user names none: the named structs the program's own source defines — present in
 the object but not in the running kernel's BTF, and not declared in ``vmlinux.h`` or a
 system header.
+
+Only a summary of the DWARF is needed for that (``typecache.DwarfSummary``): it is
+cached per user and per object content, so that the next run of the same object does
+not parse DWARF again (``bpfloom.typecache``).
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ import functools
 import os
 from collections.abc import Callable
 
-from . import _libbpf
+from . import _libbpf, typecache
+from ._elf import object_image
 from ._exceptions import TypeInfoError
 from .btf import Btf
-from .dwarf import dwarf_types
 from .types import Array, Func, FuncProto, Pointer, Struct, Type, Union, Var, strip
 
 BTF_KIND_STRUCT = 4
@@ -41,16 +45,22 @@ def kernel_has_struct(name: str) -> bool:
     return int(_libbpf.btf_find_by_name_kind(btf, name.encode(), BTF_KIND_STRUCT)) > 0
 
 
-def _is_program_defined(t: Struct | Union) -> bool:
-    if not t.name:
-        return False
-    if t.decl_file:
-        base = os.path.basename(t.decl_file)
-        if base == "vmlinux.h" or t.decl_file.startswith(_SYSTEM_HEADER_DIRS):
+def _declared_by_program(decl_file: str | None) -> bool:
+    """Whether a type declared in ``decl_file`` (None: unknown) may be the program's
+    own: not in ``vmlinux.h``, a system header or one of libbpf's headers."""
+    if decl_file:
+        base = os.path.basename(decl_file)
+        if base == "vmlinux.h" or decl_file.startswith(_SYSTEM_HEADER_DIRS):
             return False
         if base.startswith("bpf_") and base.endswith(".h"):  # libbpf's own headers
             return False
-    return not kernel_has_struct(t.name)
+    return True
+
+
+def _is_program_defined(name: str, decl_file: str | None) -> bool:
+    if not name or not _declared_by_program(decl_file):
+        return False
+    return not kernel_has_struct(name)
 
 
 class TypeInfo:
@@ -61,14 +71,30 @@ class TypeInfo:
         self.image = image
         self.btf = btf
         self._dwarf: list[Type] | None = None
+        self._summary: typecache.DwarfSummary | None = None
 
     @property
     def dwarf(self) -> list[Type]:
         """All named types from the object's DWARF (empty without ``-g``)."""
         if self._dwarf is None:
+            from .dwarf import dwarf_types  # pyelftools: imported when DWARF is read
+
             source = self.image if self.image is not None else self.path
             self._dwarf = dwarf_types(source, self.path) or []
         return self._dwarf
+
+    def dwarf_summary(self) -> typecache.DwarfSummary:
+        """What ``find`` and ``program_structs`` need of the DWARF: from the per-user
+        cache when this object's content was seen before, else parsed (and cached)."""
+        if self._summary is None:
+            image = self.image if self.image is not None else object_image(self.path)[0]
+            key = typecache.object_key(image)
+            summary = typecache.load(key, _declared_by_program)
+            if summary is None:
+                summary = typecache.summarize(self.dwarf, _declared_by_program)
+                typecache.store(key, summary, _declared_by_program)
+            self._summary = summary
+        return self._summary
 
     def find(self, name: str) -> Type:
         """The struct/union/enum/typedef called ``name`` (``struct `` prefix allowed)."""
@@ -81,9 +107,19 @@ class TypeInfo:
             found_any = self.btf.by_name(bare)
             if found_any:
                 return found_any[0]
+        for entry in self.dwarf_summary().named:
+            if entry.name == bare and (entry.kind not in ("struct", "union") or entry.has_members):
+                if entry.type is not None:
+                    return entry.type
+                break  # not in the cached summary: read the DWARF itself
+        else:
+            return self._not_found(bare)
         for t in self.dwarf:
             if t.name == bare and (not isinstance(t, (Struct, Union)) or t.members):
                 return t
+        return self._not_found(bare)
+
+    def _not_found(self, bare: str) -> Type:
         known = ", ".join(sorted(s.name for s in self.program_structs())) or "none"
         raise TypeInfoError(
             f"type {bare!r} is not in {os.path.basename(self.path)}'s BTF or DWARF "
@@ -93,19 +129,21 @@ class TypeInfo:
     def program_structs(self) -> list[Struct]:
         """Named structs defined by the program itself (not the kernel), BTF then DWARF."""
         seen: dict[str, Struct] = {}
-        dwarf_structs = [t for t in self.dwarf if isinstance(t, Struct) and t.members]
-        by_name_dwarf = {t.name: t for t in dwarf_structs}
+        dwarf_structs = [e for e in self.dwarf_summary().named if e.kind == "struct"]
+        dwarf_structs = [e for e in dwarf_structs if e.has_members]
+        decl_files = {e.name: e.decl_file for e in dwarf_structs}
         btf_structs = list(self.btf.structs()) if self.btf is not None else []
         for t in btf_structs:
             if not t.members or t.name in seen:
                 continue
             # DWARF knows where the struct was declared; BTF does not.
-            probe = by_name_dwarf.get(t.name, t)
-            if _is_program_defined(probe):
+            decl_file = decl_files.get(t.name, t.decl_file)
+            if _is_program_defined(t.name, decl_file):
                 seen[t.name] = t
-        for t in dwarf_structs:
-            if t.name not in seen and _is_program_defined(t):
-                seen[t.name] = t
+        for e in dwarf_structs:
+            if e.name not in seen and _is_program_defined(e.name, e.decl_file):
+                assert isinstance(e.type, Struct)  # kept: the summary keeps the program's own
+                seen[e.name] = e.type
         return list(seen.values())
 
     def _btf_struct_names(self, kind: str) -> set[str]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -32,11 +32,12 @@ from ..pipeline import Pipeline, StopSignals, wait_for_stop
 from ..ringbuf import RingBuffer
 from ..sinks import Record, Sink, sink_errors
 from ..sinks.jsonl import JsonLinesSink
-from ..sinks.parquet import ParquetSink
-from ..sinks.prometheus import PrometheusSink
 from ..sinks.table import Column, TableSink
 from ..tools.tool import Tool
 from ._common import EXIT_USAGE, exit_output_blocked, fail, stderr
+
+if TYPE_CHECKING:
+    from ..sinks.prometheus import PrometheusSink
 
 
 @dataclass
@@ -152,8 +153,10 @@ class ToolSession(Session):
 class Outputs:
     """The sinks of one run: a batch's records go to each; their failures add up."""
 
-    def __init__(self, sinks: Sequence[Sink]) -> None:
+    def __init__(self, sinks: Sequence[Sink], prometheus: PrometheusSink | None = None) -> None:
         self.sinks = list(sinks)
+        #: The Prometheus sink among ``sinks``, if any.
+        self.prometheus = prometheus
 
     @classmethod
     def for_command(
@@ -182,13 +185,19 @@ class Outputs:
                     "Parquet takes raw events; write them as JSON lines (.jsonl)",
                     EXIT_USAGE,
                 )
+            from ..sinks.parquet import ParquetSink  # imported when used: start-up
+
             decoder = session.readers[0].decoder
             sinks = [ParquetSink(output, on_stop=on_stop, decoder=decoder)]
         else:
             fail(f"-o {output}: name the format by its ending, .jsonl or .parquet", EXIT_USAGE)
+        prometheus = None
         if metrics_addr is not None:
+            from ..sinks.prometheus import PrometheusSink  # imported when used: start-up
+
             try:
-                sinks.append(PrometheusSink(metrics_addr, session.name))
+                prometheus = PrometheusSink(metrics_addr, session.name)
+                sinks.append(prometheus)
             except OSError as exc:
                 for sink in sinks:
                     sink.close()
@@ -196,11 +205,7 @@ class Outputs:
                 raise BpfloomError(
                     f"--metrics-addr {host}:{port}: {exc.strerror or exc}", errno=exc.errno
                 ) from exc
-        return cls(sinks)
-
-    @property
-    def prometheus(self) -> PrometheusSink | None:
-        return next((s for s in self.sinks if isinstance(s, PrometheusSink)), None)
+        return cls(sinks, prometheus)
 
     def write_batch(self, batch: Batch, records: Sequence[Record]) -> None:
         for sink in self.sinks:
