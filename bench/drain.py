@@ -12,9 +12,24 @@ one run on the same object:
 - ``batch``: bpfloom's reader, each batch viewed as a numpy structured array;
 - ``per_event``: bpfloom's reader, iterating decoded events one by one in Python.
 
-Also measured: seconds from starting ``bpfloom run`` to its first printed event, and
-peak RSS. ``--json`` prints one JSON object per line; the last line is the summary
-with the ratios ``batch_vs_c`` and ``per_event_vs_ctypes``.
+Also measured: seconds from starting ``bpfloom run`` to its first printed event
+(``run_first_event_s``), and its peak RSS. The object is tests/bpf/ecli/execsnoop.bpf.o,
+written as eunomia-bpf's tutorials write them: its event struct is only in DWARF. Each
+run is a fresh process with a private XDG_CACHE_HOME, while a child runs ``true``
+every 5 ms; medians of ``--startup-rounds`` runs:
+
+- ``run_first_event_s``: the usual case, the object seen before (bpfloom's type cache
+  holds what its DWARF says) and Python's bytecode compiled, as for an installed
+  package (PYTHONDONTWRITEBYTECODE is removed from the children's environment; one
+  untimed run first);
+- ``run_first_event_cold_cache_s``: the first run of that object (type cache emptied
+  before each run): its DWARF is read;
+- ``run_first_event_btf_object_s``: src/bpfloom/bpf/exec.bpf.o, whose record type is
+  in BTF (the object earlier versions of this benchmark timed).
+
+``--json`` prints one JSON object per line; the last line is the summary with the
+ratios ``batch_vs_c`` and ``per_event_vs_ctypes`` and the load average around the run
+(the machine may be shared). ``--startup-only`` measures the start-up alone.
 """
 
 from __future__ import annotations
@@ -24,9 +39,12 @@ import ctypes
 import json
 import os
 import resource
+import shutil
+import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -39,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OBJECT = ROOT / "bench" / "bpf" / "drain.bpf.o"
 DRAIN_C = ROOT / "build" / "drain_c"
 EXEC_OBJECT = ROOT / "src" / "bpfloom" / "bpf" / "exec.bpf.o"
+DWARF_OBJECT = ROOT / "tests" / "bpf" / "ecli" / "execsnoop.bpf.o"  # event only in DWARF
 BPF_RB_NO_WAKEUP = 1
 
 
@@ -149,8 +168,9 @@ def bench_bpfloom(
     }
 
 
-def bench_first_event() -> dict[str, Any]:
-    """Seconds from starting `bpfloom run exec.bpf.o --json` to its first event line."""
+def first_event(obj: Path, env: dict[str, str]) -> tuple[float, float]:
+    """Seconds from starting `bpfloom run OBJ --json` to its first event line, and the
+    run's peak RSS in MiB."""
     exe = Path(sys.executable).with_name("bpfloom")
     stop = threading.Event()
 
@@ -160,10 +180,11 @@ def bench_first_event() -> dict[str, Any]:
 
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [str(exe), "run", str(EXEC_OBJECT), "--json", "--duration", "30"],
+        [str(exe), "run", str(obj), "--json", "--duration", "30"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        env=env,
     )
     worker = threading.Thread(target=make_execs, daemon=True)
     worker.start()
@@ -177,7 +198,33 @@ def bench_first_event() -> dict[str, Any]:
     proc.terminate()
     proc.communicate(timeout=10)
     json.loads(line)  # it really was an event
-    return {"run_first_event_s": first, "run_peak_rss_mib": peak_kib / 1024}
+    return first, peak_kib / 1024
+
+
+def bench_first_event(rounds: int) -> dict[str, Any]:
+    """``run_first_event_s`` and its variants (see the module docstring)."""
+    with tempfile.TemporaryDirectory(prefix="bpfloom-bench-") as cache:
+        env = {**os.environ, "XDG_CACHE_HOME": cache}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        first_event(DWARF_OBJECT, env)  # untimed: compiles bytecode, fills the type cache
+        first_event(EXEC_OBJECT, env)
+        warm, cold, btf, rss = [], [], [], []
+        for _ in range(rounds):  # interleaved, so that a change of load hits all three
+            seconds, peak = first_event(DWARF_OBJECT, env)
+            warm.append(seconds)
+            rss.append(peak)
+            btf.append(first_event(EXEC_OBJECT, env)[0])
+            shutil.rmtree(Path(cache) / "bpfloom", ignore_errors=True)
+            cold.append(first_event(DWARF_OBJECT, env)[0])
+            first_event(EXEC_OBJECT, env)  # untimed: its type cache again
+    return {
+        "run_first_event_s": statistics.median(warm),
+        "run_first_event_cold_cache_s": statistics.median(cold),
+        "run_first_event_btf_object_s": statistics.median(btf),
+        "run_first_event_all_s": [round(x, 4) for x in warm],
+        "run_first_event_rounds": rounds,
+        "run_peak_rss_mib": max(rss),
+    }
 
 
 def main() -> int:
@@ -185,14 +232,23 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=2_000_000, help="records per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--startup-rounds", type=int, default=7, help="runs per start-up case")
+    parser.add_argument("--startup-only", action="store_true", help="measure start-up alone")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("drain.py: run as root (it loads BPF programs)", file=sys.stderr)
         return 1
-    for path in (OBJECT, DRAIN_C, EXEC_OBJECT):
+    for path in (OBJECT, DRAIN_C, EXEC_OBJECT, DWARF_OBJECT):
         if not path.exists():
             print(f"drain.py: {path} is missing; run `make bpf`", file=sys.stderr)
             return 1
+    load_before = os.getloadavg()
+    if args.startup_only:
+        summary = {"summary": "drain_startup", **bench_first_event(args.startup_rounds)}
+        summary["loadavg_before"] = [round(x, 2) for x in load_before]
+        summary["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+        print(json.dumps(summary))
+        return 0
     results = [bench_c(args.events, args.rounds)]
     with bpfloom.load(OBJECT) as obj:
         with obj.ring_buffer("rb") as rb:
@@ -214,7 +270,9 @@ def main() -> int:
         "kernel_dropped": dropped,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    summary.update(bench_first_event())
+    summary.update(bench_first_event(args.startup_rounds))
+    summary["loadavg_before"] = [round(x, 2) for x in load_before]
+    summary["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     for r in [*results, summary]:
         if args.json:
             print(json.dumps(r))

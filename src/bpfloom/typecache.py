@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -455,6 +454,8 @@ def store(key: str, summary: DwarfSummary, declared: Declared) -> bool:
         return False
     if len(data) > MAX_BYTES:
         return False
+    import tempfile  # only when writing: start-up
+
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
     except OSError:
