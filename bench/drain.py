@@ -25,7 +25,10 @@ every 5 ms; medians of ``--startup-rounds`` runs:
 - ``run_first_event_cold_cache_s``: the first run of that object (type cache emptied
   before each run): its DWARF is read;
 - ``run_first_event_btf_object_s``: src/bpfloom/bpf/exec.bpf.o, whose record type is
-  in BTF (the object earlier versions of this benchmark timed).
+  in BTF (the object earlier versions of this benchmark timed);
+- ``run_first_event_cpu_s``: the CPU time the first case used until its first event
+  (all threads, from /proc/PID/task/*/schedstat): about what it takes on an idle
+  machine, where the wall-clock figures of a shared one are inflated by waiting.
 
 ``--json`` prints one JSON object per line; the last line is the summary with the
 ratios ``batch_vs_c`` and ``per_event_vs_ctypes`` and the load average around the run
@@ -35,6 +38,7 @@ ratios ``batch_vs_c`` and ``per_event_vs_ctypes`` and the load average around th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -168,9 +172,10 @@ def bench_bpfloom(
     }
 
 
-def first_event(obj: Path, env: dict[str, str]) -> tuple[float, float]:
-    """Seconds from starting `bpfloom run OBJ --json` to its first event line, and the
-    run's peak RSS in MiB."""
+def first_event(obj: Path, env: dict[str, str]) -> tuple[float, float, float]:
+    """Seconds from starting `bpfloom run OBJ --json` to its first event line, the
+    run's peak RSS in MiB, and the CPU seconds it used (it is stopped at its first
+    event: that is about what start-up costs on an idle machine)."""
     exe = Path(sys.executable).with_name("bpfloom")
     stop = threading.Event()
 
@@ -195,10 +200,20 @@ def first_event(obj: Path, env: dict[str, str]) -> tuple[float, float]:
     worker.join()
     with open(f"/proc/{proc.pid}/status") as f:
         peak_kib = next(int(x.split()[1]) for x in f if x.startswith("VmHWM:"))
+    cpu = _cpu_seconds(proc.pid)
     proc.terminate()
     proc.communicate(timeout=10)
     json.loads(line)  # it really was an event
-    return first, peak_kib / 1024
+    return first, peak_kib / 1024, cpu
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of ``pid`` so far (schedstat: nanoseconds on a CPU)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 def bench_first_event(rounds: int) -> dict[str, Any]:
@@ -208,11 +223,12 @@ def bench_first_event(rounds: int) -> dict[str, Any]:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         first_event(DWARF_OBJECT, env)  # untimed: compiles bytecode, fills the type cache
         first_event(EXEC_OBJECT, env)
-        warm, cold, btf, rss = [], [], [], []
+        warm, cold, btf, cpu, rss = [], [], [], [], []
         for _ in range(rounds):  # interleaved, so that a change of load hits all three
-            seconds, peak = first_event(DWARF_OBJECT, env)
+            seconds, peak, used = first_event(DWARF_OBJECT, env)
             warm.append(seconds)
             rss.append(peak)
+            cpu.append(used)
             btf.append(first_event(EXEC_OBJECT, env)[0])
             shutil.rmtree(Path(cache) / "bpfloom", ignore_errors=True)
             cold.append(first_event(DWARF_OBJECT, env)[0])
@@ -222,6 +238,7 @@ def bench_first_event(rounds: int) -> dict[str, Any]:
         "run_first_event_cold_cache_s": statistics.median(cold),
         "run_first_event_btf_object_s": statistics.median(btf),
         "run_first_event_all_s": [round(x, 4) for x in warm],
+        "run_first_event_cpu_s": statistics.median(cpu),
         "run_first_event_rounds": rounds,
         "run_peak_rss_mib": max(rss),
     }

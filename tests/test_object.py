@@ -631,9 +631,13 @@ _CLI_AS_CHILD = _DROP_TO_NOBODY + textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def preload() -> str:
-    """JSON list of the non-bpfloom modules that importing bpfloom.cli pulls in."""
+    """JSON list of the non-bpfloom modules that importing every bpfloom module pulls
+    in (the command line imports its command modules, and bpfloom some of its
+    dependencies, only when they are used)."""
     code = (
-        "import json, sys; import bpfloom.cli; "
+        "import importlib, json, pkgutil, sys; import bpfloom; "
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages("
+        "bpfloom.__path__, 'bpfloom.')]; "
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] != 'bpfloom')))"
     )
     out = subprocess.run(

@@ -22,6 +22,7 @@ from .pipeline import _Executor
 if TYPE_CHECKING:
     from .pipeline import Pipeline
 
+_NO_KEY = object()  # what AsyncRunner._key returns for an event whose key failed
 LOCAL_CHUNK = 1024  # events the workers take from the queue at most at once
 FLUSH = 256  # events a worker handles between two updates of the counters
 
@@ -200,10 +201,8 @@ class AsyncRunner(_Executor):
         try:
             if self.p.batch:
                 await self._work_batches()
-            elif self.p.key is None:
-                await self._work_events()
             else:
-                await self._work_keyed()
+                await self._work_events()
         finally:
             self.workers -= 1
             # The queue is closed and drained: the parked workers end too.
@@ -243,11 +242,15 @@ class AsyncRunner(_Executor):
             await p.acall(item)
 
     async def _work_events(self) -> None:
-        """Events without a key, one after the other while handlers do not wait."""
+        """Events, one after the other while handlers do not wait; with a key, an event
+        whose key is being handled waits in the key's chain, which the worker handling
+        that key runs next."""
         p = self.p
         stats = p.stats
         handler = p.handler or _ignore
+        key = p.key
         local = self.local
+        chains = self.chains
         isawaitable = inspect.isawaitable
         every = max(p.sample_every, 1)
         perf = time.perf_counter_ns
@@ -275,117 +278,67 @@ class AsyncRunner(_Executor):
                         self._drop_local()
                         break
                     ev = local.popleft()
-                    count += 1
-                    t0 = 0 if count % every else perf()
-                    try:
-                        result = handler(ev)
-                        if result is not None and isawaitable(result):
-                            self._wake_one()  # the next event need not wait for this one
-                            await result
-                            if tally[0] >= FLUSH:
-                                self._flush(tally, samples, timed, end=False)
-                                samples, timed = [], []
-                    except Exception as exc:
-                        tally[1] += 1
-                        p._fail(exc)
-                    except asyncio.CancelledError:
-                        # Cut off at the shutdown deadline: not handled (the final
-                        # accounting counts it as dropped).
-                        raise
-                    except BaseException as exc:  # kept from the loop, which would die
-                        tally[1] += 1
-                        p._halt(exc)
-                    tally[0] += 1
-                    if t0:
-                        samples.append(perf() - t0)
-                        timed.append(ev)
+                    chain: deque[Any] | None = None
+                    if key is not None:
+                        k = self._key(key, ev)
+                        if k is _NO_KEY:
+                            continue
+                        chain = chains.get(k)
+                        if chain is not None:  # its key is being handled: wait for it
+                            chain.append(ev)
+                            self.chained += 1
+                            continue
+                        chains[k] = chain = deque()
+                    while True:
+                        count += 1
+                        t0 = 0 if count % every else perf()
+                        try:
+                            result = handler(ev)
+                            if result is not None and isawaitable(result):
+                                self._wake_one()  # the next event need not wait for this
+                                await result
+                                if tally[0] >= FLUSH:
+                                    self._flush(tally, samples, timed, end=False)
+                                    samples, timed = [], []
+                        except asyncio.CancelledError:
+                            # Cut off at the shutdown deadline: not handled (the final
+                            # accounting counts it as dropped).
+                            raise
+                        except BaseException as exc:  # kept from the loop, which would die
+                            tally[1] += 1
+                            p._raised(exc)
+                        tally[0] += 1
+                        if t0:
+                            samples.append(perf() - t0)
+                            timed.append(ev)
+                        if chain is None:
+                            break
+                        if chain and p._cut:
+                            stats.add(dropped_queue=len(chain))
+                            self.chained -= len(chain)
+                            chain.clear()
+                        if not chain:
+                            del chains[k]
+                            break
+                        ev = chain.popleft()
+                        self.chained -= 1
         finally:
             if tally is not None:
                 self._flush(tally, samples, timed, end=True)
 
-    async def _work_keyed(self) -> None:
-        """Events with a key: one at a time per key (chains), in arrival order."""
+    def _key(self, key: Callable[[Any], Hashable], ev: Any) -> Hashable:
+        """``key(ev)``; ``_NO_KEY`` when it fails, which ends the pipeline (as a reader
+        failure; a ``BaseException`` as from a handler) and drops the event."""
         p = self.p
-        stats = p.stats
-        handler = p.handler or _ignore
-        key = p.key
-        assert key is not None
-        local = self.local
-        chains = self.chains
-        isawaitable = inspect.isawaitable
-        every = max(p.sample_every, 1)
-        perf = time.perf_counter_ns
-        count = 0
-        samples: list[int] = []
-        timed: list[Any] = []
-        tally: list[int] | None = None
         try:
-            while True:
-                if not local and not self._refill():
-                    if tally is not None:
-                        self._flush(tally, samples, timed, end=True)
-                        tally, samples, timed = None, [], []
-                    if not await self._idle():
-                        return
-                    continue
-                if tally is None:
-                    tally = stats.begin()
-                if p._cut:
-                    self._drop_local()
-                    continue
-                ev = local.popleft()
-                try:
-                    k = key(ev)
-                except Exception as exc:  # as a reader failure: the pipeline ends
-                    stats.add(dropped_queue=1)
-                    p._failed_outside_handler("the key function", exc)
-                    p._cut = True
-                    continue
-                except BaseException as exc:  # as from a handler
-                    stats.add(dropped_queue=1)
-                    p._halt(exc)
-                    continue
-                chain = chains.get(k)
-                if chain is not None:  # its key is being handled: wait for it
-                    chain.append(ev)
-                    self.chained += 1
-                    continue
-                chains[k] = chain = deque()
-                while True:
-                    count += 1
-                    t0 = 0 if count % every else perf()
-                    try:
-                        result = handler(ev)
-                        if result is not None and isawaitable(result):
-                            self._wake_one()
-                            await result
-                    except Exception as exc:
-                        tally[1] += 1
-                        p._fail(exc)
-                    except asyncio.CancelledError:
-                        raise
-                    except BaseException as exc:
-                        tally[1] += 1
-                        p._halt(exc)
-                    tally[0] += 1
-                    if t0:
-                        samples.append(perf() - t0)
-                        timed.append(ev)
-                    if tally[0] >= FLUSH:
-                        self._flush(tally, samples, timed, end=False)
-                        samples, timed = [], []
-                    if chain and p._cut:
-                        stats.add(dropped_queue=len(chain))
-                        self.chained -= len(chain)
-                        chain.clear()
-                    if not chain:
-                        del chains[k]
-                        break
-                    ev = chain.popleft()
-                    self.chained -= 1
-        finally:
-            if tally is not None:
-                self._flush(tally, samples, timed, end=True)
+            return key(ev)
+        except Exception as exc:
+            p._failed_outside_handler("the key function", exc)
+            p._cut = True
+        except BaseException as exc:
+            p._halt(exc)
+        p.stats.add(dropped_queue=1)
+        return _NO_KEY
 
     def _flush(self, tally: list[int], samples: list[int], timed: list[Any], *, end: bool) -> None:
         """A worker's counts since its last flush go into the stats."""

@@ -230,6 +230,16 @@ class Pipeline:
             self.error = exc
             self._stop_reading.set()
 
+    def _raised(self, exc: BaseException) -> bool:
+        """A handler raised ``exc`` (counted by the caller): an ``Exception`` is a
+        handler error (``_fail``); anything else halts the pipeline (``_halt``), and
+        then True: handle nothing more."""
+        if isinstance(exc, Exception):
+            self._fail(exc)
+            return False
+        self._halt(exc)
+        return True
+
     def _halt(self, exc: BaseException) -> None:
         """A handler (or a key function) raised ``exc``, a ``BaseException`` such as
         ``SystemExit`` or ``KeyboardInterrupt``: handle nothing more (what is left counts
@@ -297,37 +307,20 @@ class Pipeline:
             if handler is None:
                 tally[0] = n
                 return
-            count = 0
-            for ev in events:
+            for count, ev in enumerate(events, 1):
                 if self._cut:
                     break
-                count += 1
-                if count % every:
-                    try:
-                        handler(ev)
-                    except Exception as exc:
-                        tally[1] += 1
-                        self._fail(exc)
-                    except BaseException as exc:
-                        tally[1] += 1
-                        tally[0] += 1
-                        self._halt(exc)
-                        break
-                    tally[0] += 1
-                    continue
-                t0 = perf()
+                t0 = 0 if count % every else perf()
                 try:
                     handler(ev)
-                except Exception as exc:
-                    tally[1] += 1
-                    self._fail(exc)
                 except BaseException as exc:
                     tally[1] += 1
-                    tally[0] += 1
-                    self._halt(exc)
-                    break
+                    if self._raised(exc):
+                        tally[0] += 1
+                        break
                 tally[0] += 1
-                samples.append(perf() - t0)
+                if t0:
+                    samples.append(perf() - t0)
         finally:
             self.stats.handler_latency.extend(samples)
             self._record_e2e(events, every)
