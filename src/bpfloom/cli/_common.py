@@ -85,6 +85,8 @@ LISTEN = Listen()
 
 
 def _output_specs(record_word: str) -> list[tuple[list[str], dict[str, Any]]]:
+    from ._nats import nats_option_specs  # it uses this module's types
+
     return [
         (
             ["--json", "as_json"],
@@ -128,11 +130,13 @@ def _output_specs(record_word: str) -> list[tuple[list[str], dict[str, Any]]]:
                 "http://HOST:PORT/metrics; a bare PORT means 127.0.0.1:PORT.",
             },
         ),
+        *nats_option_specs(),
     ]
 
 
 def output_params(record_word: str = "record") -> list[click.Option]:
-    """``--json``, ``--duration``, ``-o/--output`` and ``--stats``: every command's."""
+    """``--json``, ``--duration``, ``-o/--output``, ``--stats``, ``--metrics-addr`` and
+    the NATS sink's (``_nats``): every command's."""
     return [click.Option(decls, **attrs) for decls, attrs in _output_specs(record_word)]
 
 
