@@ -84,7 +84,7 @@ class Listen(click.ParamType):  # type: ignore[type-arg]
 LISTEN = Listen()
 
 
-def _output_specs(record_word: str) -> list[tuple[list[str], dict[str, Any]]]:
+def _output_specs(record_word: str, nats: bool = True) -> list[tuple[list[str], dict[str, Any]]]:
     from ._nats import nats_option_specs  # it uses this module's types
 
     return [
@@ -130,7 +130,7 @@ def _output_specs(record_word: str) -> list[tuple[list[str], dict[str, Any]]]:
                 "http://HOST:PORT/metrics; a bare PORT means 127.0.0.1:PORT.",
             },
         ),
-        *nats_option_specs(),
+        *(nats_option_specs() if nats else []),
     ]
 
 
@@ -140,11 +140,12 @@ def output_params(record_word: str = "record") -> list[click.Option]:
     return [click.Option(decls, **attrs) for decls, attrs in _output_specs(record_word)]
 
 
-def output_options(record_word: str = "record") -> Callable[[F], F]:
-    """A decorator adding ``output_params`` to a command."""
+def output_options(record_word: str = "record", nats: bool = True) -> Callable[[F], F]:
+    """A decorator adding ``output_params`` to a command (``nats=False``: without the
+    NATS sink's)."""
 
     def add(func: F) -> F:
-        for decls, attrs in reversed(_output_specs(record_word)):
+        for decls, attrs in reversed(_output_specs(record_word, nats)):
             func = click.option(*decls, **attrs)(func)
         return func
 

@@ -122,8 +122,7 @@ def nats_option_specs() -> list[tuple[list[str], dict[str, Any]]]:
                 "default": None,
                 "envvar": "BPFLOOM_NATS_TOKEN",
                 "metavar": "TOKEN",
-                "help": "NATS authorization token (or BPFLOOM_NATS_TOKEN, which ps "
-                "does not show).",
+                "help": "NATS authorization token (or BPFLOOM_NATS_TOKEN, which ps does not show).",
             },
         ),
         (

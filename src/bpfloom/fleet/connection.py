@@ -133,11 +133,13 @@ class LoopThread:
 
     ``run(coro, timeout)`` runs a coroutine there and waits for its result;
     ``submit(coro)`` does not wait; ``call(fn)`` runs a plain function there soon;
+    ``spawn(coro)``, from the loop's thread, starts a task it keeps a reference to;
     ``stop()`` stops the loop and joins the thread (idempotent).
     """
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
+        self._background: set[asyncio.Future[Any]] = set()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -160,6 +162,13 @@ class LoopThread:
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise TimeoutError from None
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Start ``coro`` as a task of the loop, from the loop's own thread; the task is
+        referenced until it ends (asyncio keeps only weak references)."""
+        task = asyncio.ensure_future(coro, loop=self.loop)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def call(self, fn: Any, *args: Any) -> None:
         if not self.loop.is_closed():

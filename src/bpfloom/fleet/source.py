@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import queue
 import secrets
@@ -137,7 +138,7 @@ class FleetMessage:
         for record in records:
             ev = FleetEvent(record)
             ev.setdefault("host", self.host)
-            ev.message = self
+            ev.message = self  # type: ignore[attr-defined]  # a slot mypy does not see
             events.append(ev)
         return events
 
@@ -421,7 +422,7 @@ class FleetSource:
             want = 1 if idle else room
             try:
                 msgs = await self._sub.fetch(batch=want, timeout=1.0)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 idle = True
                 continue
             except asyncio.CancelledError:
@@ -441,13 +442,13 @@ class FleetSource:
         except Exception as exc:  # a payload that is not ours: counted, never redelivered
             self.bad += 1
             self._say(f"a message on {msg.subject!r} could not be decoded ({exc})")
-            asyncio.ensure_future(_quietly(msg.term()))
+            self._loop.spawn(_quietly(msg.term()))
             return
         if message.delivered > 1:
             self.redelivered += 1
         if message.msg_id in self._seen:
             self.duplicates += 1
-            asyncio.ensure_future(_quietly(msg.ack()))
+            self._loop.spawn(_quietly(msg.ack()))
             return
         self.messages += 1
         self.records += len(message.events)
@@ -468,7 +469,7 @@ class FleetSource:
         if len(self._seen) > DEDUP_IDS:
             self._seen.popitem(last=False)
         self.acked += 1
-        asyncio.ensure_future(_quietly(message._msg.ack()))
+        self._loop.spawn(_quietly(message._msg.ack()))
         self._room.set()
 
     async def _keepalive(self) -> None:
@@ -478,7 +479,7 @@ class FleetSource:
             now = time.monotonic()
             for message in list(self._outstanding.values()):
                 if now - message.received > self.ack_wait / 3:
-                    asyncio.ensure_future(_quietly(message._msg.in_progress()))
+                    self._loop.spawn(_quietly(message._msg.in_progress()))
 
     async def _on_error(self, exc: Exception) -> None:
         self._last_error = exc
@@ -506,10 +507,8 @@ class FleetSource:
         if self._closed:
             return
         self._closed = True
-        try:
+        with contextlib.suppress(TimeoutError, Exception):
             self._loop.run(self._finish(), timeout=5.0)
-        except (TimeoutError, Exception):
-            pass
         self._loop.stop()
         self._queue.put(None)
 
@@ -526,13 +525,13 @@ class FleetSource:
         try:
             await asyncio.wait_for(nc.flush(), 2.0)
             if not self.durable:
-                await asyncio.wait_for(nc.jetstream().delete_consumer(self.stream, self.consumer), 2.0)
+                await asyncio.wait_for(
+                    nc.jetstream().delete_consumer(self.stream, self.consumer), 2.0
+                )
         except Exception:
             pass
-        try:
+        with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), 2.0)
-        except Exception:
-            pass
 
     def __enter__(self) -> FleetSource:
         return self
@@ -554,10 +553,8 @@ class FleetSource:
 
 
 async def _quietly(coro: Any) -> None:
-    try:
+    with contextlib.suppress(Exception):
         await coro
-    except Exception:
-        pass
 
 
 def _check_subject(subject: str) -> None:

@@ -18,6 +18,7 @@ a directory (an exclusive ``flock`` on ``DIR/lock``).
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
 import json
 import os
@@ -250,7 +251,5 @@ def _read_meta(path: str, order: int) -> Outgoing | None:
 
 
 def _unlink(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass

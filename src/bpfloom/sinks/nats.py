@@ -35,6 +35,7 @@ know (unreachable, reconnected, the spool full, an error from the server).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -183,13 +184,15 @@ class NatsSink(Sink):
             self.spool.close()
             raise
         if first:
-            self._say(f"{options.where}: cannot connect ({first}); spooling records until it answers")
+            self._say(
+                f"{options.where}: cannot connect ({first}); spooling records until it answers"
+            )
         self._started = True
 
     # --- counters ------------------------------------------------------------------
 
     @property
-    def errors(self) -> int:  # type: ignore[override]
+    def errors(self) -> int:
         """Records lost (``dropped_sink``): what ``sink_errors`` counts."""
         return self._base_errors + self.unencodable + self.spool.dropped
 
@@ -221,9 +224,8 @@ class NatsSink(Sink):
             f"{self.dropped_sink} dropped"
         )
         if self.spool.directory is not None:
-            line += (
-                f", {self.spool.kept} kept in {self.spool.directory} for the next run"
-                + (f", {self.spool.adopted} adopted from an earlier run" if self.spool.adopted else "")
+            line += f", {self.spool.kept} kept in {self.spool.directory} for the next run" + (
+                f", {self.spool.adopted} adopted from an earlier run" if self.spool.adopted else ""
             )
         return line
 
@@ -405,7 +407,9 @@ class NatsSink(Sink):
         if exc is not None:
             self._say(f"{self.options.where}: {describe(exc)}")
         elif not self._closed:
-            self._say(f"{self.options.where}: connected; sending {len(self.spool)} spooled messages")
+            self._say(
+                f"{self.options.where}: connected; sending {len(self.spool)} spooled messages"
+            )
 
     async def _connect(self) -> None:
         import nats
@@ -428,18 +432,14 @@ class NatsSink(Sink):
 
     async def _ensure_stream(self) -> None:
         self._stream_checked = time.monotonic()
-        await ensure_stream(
-            self._js, self.stream, self.options.where, self.max_age, self.max_bytes
-        )
+        await ensure_stream(self._js, self.stream, self.options.where, self.max_age, self.max_bytes)
 
     async def _close_connection(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
         self._up = False
         if nc is not None:
-            try:
+            with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.close(), 1.0)
-            except Exception:
-                pass
 
     async def _on_error(self, exc: Exception) -> None:
         self._last_error = exc
@@ -458,7 +458,9 @@ class NatsSink(Sink):
         self.spool.spool_all()
 
     async def _on_reconnected(self) -> None:
-        self._say(f"{self.options.where}: connected again; sending {len(self.spool)} spooled messages")
+        self._say(
+            f"{self.options.where}: connected again; sending {len(self.spool)} spooled messages"
+        )
         try:
             await self._ensure_stream()  # a server that lost its store lost the stream
         except BpfloomError as exc:
@@ -522,7 +524,7 @@ class NatsSink(Sink):
 
         if isinstance(exc, NoStreamResponseError):
             if time.monotonic() - self._stream_checked > 1.0 and self._js is not None:
-                asyncio.ensure_future(self._recreate_stream())
+                self._loop.spawn(self._recreate_stream())
             return
         self._say(f"{self.options.where}: publishing failed ({describe(exc)}); retrying")
 
@@ -582,14 +584,10 @@ class NatsSink(Sink):
             self._closed = True
         deadline = time.monotonic() + self.shutdown_timeout
         if len(self.spool) or self._inflight:
-            try:
+            with contextlib.suppress(TimeoutError):
                 self._loop.run(self._drain(deadline), timeout=self.shutdown_timeout + 1.0)
-            except TimeoutError:
-                pass
-        try:
+        with contextlib.suppress(TimeoutError, Exception):
             self._loop.run(self._finish(), timeout=3.0)
-        except (TimeoutError, Exception):
-            pass
         self._loop.stop()
         left = [out for out, _ in self._inflight.values()]
         self._inflight.clear()
@@ -605,4 +603,3 @@ class NatsSink(Sink):
 
     def _write(self, records: Sequence[Record]) -> None:  # never called: write is ours
         raise NotImplementedError
-
