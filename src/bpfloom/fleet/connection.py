@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ssl
 import threading
 import urllib.parse
@@ -146,9 +147,14 @@ class LoopThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
-        # Whatever is still pending is abandoned with the loop.
-        for task in asyncio.all_tasks(self.loop):
+        # Whatever is still pending is cancelled, and let run to its end.
+        tasks = asyncio.all_tasks(self.loop)
+        for task in tasks:
             task.cancel()
+        if tasks:
+            gather = asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                self.loop.run_until_complete(asyncio.wait_for(gather, 2.0))
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
