@@ -220,7 +220,7 @@ class NatsSink(Sink):
         """One line for the end of a run."""
         line = (
             f"nats {self.options.where}: {self.published} records published in "
-            f"{self.messages} messages, {self.spool.spooled} spooled, "
+            f"{self.messages} message(s), {self.spool.spooled} spooled, "
             f"{self.dropped_sink} dropped"
         )
         if self.spool.directory is not None:
@@ -550,10 +550,15 @@ class NatsSink(Sink):
         while True:
             await asyncio.sleep(step)
             now = time.monotonic()
-            with self.lock:
-                for key, g in list(self._gathering.items()):
-                    if g.count and now - g.since >= self.flush_interval:
-                        self._seal(key)
+            # Never wait for a writer here: it may be encoding a large batch, and the
+            # loop must keep publishing meanwhile (a busy writer seals by itself).
+            if self.lock.acquire(blocking=False):
+                try:
+                    for key, g in list(self._gathering.items()):
+                        if g.count and now - g.since >= self.flush_interval:
+                            self._seal(key)
+                finally:
+                    self.lock.release()
             late = [
                 out.order
                 for out, _ in self._inflight.values()
