@@ -91,7 +91,7 @@ def throughput(url: str, events: int, tool: str, **sink_args: Any) -> dict[str, 
         else:
             sink.write_batch(batch, [{"ts": int(t)} for t in batch.numpy()["ts"]])
 
-    pipeline = bpfloom.Pipeline(rb, handle, executor="inline", batch=True)
+    pipeline = bpfloom.Pipeline(rb, handle, executor="inline", batch=True, shutdown_timeout=300.0)
     c0, t0 = cpu(), time.perf_counter()
     pipeline.start()
     for start in range(0, events, 100_000):

@@ -85,13 +85,14 @@ class FleetMessage:
     """
 
     __slots__ = (
+        "_events",
         "_left",
         "_lock",
         "_msg",
         "_source",
         "content_type",
+        "count",
         "delivered",
-        "events",
         "host",
         "kind",
         "msg_id",
@@ -123,17 +124,26 @@ class FleetMessage:
             self.delivered = 1
         self.received = time.monotonic()
         self.table: Any = None
-        self.events: list[FleetEvent] = self._decode(msg.data)
-        self._left = len(self.events)
-
-    def _decode(self, payload: bytes) -> list[FleetEvent]:
+        self._events: list[FleetEvent] | None = None
         if self.content_type == wire.ARROW_STREAM:
-            table = wire.decode_arrow(payload)
-            rows = table.to_pylist()
-            self.table = table
-            records = [{k: _plain(v) for k, v in row.items()} for row in rows]
+            # Arrow stays Arrow until someone iterates: a batch handler (or Parquet)
+            # takes the table with no Python step per record.
+            self.table = wire.decode_arrow(msg.data)
+            self.count = int(self.table.num_rows)
         else:
-            records = wire.decode_json(payload)
+            self._events = self._wrap(wire.decode_json(msg.data))
+            self.count = len(self._events)
+        self._left = self.count
+
+    @property
+    def events(self) -> list[FleetEvent]:
+        """The records as ``FleetEvent`` s (Arrow rows are converted on first use)."""
+        if self._events is None:
+            rows = self.table.to_pylist()
+            self._events = self._wrap([{k: _plain(v) for k, v in r.items()} for r in rows])
+        return self._events
+
+    def _wrap(self, records: list[dict[str, Any]]) -> list[FleetEvent]:
         events = []
         for record in records:
             ev = FleetEvent(record)
@@ -179,7 +189,7 @@ class FleetBatch(Batch):
     __slots__ = ("message",)
 
     def __init__(self, message: FleetMessage | None, source: str) -> None:
-        n = len(message.events) if message is not None else 0
+        n = message.count if message is not None else 0
         super().__init__(np.empty((n, 0), dtype=np.uint8), _DECODER, source)
         self.message = message
 
@@ -451,9 +461,9 @@ class FleetSource:
             self._loop.spawn(_quietly(msg.ack()))
             return
         self.messages += 1
-        self.records += len(message.events)
-        self.hosts[message.host] += len(message.events)
-        if not message.events:
+        self.records += message.count
+        self.hosts[message.host] += message.count
+        if not message.count:
             self._acknowledge_now(message)
             return
         self._outstanding[id(message)] = message
