@@ -156,10 +156,11 @@ def nats_option_specs() -> list[tuple[list[str], dict[str, Any]]]:
             ["--nats-format", "nats_format"],
             {
                 "type": click.Choice(["json", "arrow"]),
+                "metavar": "FORMAT",
                 "default": "json",
                 "show_default": True,
-                "help": "Message payload: JSON lines (the --json records) or an Arrow IPC "
-                "stream of the raw records (needs pyarrow).",
+                "help": "Message payload, json or arrow: JSON lines (the --json records) or "
+                "an Arrow IPC stream of the raw records (needs pyarrow).",
             },
         ),
         (
@@ -173,7 +174,7 @@ def nats_option_specs() -> list[tuple[list[str], dict[str, Any]]]:
             },
         ),
         (
-            ["--nats-flush-interval", "nats_flush_interval"],
+            ["--nats-flush", "nats_flush_interval"],
             {
                 "type": SECONDS,
                 "default": DEFAULT_FLUSH_INTERVAL,
