@@ -144,6 +144,13 @@ class PrometheusSink(Sink):
         sink_lost = stats.get("sink_errors", 0)
         block = label_block(("tool", "where"), (self.tool, "sink"))
         out.append(f"{series(lost, block)} {number(sink_lost)}\n")
+        for name, key, text in (
+            ("bpfloom_events_published_total", "published", "Records NATS acknowledged."),
+            ("bpfloom_events_spooled_total", "spooled", "Records that waited for NATS."),
+        ):
+            if key in stats:
+                out.append(header(name, "counter", text))
+                out.append(f"{series(name, label_block(*tool))} {number(stats[key])}\n")
         depth = "bpfloom_queue_depth_max"
         out.append(header(depth, "gauge", "Most events waiting in the queue at once."))
         out.append(
