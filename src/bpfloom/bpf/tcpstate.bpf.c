@@ -168,11 +168,16 @@ static __always_inline __u32 sock_netns(const struct sock *sk)
 	return sk->__sk_common.skc_net.net->ns.inum;
 }
 
-/* The local port, from inet_sport: inet_num is already 0 when a socket whose
- * port was not bound explicitly reaches CLOSE (__inet_put_port). */
+/*
+ * The local port: inet_num, or once that is 0 — a socket whose port was not bound
+ * explicitly loses it on its way to CLOSE (__inet_put_port) — inet_sport, which
+ * keeps it (and costs a probe read: it is past struct sock).
+ */
 static __always_inline __u16 local_port(const struct sock *sk)
 {
-	return bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	__u16 num = sk->__sk_common.skc_num;
+
+	return num ? num : bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 }
 
 /* Whether a record of this socket and owner passes the filters. */
