@@ -317,6 +317,34 @@ def test_tcpstates_whole_sequence_of_both_sides(start_tool: Any, net: Net, versi
     )
 
 
+def test_owner_of_a_server_started_before_tracing(start_tool: Any, net: Net) -> None:
+    """A server that called listen() before the tools started: its handshake's changes
+    have no owner yet (pid 0), accept() names it for the rest, and tcplife, which
+    reports at the close, has it."""
+    port = 20000 + os.getpid() % 20000
+    client, server = start_session(net, 4, port, comm="lb")
+    server.go()
+    assert server.read()["listening"] == port
+    states = start_tool("tcpstates", "--json", "-L", str(port))
+    life = start_tool("tcplife", "--json", "-L", str(port))
+    client.go()
+    client.finish()
+    server.finish()
+    wait_for(states, lambda found: len(found) == 6, "the listener's close and 5 changes")
+    wait_for(life, lambda found: len(found) == 1, "the server's session")
+    rows = stop_clean(states)
+    sessions = stop_clean(life)
+    child = [r for r in rows if r["oldstate"] != "LISTEN" or r["newstate"] != "CLOSE"]
+    assert [((r["oldstate"], r["newstate"]), r["pid"], r["comm"]) for r in child] == [
+        (SERVER_STATES[0], 0, ""),
+        (SERVER_STATES[1], 0, ""),
+        *((states, server.pid, "lbsrv") for states in SERVER_STATES[2:]),
+    ]
+    listener = [r for r in rows if r not in child]
+    assert [(r["pid"], r["ms"]) for r in listener] == [(0, None)]  # first seen at its close
+    assert [(r["pid"], r["comm"], r["lport"]) for r in sessions] == [(server.pid, "lbsrv", port)]
+
+
 def test_tcpstates_table(start_tool: Any, net: Net) -> None:
     port = 20000 + os.getpid() % 20000
     run = start_tool("tcpstates", "-w", "-D", str(port))

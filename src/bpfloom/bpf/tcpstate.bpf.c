@@ -90,7 +90,7 @@ struct sock_owner {
 };
 
 /* What the state changes seen so far say about a socket (sock_state.seen). */
-#define SEEN_CONNECT 1		/* CLOSE -> SYN_SENT: an active open */
+#define SEEN_CONNECT 1		/* in SYN_SENT: an active open */
 #define SEEN_ESTABLISHED 2	/* -> ESTABLISHED */
 #define SEEN_FIN_QUEUED 4	/* -> FIN_WAIT1 or LAST_ACK: tcp_close_state() queued our FIN */
 
@@ -375,7 +375,7 @@ int BPF_PROG(inet_sock_set_state, const struct sock *sk, const int oldstate, con
 	}
 	if (info) {
 		learn_owner(info, sk, oldstate, newstate, lport);
-		if (newstate == TCP_SYN_SENT)
+		if (newstate == TCP_SYN_SENT || oldstate == TCP_SYN_SENT)
 			info->seen |= SEEN_CONNECT;
 		if (newstate == TCP_ESTABLISHED) {
 			info->estab_ns = ts;
