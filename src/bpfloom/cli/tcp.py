@@ -86,10 +86,18 @@ def family(ipv4: bool, ipv6: bool) -> int | None:
     return 4 if ipv4 else 6 if ipv6 else None
 
 
-def run_tool(make: Callable[[], TcpStateTool], output: dict[str, Any]) -> None:
-    """Run a TCP tool with the output options every command takes."""
+OUTPUT_KEYS = ("as_json", "output", "duration", "stats", "metrics_addr")
+
+
+def run_tool(
+    tool: Callable[..., TcpStateTool], ipv4: bool, ipv6: bool, options: dict[str, Any]
+) -> None:
+    """Run ``tool`` built from a command's options (each option's name is the tool's
+    keyword), but for the output options, which go to the run loop."""
+    output = {key: options.pop(key) for key in OUTPUT_KEYS}
+    fam = family(ipv4, ipv6)
     run_session(
-        lambda: ToolSession(make()),
+        lambda: ToolSession(tool(family=fam, **options)),
         as_json=output["as_json"],
         output=output["output"],
         duration=output["duration"],
@@ -103,16 +111,7 @@ def run_tool(make: Callable[[], TcpStateTool], output: dict[str, Any]) -> None:
 @ports_option("-L", "--localport", "lports", what="local ports")
 @ports_option("-D", "--remoteport", "rports", what="remote ports")
 @output_options()
-def tcplife_command(
-    pid: int | None,
-    ipv4: bool,
-    ipv6: bool,
-    timestamps: bool,
-    wide: bool,
-    lports: tuple[int, ...],
-    rports: tuple[int, ...],
-    **output: Any,
-) -> None:
+def tcplife_command(ipv4: bool, ipv6: bool, **options: Any) -> None:
     """Trace TCP sessions when they close: PID COMM LADDR LPORT RADDR RPORT TX_KB RX_KB MS.
 
     A session is reported when it reaches CLOSE if its birth (SYN_SENT, SYN_RECV or
@@ -122,13 +121,7 @@ def tcplife_command(
     and rx_bytes are the exact data bytes (bytes_acked and bytes_received less SYN and
     FIN).
     """
-    fam = family(ipv4, ipv6)
-    run_tool(
-        lambda: TcpLife(
-            pid=pid, family=fam, lports=lports, rports=rports, wide=wide, timestamps=timestamps
-        ),
-        output,
-    )
+    run_tool(TcpLife, ipv4, ipv6, options)
 
 
 @main.command("tcpstates")
@@ -136,16 +129,7 @@ def tcplife_command(
 @ports_option("-L", "--localport", "lports", what="local ports")
 @ports_option("-D", "--remoteport", "rports", what="remote ports")
 @output_options()
-def tcpstates_command(
-    pid: int | None,
-    ipv4: bool,
-    ipv6: bool,
-    timestamps: bool,
-    wide: bool,
-    lports: tuple[int, ...],
-    rports: tuple[int, ...],
-    **output: Any,
-) -> None:
+def tcpstates_command(ipv4: bool, ipv6: bool, **options: Any) -> None:
     """Trace TCP state changes: SKADDR PID COMM LADDR LPORT RADDR RPORT OLDSTATE ->
     NEWSTATE MS.
 
@@ -154,19 +138,13 @@ def tcpstates_command(
     first closed it; a handshake before accept() carries its listener's owner when
     that listen() was seen), '?' until it is known. -w adds an IP column.
     """
-    fam = family(ipv4, ipv6)
-    run_tool(
-        lambda: TcpStates(
-            pid=pid, family=fam, lports=lports, rports=rports, wide=wide, timestamps=timestamps
-        ),
-        output,
-    )
+    run_tool(TcpStates, ipv4, ipv6, options)
 
 
 @main.command("tcpconnect")
 @common_options
 @elapsed_option
-@ports_option("-P", "--port", "ports", what="destination ports")
+@ports_option("-P", "--port", "rports", what="destination ports")
 @click.option(
     "-u",
     "--uid",
@@ -177,23 +155,14 @@ def tcpstates_command(
 @click.option("-U", "--print-uid", is_flag=True, help="Print a UID column.")
 @click.option("-s", "--source-port", is_flag=True, help="Print an SPORT column.")
 @click.option(
-    "-x", "--failed", is_flag=True, help="Only failed attempts (refused, timed out, ...)."
+    "-x",
+    "--failed",
+    "failed_only",
+    is_flag=True,
+    help="Only failed attempts (refused, timed out, ...).",
 )
 @output_options()
-def tcpconnect_command(
-    pid: int | None,
-    ipv4: bool,
-    ipv6: bool,
-    timestamps: bool,
-    wide: bool,
-    elapsed: bool,
-    ports: tuple[int, ...],
-    uid: int | None,
-    print_uid: bool,
-    source_port: bool,
-    failed: bool,
-    **output: Any,
-) -> None:
+def tcpconnect_command(ipv4: bool, ipv6: bool, **options: Any) -> None:
     """Trace active TCP opens to their outcome: PID COMM IP SADDR DADDR DPORT RESULT.
 
     Each connect() is reported once, when it ends: RESULT 'ok' (established), or why it
@@ -201,45 +170,19 @@ def tcpconnect_command(
     error), 'aborted' (closed before it completed). PID and COMM are the process that
     called connect(); --json adds lat_ms (the time in SYN_SENT) and err.
     """
-    fam = family(ipv4, ipv6)
-    run_tool(
-        lambda: TcpConnect(
-            pid=pid,
-            uid=uid,
-            family=fam,
-            ports=ports,
-            failed_only=failed,
-            timestamps=timestamps,
-            elapsed=elapsed,
-            print_uid=print_uid,
-            source_port=source_port,
-            wide=wide,
-        ),
-        output,
-    )
+    run_tool(TcpConnect, ipv4, ipv6, options)
 
 
 @main.command("tcpconnlat")
 @common_options
 @elapsed_option
-@ports_option("-P", "--port", "ports", what="destination ports")
+@ports_option("-P", "--port", "rports", what="destination ports")
 @click.option("-L", "--lport", "local_port", is_flag=True, help="Print an LPORT column.")
 @click.argument(
     "min_ms", type=click.FloatRange(min=0), default=0.0, required=False, callback=_finite
 )
 @output_options()
-def tcpconnlat_command(
-    pid: int | None,
-    ipv4: bool,
-    ipv6: bool,
-    timestamps: bool,
-    wide: bool,
-    elapsed: bool,
-    ports: tuple[int, ...],
-    local_port: bool,
-    min_ms: float,
-    **output: Any,
-) -> None:
+def tcpconnlat_command(ipv4: bool, ipv6: bool, **options: Any) -> None:
     """Trace TCP connect latency: PID COMM IP SADDR DADDR DPORT LAT(ms).
 
     LAT is the time from connect() to the answer (the socket's time in SYN_SENT).
@@ -247,47 +190,19 @@ def tcpconnlat_command(
     with no answer are not (see tcpconnect). MIN_MS: only connects slower than this
     many milliseconds.
     """
-    fam = family(ipv4, ipv6)
-    run_tool(
-        lambda: TcpConnLat(
-            pid=pid,
-            family=fam,
-            ports=ports,
-            min_ms=min_ms,
-            timestamps=timestamps,
-            elapsed=elapsed,
-            local_port=local_port,
-            wide=wide,
-        ),
-        output,
-    )
+    run_tool(TcpConnLat, ipv4, ipv6, options)
 
 
 @main.command("tcpaccept")
 @common_options
 @elapsed_option
-@ports_option("-P", "--port", "ports", what="local ports")
+@ports_option("-P", "--port", "lports", what="local ports")
 @output_options()
-def tcpaccept_command(
-    pid: int | None,
-    ipv4: bool,
-    ipv6: bool,
-    timestamps: bool,
-    wide: bool,
-    elapsed: bool,
-    ports: tuple[int, ...],
-    **output: Any,
-) -> None:
+def tcpaccept_command(ipv4: bool, ipv6: bool, **options: Any) -> None:
     """Trace accepted TCP connections: PID COMM IP RADDR RPORT LADDR LPORT.
 
     One record per accept()/accept4() that returns a TCP connection, in the process
     that accepted it (as BCC's tcpaccept). --json adds queue_ms: how long the
     connection waited in the accept queue after its handshake.
     """
-    fam = family(ipv4, ipv6)
-    run_tool(
-        lambda: TcpAccept(
-            pid=pid, family=fam, ports=ports, timestamps=timestamps, elapsed=elapsed, wide=wide
-        ),
-        output,
-    )
+    run_tool(TcpAccept, ipv4, ipv6, options)

@@ -19,7 +19,6 @@ The JSON record: ``pid``, ``comm``, ``ip`` (4 or 6), ``raddr``, ``rport``, ``lad
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from .tcpstate import (
@@ -28,40 +27,26 @@ from .tcpstate import (
     TcpStateTool,
     address_columns,
     comm_cell,
-    elapsed_column,
     span_ms,
 )
 from .tool import Column, Record
 
 
 class TcpAccept(TcpStateTool):
-    """Traces accepted TCP connections. Filters (kernel): ``pid`` (the accepting
-    process), ``family`` (4 or 6), ``ports`` (local ports). Table options:
-    ``timestamps`` (TIME), ``elapsed`` (``TIME(s)``), ``wide``."""
+    """Traces accepted TCP connections. Filters and table options: ``TcpStateTool``
+    (``pid`` is the accepting process, ``lports`` BCC's ``-P``)."""
 
     name = "tcpaccept"
     emit = EV_ACCEPT
 
-    def __init__(
-        self,
-        *,
-        pid: int | None = None,
-        family: int | None = None,
-        ports: Iterable[int] = (),
-        timestamps: bool = False,
-        elapsed: bool = False,
-        wide: bool = False,
-    ) -> None:
-        self.columns = (
-            *((elapsed_column(),) if elapsed else ()),
-            *((Column("TIME", 8),) if timestamps else ()),
+    def table(self, wide: bool) -> tuple[Column, ...]:
+        return (
             Column("PID", 7),
             Column("COMM", 12, text=comm_cell),
             Column("IP", 2),
             *address_columns(wide, ("raddr", "rport", "laddr")),
             Column("LPORT", 0),
         )
-        super().__init__(pid=pid, family=family, lports=ports)
 
     def record(self, event: Any) -> Record:
         rec = self.endpoints(event)

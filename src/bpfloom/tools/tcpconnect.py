@@ -22,7 +22,6 @@ and ``family``, ``time``, ``netns``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from .tcpstate import (
@@ -35,16 +34,15 @@ from .tcpstate import (
     address_columns,
     comm_cell,
     connect_result,
-    elapsed_column,
 )
 from .tool import Column, Record
 
 
 class TcpConnect(TcpStateTool):
-    """Traces active TCP opens to their outcome. Filters (kernel): ``pid`` and ``uid``
-    (the caller of connect()), ``family`` (4 or 6), ``ports`` (destination ports),
-    ``failed_only``. Table options: ``timestamps`` (TIME, HH:MM:SS), ``elapsed``
-    (libbpf-tools' ``TIME(s)``), ``print_uid``, ``source_port`` (SPORT), ``wide``."""
+    """Traces active TCP opens to their outcome. Filters and table options:
+    ``TcpStateTool`` (``pid`` and ``uid`` are the caller of connect(), ``rports``
+    libbpf-tools' ``-P``), and ``failed_only``; ``print_uid`` adds UID, ``source_port``
+    SPORT."""
 
     name = "tcpconnect"
     emit = EV_CONNECT
@@ -53,31 +51,25 @@ class TcpConnect(TcpStateTool):
     def __init__(
         self,
         *,
-        pid: int | None = None,
-        uid: int | None = None,
-        family: int | None = None,
-        ports: Iterable[int] = (),
         failed_only: bool = False,
-        timestamps: bool = False,
-        elapsed: bool = False,
         print_uid: bool = False,
         source_port: bool = False,
-        wide: bool = False,
+        **options: Any,
     ) -> None:
-        self.failed_only = failed_only
-        self.columns = (
-            *((elapsed_column(),) if elapsed else ()),
-            *((Column("TIME", 8),) if timestamps else ()),
-            *((Column("UID", 6),) if print_uid else ()),
+        self.failed_only, self.print_uid, self.source_port = failed_only, print_uid, source_port
+        super().__init__(**options)
+
+    def table(self, wide: bool) -> tuple[Column, ...]:
+        return (
+            *((Column("UID", 6),) if self.print_uid else ()),
             Column("PID", 6),
             Column("COMM", 12, text=comm_cell),
             Column("IP", 2),
             *address_columns(wide, ("saddr", "daddr")),
-            *((Column("SPORT", 5),) if source_port else ()),
+            *((Column("SPORT", 5),) if self.source_port else ()),
             Column("DPORT", 5),
             Column("RESULT", 0),
         )
-        super().__init__(pid=pid, uid=uid, family=family, rports=ports)
 
     def configure(self) -> None:
         super().configure()

@@ -15,7 +15,6 @@ keys (``pid``, ``comm``, ``uid``, ``ip``, ``saddr``, ``sport`` — the LPORT col
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from .tcpconnect import connect_record
@@ -26,48 +25,36 @@ from .tcpstate import (
     TcpStateTool,
     address_columns,
     comm_cell,
-    elapsed_column,
 )
 from .tool import Column, Record
 
 
 class TcpConnLat(TcpStateTool):
-    """Traces the latency of active TCP opens that got an answer. Filters (kernel):
-    ``pid`` (the caller of connect()), ``family`` (4 or 6), ``ports`` (destination
-    ports), ``min_ms`` (only slower ones). Table options: ``timestamps`` (TIME),
-    ``elapsed`` (``TIME(s)``), ``local_port`` (LPORT), ``wide``."""
+    """Traces the latency of active TCP opens that got an answer. Filters and table
+    options: ``TcpStateTool`` (``pid`` is the caller of connect(), ``rports``
+    destination ports), and ``min_ms`` (only slower ones); ``local_port`` adds
+    LPORT."""
 
     name = "tcpconnlat"
     emit = EV_CONNECT
     accept_hooks = False
 
-    def __init__(
-        self,
-        *,
-        pid: int | None = None,
-        family: int | None = None,
-        ports: Iterable[int] = (),
-        min_ms: float = 0.0,
-        timestamps: bool = False,
-        elapsed: bool = False,
-        local_port: bool = False,
-        wide: bool = False,
-    ) -> None:
-        if not min_ms >= 0:
-            raise ValueError(f"min_ms {min_ms} is not a positive number of milliseconds")
-        self.min_ns = int(min_ms * 1e6)
-        self.columns = (
-            *((elapsed_column(),) if elapsed else ()),
-            *((Column("TIME", 8),) if timestamps else ()),
+    def __init__(self, *, min_ms: float = 0.0, local_port: bool = False, **options: Any) -> None:
+        if not 0 <= min_ms < 1e9:
+            raise ValueError(f"min_ms {min_ms} is not a number of milliseconds")
+        self.min_ns, self.local_port = int(min_ms * 1e6), local_port
+        super().__init__(**options)
+
+    def table(self, wide: bool) -> tuple[Column, ...]:
+        return (
             Column("PID", 6),
             Column("COMM", 12, text=comm_cell),
             Column("IP", 2),
             *address_columns(wide, ("saddr",)),
-            *((Column("LPORT", 5, key="sport"),) if local_port else ()),
+            *((Column("LPORT", 5, key="sport"),) if self.local_port else ()),
             *address_columns(wide, ("daddr", "dport")),
             Column("LAT(ms)", 0, text=lambda r: f"{r['lat_ms']:.2f}"),
         )
-        super().__init__(pid=pid, family=family, rports=ports)
 
     def configure(self) -> None:
         super().configure()

@@ -23,7 +23,6 @@ read M shows N and M; libbpf-tools' KB include those one or two extra bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from .tcpstate import EV_LIFE, TcpStateTool, address_columns, comm_cell
@@ -31,25 +30,14 @@ from .tool import Column, Record
 
 
 class TcpLife(TcpStateTool):
-    """Traces TCP sessions to their close. Filters (kernel): ``pid`` (the owner),
-    ``family`` (4 or 6), ``lports``/``rports`` (local/remote ports). ``wide`` makes the
-    address columns fit IPv6 addresses, ``timestamps`` adds TIME."""
+    """Traces TCP sessions to their close. Filters and table options: ``TcpStateTool``
+    (``pid`` is the owner, ``lports``/``rports`` libbpf-tools' ``-L``/``-D``)."""
 
     name = "tcplife"
     emit = EV_LIFE
 
-    def __init__(
-        self,
-        *,
-        pid: int | None = None,
-        family: int | None = None,
-        lports: Iterable[int] = (),
-        rports: Iterable[int] = (),
-        wide: bool = False,
-        timestamps: bool = False,
-    ) -> None:
-        self.columns = (
-            *((Column("TIME", 8),) if timestamps else ()),
+    def table(self, wide: bool) -> tuple[Column, ...]:
+        return (
             Column("PID", 7),
             Column("COMM", 16, text=comm_cell),
             *address_columns(wide, ("laddr", "lport", "raddr", "rport")),
@@ -57,7 +45,6 @@ class TcpLife(TcpStateTool):
             Column("RX_KB", 6, text=lambda r: f"{r['rx_kb']:.2f}"),
             Column("MS", 0, text=lambda r: f"{r['ms']:.2f}"),
         )
-        super().__init__(pid=pid, family=family, lports=lports, rports=rports)
 
     def record(self, event: Any) -> Record:
         rec = self.endpoints(event)

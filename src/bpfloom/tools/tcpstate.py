@@ -107,12 +107,14 @@ def elapsed_column() -> Column:
 class TcpStateTool(Tool):
     """Base of the TCP life-cycle tools (see the module docstring). Subclasses set
     ``emit`` (the ``EV_*`` bits their records come from) and ``accept_hooks``
-    (whether the accept(2)/accept4(2) exits are traced to learn owners), and build
-    ``columns`` and ``record()``.
+    (whether the accept(2)/accept4(2) exits are traced to learn owners), and write
+    ``table()`` (their columns) and ``record()``.
 
-    Filters: ``pid`` and ``uid`` (the owner's; None: any), ``family`` (4 or 6; None:
-    both), ``lports`` and ``rports`` (ports to report; empty: any). Raises
-    ``ValueError`` for an out-of-range filter.
+    Filters (in the kernel): ``pid`` and ``uid`` (the owner's; None: any), ``family``
+    (4 or 6; None: both), ``lports`` and ``rports`` (local and remote ports to report;
+    empty: any). Table: ``timestamps`` puts TIME (HH:MM:SS) first, ``elapsed``
+    libbpf-tools' TIME(s) (seconds since the first record), ``wide`` makes address
+    columns fit IPv6 addresses. Raises ``ValueError`` for an out-of-range filter.
     """
 
     object_name = "tcpstate"
@@ -128,6 +130,9 @@ class TcpStateTool(Tool):
         family: int | None = None,
         lports: Iterable[int] = (),
         rports: Iterable[int] = (),
+        timestamps: bool = False,
+        elapsed: bool = False,
+        wide: bool = False,
     ) -> None:
         if pid is not None and pid < 1:
             raise ValueError(f"pid {pid} is not a process id")
@@ -138,7 +143,16 @@ class TcpStateTool(Tool):
         self.pid, self.uid, self.family = pid, uid, family
         self.lports, self.rports = tuple(lports), tuple(rports)
         self._lport_bits, self._rport_bits = port_bitmap(self.lports), port_bitmap(self.rports)
+        self.columns = (
+            *((elapsed_column(),) if elapsed else ()),
+            *((Column("TIME", 8),) if timestamps else ()),
+            *self.table(wide),
+        )
         super().__init__()
+
+    def table(self, wide: bool) -> tuple[Column, ...]:
+        """The tool's columns after the time columns."""
+        raise NotImplementedError
 
     def configure(self) -> None:
         for name in ACCEPT_PROGRAMS:

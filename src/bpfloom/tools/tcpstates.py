@@ -22,7 +22,6 @@ The JSON record: ``skaddr`` (the socket's kernel address, hex), ``pid``, ``comm`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from .tcpstate import (
@@ -39,36 +38,24 @@ from .tool import Column, Record
 
 
 class TcpStates(TcpStateTool):
-    """Traces TCP state changes. Filters (kernel): ``pid`` (the owner), ``family`` (4
-    or 6), ``lports``/``rports`` (local/remote ports). ``wide`` adds the IP column and
-    makes the address columns fit IPv6 addresses, ``timestamps`` adds TIME."""
+    """Traces TCP state changes. Filters and table options: ``TcpStateTool`` (``pid``
+    is the owner); ``wide`` also adds the IP column."""
 
     name = "tcpstates"
     emit = EV_STATE
 
-    def __init__(
-        self,
-        *,
-        pid: int | None = None,
-        family: int | None = None,
-        lports: Iterable[int] = (),
-        rports: Iterable[int] = (),
-        wide: bool = False,
-        timestamps: bool = False,
-    ) -> None:
-        self.columns = (
-            *((Column("TIME", 8),) if timestamps else ()),
+    def table(self, wide: bool) -> tuple[Column, ...]:
+        return (
             Column("SKADDR", 16),
             Column("PID", 7),
             Column("COMM", 16 if wide else 10, text=comm_cell),
-            *((Column("IP", 2, text=lambda r: str(r["ip"])),) if wide else ()),
+            *((Column("IP", 2),) if wide else ()),
             *address_columns(wide, ("laddr", "lport", "raddr", "rport")),
             Column("OLDSTATE", 11),
             Column("->", 2, text=lambda r: "->"),
             Column("NEWSTATE", 11),
             Column("MS", 0, text=ms_cell),
         )
-        super().__init__(pid=pid, family=family, lports=lports, rports=rports)
 
     def record(self, event: Any) -> Record:
         rec = self.endpoints(event)
