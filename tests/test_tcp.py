@@ -25,7 +25,7 @@ from bpfloom.tools.inet import TCP_STATES
 from bpfloom.tools.tcplife import TcpLife
 from bpfloom.tools.tcpstate import connect_result, parse_ports, port_bitmap
 from conftest import Veth, assert_gone_from_kernel, ip_command, own_bpf_ids
-from tcppeers import Peer, client_code, netns_inode, server_code
+from tcppeers import Peer, client_code, family_of, netns_inode, server_code
 from toolrun import TIMEOUT, ToolRun, one_error_line, run_tool_cli
 
 pytestmark = pytest.mark.kernel
@@ -143,11 +143,13 @@ def test_port_lists_and_bitmaps() -> None:
     assert len(words) == 1024
     assert words[0] == 1 | 1 << 63 and words[1] == 1 and words[1023] == 1 << 63
     assert sum(bin(w).count("1") for w in words) == 4
-    assert [connect_result(e) for e in (0, 111, 110, 113)] == [
-        "ok",
+    assert connect_result(True, 0) == "ok"
+    assert [connect_result(False, e) for e in (0, 111, 110, 113, 4095)] == [
+        "aborted",
         "ECONNREFUSED",
         "ETIMEDOUT",
         "EHOSTUNREACH",
+        "errno 4095",
     ]
 
 
@@ -406,9 +408,21 @@ def test_connect_outcomes_latency_and_accepts(start_tool: Any, net: Net, version
     slow.go()
     slow_said = slow.finish()
     assert (rst_said["err"], slow_said["err"]) == ("ECONNREFUSED", "ETIMEDOUT")
+    quit_early = Peer(  # a non-blocking connect, closed while its SYN goes unanswered
+        f"""
+        wait()
+        s = socket.socket({family_of(ours)}, socket.SOCK_STREAM)
+        s.setblocking(False)
+        assert s.connect_ex(({ours!r}, {dropped})) == errno.EINPROGRESS
+        s.close()
+        """,
+        comm="ccquit",
+        netns=net.ns,
+    )
+    quit_early.finish()
 
-    pids = {client.pid, rst.pid, slow.pid}
-    wait_for(connect, lambda found: pids <= {r["pid"] for r in found}, "the three connects")
+    pids = {client.pid, rst.pid, slow.pid, quit_early.pid}
+    wait_for(connect, lambda found: pids <= {r["pid"] for r in found}, "the four connects")
     wait_for(accept, lambda found: server.pid in {r["pid"] for r in found}, "the accept")
     connects = {r["pid"]: r for r in stop_clean(connect) if r["pid"] in pids}
     latencies = {r["pid"]: r for r in stop_clean(connlat) if r["pid"] in pids}
@@ -423,6 +437,8 @@ def test_connect_outcomes_latency_and_accepts(start_tool: Any, net: Net, version
     assert (lost["comm"], lost["result"], lost["err"]) == ("cctmo", "ETIMEDOUT", 110)
     assert (lost["saddr"], lost["daddr"], lost["dport"]) == (theirs, ours, dropped)
     assert lost["netns"] == netns_inode(net.ns) and good["netns"] == netns_inode()
+    aborted = connects[quit_early.pid]
+    assert (aborted["result"], aborted["err"], aborted["dport"]) == ("aborted", 0, dropped)
     # The time in SYN_SENT lies within the connect() call.
     for record, said in ((good, ok.client_said), (bad, rst_said), (lost, slow_said)):
         assert 0 < record["lat_ms"] <= (said["t_conn"] - said["t_start"]) * 1e3, record

@@ -76,7 +76,7 @@ struct tcp_event {
 	 * the end of the handshake to accept() (ACCEPT).
 	 */
 	__u8 span_known;
-	__u8 __pad[2];
+	__u8 pad[2];
 	__u8 laddr[16];		/* network order: IPv4 in the first 4 bytes */
 	__u8 raddr[16];
 	char comm[TASK_COMM_LEN];

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .inet import TCP_STATE_NUMBERS
 from .tcpstate import (
     CONNECT_ESTABLISHED,
     CONNECT_FAILED,
@@ -36,6 +37,8 @@ from .tcpstate import (
     connect_result,
 )
 from .tool import Column, Record
+
+TCP_ESTABLISHED = TCP_STATE_NUMBERS["ESTABLISHED"]
 
 
 class TcpConnect(TcpStateTool):
@@ -95,7 +98,7 @@ def connect_record(tool: TcpStateTool, event: Any) -> Record:
         "sport": rec["lport"],
         "daddr": rec["raddr"],
         "dport": rec["rport"],
-        "result": connect_result(event.err),
+        "result": connect_result(event.newstate == TCP_ESTABLISHED, event.err),
         "err": event.err,
         "lat_ms": event.span_ns / 1e6,
         "family": rec["family"],

@@ -73,11 +73,14 @@ def port_bitmap(ports: Iterable[int]) -> list[int]:
     return words
 
 
-def connect_result(err: int) -> str:
-    """The RESULT of an active open from its ``sk_err``: ``ok`` (0, established), the
-    errno's name (``ECONNREFUSED``: an RST; ``ETIMEDOUT``: no answer), or ``aborted``
-    for an attempt closed by its owner before it completed (no error)."""
-    return errno.errorcode.get(err, f"errno {err}") if err else "ok"
+def connect_result(established: bool, err: int) -> str:
+    """The RESULT of an active open: ``ok`` (it got to ESTABLISHED), else why it went
+    from SYN_SENT to CLOSE — ``sk_err``'s errno name (``ECONNREFUSED``: an RST;
+    ``ETIMEDOUT``: no answer), or ``aborted`` with no error (its owner closed it
+    before it completed)."""
+    if established:
+        return "ok"
+    return errno.errorcode.get(err, f"errno {err}") if err else "aborted"
 
 
 def comm_cell(record: Record) -> str:
