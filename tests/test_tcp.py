@@ -136,7 +136,7 @@ def finish_session(client: Peer, server: Peer, port: int) -> Session:
 def test_port_lists_and_bitmaps() -> None:
     assert parse_ports("80") == (80,)
     assert parse_ports("80, 443,0,65535") == (80, 443, 0, 65535)
-    for bad in ("", "80,", "http", "-1", "65536", "1.5"):
+    for bad in ("", "80,", "http", "-1", "65536", "1.5", "\u00b2", "\u0661"):
         with pytest.raises(ValueError, match="not a port number"):
             parse_ports(bad)
     words = port_bitmap([0, 63, 64, 65535])

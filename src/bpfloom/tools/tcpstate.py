@@ -56,7 +56,7 @@ def parse_ports(text: str) -> tuple[int, ...]:
     ports = []
     for part in text.split(","):
         part = part.strip()
-        if not part.isdigit() or int(part) > MAX_PORT:
+        if not (part.isascii() and part.isdigit()) or int(part) > MAX_PORT:
             raise ValueError(f"{part!r} is not a port number (0-{MAX_PORT})")
         ports.append(int(part))
     return tuple(ports)
