@@ -19,7 +19,15 @@ import sys
 import click
 
 from .._exceptions import BpfloomError
-from . import collect, detect, export, metrics, run, tools  # noqa: F401  (they add commands)
+from . import (  # noqa: F401  (they add their commands)
+    collect,
+    detect,
+    export,
+    metrics,
+    run,
+    tcp,
+    tools,
+)
 from ._app import main
 from ._common import fail, usage_fail
 
