@@ -136,6 +136,7 @@ def test_resets_sent_and_received(start_tool: Any, ends: tuple[int, str, str, st
     traced = start_tool("tcpretrans", "--json", f"-{version}")
     text = start_tool("tcpretrans", "-s")
     quiet = start_tool("tcpretrans", "--json", "--no-resets")
+    counted = start_tool("tcpretrans", "-c", "-T", f"-{version}")
 
     # A port nobody listens on: this side answers the SYN with a reset, no socket.
     closed = listener(local)
@@ -201,6 +202,17 @@ def test_resets_sent_and_received(start_tool: Any, ends: tuple[int, str, str, st
     row += rf"{re.escape(bracket(peer))}:{refused_port} +-$"
     assert any(re.match(row, line) for line in lines), lines
     assert not flow(quiet.stop().json_lines(), local, closed_port)
+
+    # -c at exit: a blank line, the time (-T), the table of flows.
+    lines = counted.stop().stdout.splitlines()
+    assert lines[0] == "" and re.fullmatch(r"\d\d:\d\d:\d\d", lines[1]), lines
+    columns = ["IP", "LADDR:LPORT", "RADDR:RPORT", "RETRANSMITS", "RESETS_SENT"]
+    assert lines[2].split() == [*columns, "RESETS_RECEIVED"]
+    rows = {tuple(line.split()[1:3]): line.split()[3:] for line in lines[3:]}
+    refusal = (f"{bracket(local)}:{closed_port}", f"{bracket(peer)}:{refused_port}")
+    assert rows[refusal] == ["0", "1", "0"]
+    assert rows[refusal[::-1]] == ["0", "0", "1"]
+    assert rows[(f"{bracket(peer)}:{aport}", f"{bracket(local)}:{sport}")] == ["0", "1", "0"]
 
 
 @pytest.mark.kernel

@@ -17,6 +17,7 @@ import select
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,7 @@ import pytest
 from bpfloom.sinks.table import CLEAR_SCREEN
 from bpfloom.tools.tcptop import TcpTop
 from conftest import Veth, assert_gone_from_kernel, own_bpf_ids
+from promserver import free_port, promtool_check
 from tcpnet import add_ipv6, client, in_netns, listener, port_of, recv_exactly, wait_until
 from toolrun import BPFLOOM, TIMEOUT, one_error_line, run_tool_cli
 
@@ -71,6 +73,11 @@ def totals(rows: list[dict[str, Any]], pid: int, lport: int) -> dict[str, Any]:
     }
 
 
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
 def serve(server: socket.socket) -> None:
     """Take the child's connection: read what it sends, answer RECEIVED bytes, close
     once it has."""
@@ -92,12 +99,23 @@ def test_exact_bytes_by_process_and_connection(
             CHILD.format(peer=peer, port=sport, sent=SENT, received=RECEIVED), comm="tt_client"
         )
         every = start_tool("tcptop", "--json", "0.2")
-        one = start_tool("tcptop", "--json", "-p", str(child.pid))
+        port = free_port()
+        one = start_tool("tcptop", "--json", "-p", str(child.pid), "--metrics-addr", str(port))
         other = start_tool("tcptop", "--json", "-6" if version == 4 else "-4")
         ids = own_bpf_ids(every.proc.pid)
         child.go()
         serve(server)
         cport = int(child.finish())
+
+    # Prometheus gets the same rows, accumulated, labelled by what identifies them.
+    labels = f'pid="{child.pid}",comm="tt_client",ip="{version}",laddr="{local}",'
+    labels += f'lport="{cport}",raddr="{peer}",rport="{sport}"'
+    series = f'bpfloom_tcptop_tx_bytes_total{{tool="tcptop",{labels}}} {SENT}'
+    wait_until("the bytes served", lambda: series in scrape(port).splitlines())
+    exposition = scrape(port)
+    assert f'bpfloom_tcptop_rx_bytes_total{{tool="tcptop",{labels}}} {RECEIVED}' in exposition
+    assert "_pid_total" not in exposition and "_kb_total" not in exposition
+    promtool_check(exposition)
 
     result = every.stop()
     assert result.returncode == 0, result.stderr
