@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from bpfloom.tools.tcpretrans import TcpRetrans
+from bpfloom.tools.tcpretrans import TcpRetrans, TcpRetransCounts
 from conftest import Veth, assert_gone_from_kernel, own_bpf_ids
 from tcpnet import (
     add_ipv6,
@@ -218,7 +218,7 @@ def test_resets_sent_and_received(start_tool: Any, ends: tuple[int, str, str, st
 @pytest.mark.kernel
 def test_library_leaves_nothing_in_the_kernel() -> None:
     before = own_bpf_ids()
-    with TcpRetrans(count=True) as tool:
+    with TcpRetransCounts(family=6) as tool:
         tool.attach()
         made = {kind: own_bpf_ids()[kind] - before[kind] for kind in before}
         assert made["prog"] and made["link"]

@@ -111,16 +111,9 @@ int tcp_probe(struct trace_event_raw_tcp_probe *ctx)
 		__builtin_memcpy(key.addr, laddr, 16);
 	else if (targ_key == KEY_REMOTE_ADDR)
 		__builtin_memcpy(key.addr, raddr, 16);
-	hist = bpf_map_lookup_elem(&hists, &key);
-	if (!hist) {
-		/* NOEXIST: another CPU may have made it meanwhile; that is fine. */
-		bpf_map_update_elem(&hists, &key, &zero, BPF_NOEXIST);
-		hist = bpf_map_lookup_elem(&hists, &key);
-		if (!hist) {
-			bpfloom_count_drop();	/* the map is full */
-			return 0;
-		}
-	}
+	hist = bpfloom_lookup_or_init(&hists, &key, &zero);
+	if (!hist)
+		return 0;	/* the map is full: counted */
 	srtt_us = ctx->srtt;
 	__sync_fetch_and_add(&hist->total_us, srtt_us);
 	__sync_fetch_and_add(&hist->slots[bpfloom_hist_slot(srtt_us * 1000, targ_unit)], 1);

@@ -89,12 +89,9 @@ static __always_inline struct tcptop_value *flow_of(struct sock *sk, __u16 famil
 	 * The socket is registered first: counters whose socket could not be
 	 * registered could never be deleted.
 	 */
-	if (bpf_map_update_elem(&sockets, &key->cookie, &open, BPF_NOEXIST) &&
-	    !bpf_map_lookup_elem(&sockets, &key->cookie))
-		return NULL;	/* `sockets` is full */
-	/* NOEXIST: another CPU may have made it meanwhile; that is fine. */
-	bpf_map_update_elem(&flows, key, &init, BPF_NOEXIST);
-	return bpf_map_lookup_elem(&flows, key);
+	if (!bpfloom_lookup_or_init(&sockets, &key->cookie, &open))
+		return NULL;
+	return bpfloom_lookup_or_init(&flows, key, &init);
 }
 
 static __always_inline void count(struct sock *sk, int ret, bool sent)
@@ -120,10 +117,8 @@ static __always_inline void count(struct sock *sk, int ret, bool sent)
 	key.cookie = bpf_get_socket_cookie(sk);
 	key.pid = pid;
 	value = flow_of(sk, family, &key);
-	if (!value) {
-		bpfloom_count_drop();	/* a map is full: these bytes are not counted */
-		return;
-	}
+	if (!value)
+		return;	/* a map is full: these bytes are not counted (a drop, counted) */
 	if (sent)
 		__sync_fetch_and_add(&value->sent, ret);
 	else

@@ -11,13 +11,14 @@ the last interval had.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from ..sinks.table import TableSink, format_table
+from ..sinks.table import TableSink
 from ..tools.inet import mapped_addr
-from ..tools.tcpretrans import TcpRetrans
+from ..tools.tcpretrans import TcpRetrans, TcpRetransCounts
 from ..tools.tcprtt import TcpRtt, check_port
 from ..tools.tcptop import DEFAULT_ROWS, SORTS, TcpTop
 from ._app import main
@@ -32,27 +33,23 @@ def _family(ipv4: bool, ipv6: bool) -> int | None:
     return 4 if ipv4 else 6 if ipv6 else None
 
 
-def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None:
-        try:
-            mapped_addr(value)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
-    return value
+def _checked_by(check: Callable[[Any], object]) -> Callable[..., Any]:
+    """A click callback that passes a given value to ``check``, whose ``ValueError``
+    becomes the option's error (status 2)."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None:
+            try:
+                check(value)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc)) from None
+        return value
+
+    return callback
 
 
-def _port(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
-    if value is not None:
-        try:
-            check_port(value)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
-    return value
-
-
-def _check_count(count: int | None, interval: float | None) -> None:
-    if count is not None and interval is None:
-        raise click.UsageError("a count needs an interval before it")
+_address = _checked_by(mapped_addr)
+_port = _checked_by(check_port)
 
 
 def _family_options(func: Any) -> Any:
@@ -94,35 +91,26 @@ def tcpretrans_command(
     family = _family(ipv4, ipv6)
     if not count_flows and (interval is not None or timestamp):
         raise click.UsageError("an interval and -T go with -c (events print as they happen)")
-    _check_count(count, interval)
     if count_flows and output is not None and output.endswith(".parquet"):
         raise click.UsageError(
             f"-o {output}: -c prints counts, not events, and Parquet takes raw events; "
             "write them as JSON lines (.jsonl)"
         )
-    printed = 0
-
-    def tick(tool: TcpRetrans, final: bool) -> Interval | None:
-        nonlocal printed
-        if count is not None and printed >= count:
-            return None
-        printed += 1
-        rows = tool.flows()
-        head = [""] + ([time.strftime("%H:%M:%S")] if timestamp else [])
-        return Interval(
-            "\n".join(head + format_table(tool.count_columns, rows)),
-            [{"interval": printed, **row} for row in rows],
-            done=count is not None and printed >= count,
+    if count_flows:
+        run_intervals(
+            lambda: TcpRetransCounts(family=family, resets=not no_resets),
+            as_json=as_json,
+            output=output,
+            duration=duration,
+            stats=stats,
+            metrics_addr=metrics_addr,
+            interval=interval,
+            count=count,
+            timestamp=timestamp,
         )
-
-    def session() -> ToolSession:
-        tool = TcpRetrans(family=family, resets=not no_resets, count=count_flows, sequence=sequence)
-        if not count_flows:
-            return ToolSession(tool)
-        return ToolSession(tool, tick=lambda final: tick(tool, final), interval=interval)
-
+        return
     run_session(
-        session,
+        lambda: ToolSession(TcpRetrans(family=family, resets=not no_resets, sequence=sequence)),
         as_json=as_json,
         output=output,
         duration=duration,

@@ -30,10 +30,11 @@ JSON records: ``{"time", "type": "retransmit"|"reset_sent"|"reset_received", "pi
 retransmitted segment's first sequence number (else null), ``reason`` the kernel's
 reason for a reset sent (``NO_SOCKET``, ``TCP_ABORT_ON_LINGER``...; else null).
 
-``-c`` counts per flow instead (``LADDR:LPORT RADDR:RPORT RETRANSMITS RESETS_SENT
-RESETS_RECEIVED``), printed every interval and at exit: BCC counts in the kernel; here
-the events are counted as they are read, so the counts are exact and every event the
-kernel could not deliver is reported as lost at exit.
+``-c`` counts per flow instead (``TcpRetransCounts``: ``IP LADDR:LPORT RADDR:RPORT
+RETRANSMITS RESETS_SENT RESETS_RECEIVED``), printed at exit or every interval as the
+metric tools print (``tcpretrans -c [interval] [count]``, ``-T``): BCC counts in the
+kernel; here the events are counted as they are read, so the counts are exact and every
+event the kernel could not deliver is reported as lost at exit.
 
 Filters: ``-4``/``-6`` (in the kernel). Hooks: tracepoints tcp/tcp_retransmit_skb,
 tcp/tcp_send_reset, tcp/tcp_receive_reset.
@@ -47,6 +48,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..batch import Batch
+from ..sinks.table import format_table
+from .aggregates import AggregateTool
 from .inet import AF_INET, AF_INET6, endpoint, inet_addr, ip_version, tcp_state
 from .tool import Column, Record, Tool, wall_time
 
@@ -69,26 +72,19 @@ def _state_cell(record: Record) -> str:
 class TcpRetrans(Tool):
     """Traces TCP retransmits and resets (``resets=False``: retransmits only).
     ``family`` (4 or 6, None: both) filters in the kernel; ``sequence`` adds the SEQ
-    column. With ``count``, ``records()`` returns nothing and counts per flow instead:
-    read the counts with ``flows()``."""
+    column. Raises ``ValueError`` for a family that is not 4 or 6 (and load errors,
+    as any tool)."""
 
     name = "tcpretrans"
     object_name = "tcpretrans"
     event_type = "tcpretrans_event"
 
     def __init__(
-        self,
-        *,
-        family: int | None = None,
-        resets: bool = True,
-        count: bool = False,
-        sequence: bool = False,
+        self, *, family: int | None = None, resets: bool = True, sequence: bool = False
     ) -> None:
         if family not in (None, 4, 6):
             raise ValueError(f"family must be 4 or 6, not {family}")
-        self.family, self.resets, self.count = family, resets, count
-        self._lock = threading.Lock()
-        self._counts: dict[FlowKey, dict[str, int]] = {}
+        self.family, self.resets = family, resets
         self.columns = (
             Column("TIME", 8),
             Column("PID", 7),
@@ -98,14 +94,6 @@ class TcpRetrans(Tool):
             Column("RADDR:RPORT", 20, text=lambda r: endpoint(r["raddr"], r["rport"])),
             Column("STATE", 11, text=_state_cell),
             *((Column("SEQ", 10, text=lambda r: str(r["seq"] or "")),) if sequence else ()),
-        )
-        self.count_columns = (
-            Column("IP", 2),
-            Column("LADDR:LPORT", 25, text=lambda r: endpoint(r["laddr"], r["lport"])),
-            Column("RADDR:RPORT", 25, text=lambda r: endpoint(r["raddr"], r["rport"])),
-            Column("RETRANSMITS", 11, right=True),
-            Column("RESETS_SENT", 11, right=True),
-            Column("RESETS_RECEIVED", 15, right=True),
         )
         super().__init__()
 
@@ -134,10 +122,30 @@ class TcpRetrans(Tool):
             "reason": reason if kind == "reset_sent" else None,
         }
 
+
+class TcpRetransCounts(TcpRetrans, AggregateTool):
+    """``tcpretrans -c``: the same events counted per flow as they are read, instead of
+    returned (``records()`` returns nothing). Read the counts with ``flows()``; as an
+    aggregate tool, the metric tools' interval loop prints them (``interval_rows``,
+    ``text_lines``). Thread-safe: the reader thread counts while another reads."""
+
+    columns = (
+        Column("IP", 2),
+        Column("LADDR:LPORT", 25, text=lambda r: endpoint(r["laddr"], r["lport"])),
+        Column("RADDR:RPORT", 25, text=lambda r: endpoint(r["raddr"], r["rport"])),
+        Column("RETRANSMITS", 11, right=True),
+        Column("RESETS_SENT", 11, right=True),
+        Column("RESETS_RECEIVED", 15, right=True),
+    )
+
+    def __init__(self, *, family: int | None = None, resets: bool = True) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[FlowKey, dict[str, int]] = {}
+        super().__init__(family=family, resets=resets)
+        self.columns = TcpRetransCounts.columns
+
     def records(self, batch: Batch) -> list[Record]:
         records = super().records(batch)
-        if not self.count:
-            return records
         with self._lock:
             for r in records:
                 key = (r["ip"], r["laddr"], r["lport"], r["raddr"], r["rport"])
@@ -160,6 +168,16 @@ class TcpRetrans(Tool):
             rows.append(row | {"raddr": raddr, "rport": rport, **values})
         rows.sort(key=lambda r: (-sum(r[f] for f in COUNT_FIELDS.values()), _flow_order(r)))
         return rows
+
+    def interval_rows(self) -> list[Record]:
+        return self.flows()
+
+    def text_lines(self, rows: Sequence[Record]) -> list[str]:
+        return format_table(self.columns, rows)
+
+    def exit_line(self, stats: dict[str, Any]) -> str:
+        """Events, as every tracing tool: they are counted here, not in the kernel."""
+        return Tool.exit_line(self, stats)
 
 
 def _flow_order(row: Record) -> Sequence[Any]:
