@@ -265,8 +265,8 @@ def tcptop_command(
     and sent on each connection, refreshed every INTERVAL seconds (default 1), COUNT
     times.
 
-    The screen is cleared before each refresh when stdout is a terminal (-C: never),
-    after a summary line from /proc/loadavg (-S: none). With --json, one object per row
+    Each refresh clears the screen when stdout is a terminal (-C: never) and starts
+    with a summary line from /proc/loadavg (-S: none). With --json, one object per row
     per interval, with the exact rx_bytes and tx_bytes.
     """
     family = _family(ipv4, ipv6)

@@ -28,7 +28,7 @@ is exactly the one the event belongs to (``bpf/tcpretrans.bpf.c``).
 JSON records: ``{"time", "type": "retransmit"|"reset_sent"|"reset_received", "pid",
 "ip", "laddr", "lport", "raddr", "rport", "state", "seq", "reason"}`` — ``seq`` the
 retransmitted segment's first sequence number (else null), ``reason`` the kernel's
-reason for a reset sent (``NO_SOCKET``, ``TCP_ABORT_ON_LINGER``...; else null).
+reason for a reset sent (``NO_SOCKET``, ``TCP_STATE``...; else null).
 
 ``-c`` counts per flow instead (``TcpRetransCounts``: ``IP LADDR:LPORT RADDR:RPORT
 RETRANSMITS RESETS_SENT RESETS_RECEIVED``), printed at exit or every interval as the
