@@ -138,4 +138,23 @@ static __always_inline bool bpfloom_comm_contains(const char *comm, const volati
 	return false;
 }
 
+/*
+ * The value of `key` in hash map `map` (pass `&map`), inserted as a copy of
+ * `*init` first when it is missing; NULL when the map is full, counted as a
+ * drop. The insert is BPF_NOEXIST: another CPU may make the entry meanwhile,
+ * and then that one is used.
+ */
+static __always_inline void *bpfloom_lookup_or_init(void *map, const void *key, const void *init)
+{
+	void *value = bpf_map_lookup_elem(map, key);
+
+	if (value)
+		return value;
+	bpf_map_update_elem(map, key, init, BPF_NOEXIST);
+	value = bpf_map_lookup_elem(map, key);
+	if (!value)
+		bpfloom_count_drop();
+	return value;
+}
+
 #endif /* __BPFLOOM_H */

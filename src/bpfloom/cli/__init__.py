@@ -3,8 +3,9 @@
 One module per command group, each adding its commands to the click group of
 ``_app``: ``run`` (any object, and ``demo``), ``tools`` (execsnoop, opensnoop,
 exitsnoop, syscount, goroutines), ``metrics`` (runqlat, biolatency, hardirqs,
-softirqs), ``detect``, ``export``, ``collect`` (the fleet's records, from NATS). All
-of them run through one loop (``_session.run_session``): sources → Pipeline → sinks.
+softirqs), ``detect``, ``export``, ``collect`` (the fleet's records, from NATS),
+``tcp`` (tcplife, tcpstates, tcpconnect, tcpconnlat, tcpaccept), ``tcpstats``
+(tcpretrans, tcprtt, tcptop). All of them run through one loop (``_session.run_session``): sources → Pipeline → sinks.
 The library never imports this package.
 
 Errors are one line on stderr; status 2 for a wrong command line, 1 for a failed run;
@@ -26,6 +27,7 @@ from . import (  # noqa: F401  (they add their commands)
     metrics,
     run,
     tcp,
+    tcpstats,
     tools,
 )
 from ._app import main

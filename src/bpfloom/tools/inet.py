@@ -75,3 +75,22 @@ def tcp_state(number: int) -> str:
 def ip_proto(number: int) -> str:
     """An IP protocol's name (``tcp``), or its number as text."""
     return IPPROTO_NAMES.get(number, str(number))
+
+
+def mapped_addr(text: str) -> bytes:
+    """The 16 bytes of an address given as text: IPv6 as is, IPv4 as its IPv4-mapped
+    IPv6 address (``::ffff:a.b.c.d``), the one form in which a BPF filter can compare
+    addresses of both families (``inet_addr(AF_INET6, ...)`` prints it back as IPv4).
+    Raises ``ValueError`` for anything that is not an address."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 or IPv6 address") from None
+    if isinstance(address, ipaddress.IPv4Address):
+        return bytes(10) + b"\xff\xff" + address.packed
+    return address.packed
+
+
+def ip_version(family: int) -> int:
+    """4 or 6, as BCC's tools print a socket's family in their ``IP`` column."""
+    return 4 if family == AF_INET else 6
