@@ -553,3 +553,20 @@ def map_lookup_all(
         first = False
         tokens.reverse()  # this call's out token is the next call's in token
     return b"".join(key_parts), b"".join(value_parts), total
+
+
+bpf_map_lookup_and_delete_elem = _fn(
+    "bpf_map_lookup_and_delete_elem", c_int, c_int, c_void_p, c_void_p
+)
+
+
+def map_lookup_and_delete(fd: int, key: bytes, value: Any) -> bool:
+    """Read the value at ``key`` into buffer ``value`` and delete the entry, as one
+    BPF_MAP_LOOKUP_AND_DELETE_ELEM (hash maps: Linux 5.14+): whatever the kernel adds
+    to the entry up to its removal is in the value read. False when ``key`` is absent;
+    raises ``OSError`` otherwise."""
+    ret = bpf_map_lookup_and_delete_elem(fd, key, value)
+    if ret == -_ENOENT:
+        return False
+    check(ret, "BPF_MAP_LOOKUP_AND_DELETE_ELEM")
+    return True
