@@ -611,7 +611,7 @@ def test_flow_evicted_and_created_again_reports_only_its_new_life(
         # one-packet flows.
         for start in range(20000, 29000, 200):
             _udp_flows(quiet_veth, range(start, start + 200), packets=2)
-            if not any(k.dport == 29999 for k in flows_map.keys()):
+            if not any(k.dport == 29999 for k in flows_map):
                 break
         else:
             pytest.fail("a 128-flow map kept a flow through 9000 others")
