@@ -23,6 +23,7 @@ import socket
 import struct
 import subprocess
 import time
+import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ import pytest
 from bpfloom.tools import flows as flows_module
 from bpfloom.tools.flows import END_GRACE, FIN, RECORD_KEYS, RST, SYN, Flows
 from conftest import Veth, ip_command, kernel_prog_ids
+from promserver import free_port, promtool_check
 from toolrun import BPFLOOM, TIMEOUT, one_error_line, run_tool_cli
 
 pytestmark = pytest.mark.kernel
@@ -760,3 +762,44 @@ def test_cli_xdp_ctrl_c(net4: Net, tmp_path: Path) -> None:
 )
 def test_cli_bad_input_is_one_line(args: list[str], status: int, needle: str) -> None:
     one_error_line(run_tool_cli("flows", *args), needle, status=status)
+
+
+def test_cli_metrics_addr_serves_totals_per_direction_and_protocol(
+    quiet_veth: Veth, tmp_path: Path
+) -> None:
+    """Prometheus gets packets, bytes and records per direction and protocol (one
+    series per flow would never end), summed over the records written."""
+    port = free_port()
+    proc = _start(
+        ["-i", quiet_veth.local, "--json", "--active-timeout", "0.2", "--metrics-addr", str(port)],
+        tmp_path,
+    )
+    try:
+        _wait_tracing(proc, tmp_path)
+        _udp_flows(quiet_veth, range(20001, 20004), packets=2)  # 3 flows, dropped there
+        want = {
+            "bpfloom_flows_packets_total": 6,
+            "bpfloom_flows_bytes_total": 6 * 29,
+            "bpfloom_flows_records_total": 3,
+        }
+        labels = '{tool="flows",direction="egress",proto="udp"}'
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                text = r.read().decode()
+            got = {
+                name: float(m.group(1))
+                for name in want
+                if (m := re.search(rf"^{name}{re.escape(labels)} (\S+)$", text, re.M))
+            }
+            if got == want or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert got == want, text
+        promtool_check(text)
+        assert "sport" not in text and "saddr" not in text
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

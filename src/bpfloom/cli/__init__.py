@@ -3,8 +3,8 @@
 One module per command group, each adding its commands to the click group of
 ``_app``: ``run`` (any object, and ``demo``), ``tools`` (execsnoop, opensnoop,
 exitsnoop, syscount, goroutines), ``metrics`` (runqlat, biolatency, hardirqs,
-softirqs), ``detect``, ``export``. All of them run through one loop (``_session.run_session``):
-sources → Pipeline → sinks. The library never imports this package.
+softirqs), ``detect``, ``export``, ``flows``. All of them run through one loop
+(``_session.run_session``): sources → Pipeline → sinks. The library never imports this package.
 
 Errors are one line on stderr; status 2 for a wrong command line, 1 for a failed run;
 never a traceback (set ``BPFLOOM_DEBUG=1`` to see one).

@@ -58,11 +58,12 @@ class TopTalkers:
         seconds = (now - self._last) / 1e9
         self._last = now
         rows = self.tool.top(self.top, now_ns=now)
+        flows = self.tool.window_flows
         head = (
-            f"[{time.strftime('%H:%M:%S')}] {self.tool.interface}: {len(rows)} flows"
+            f"[{time.strftime('%H:%M:%S')}] {self.tool.interface}: {flows} flows"
             f" in {seconds:.1f} s"
             + (" (at exit)" if final else "")
-            + (f", top {self.top} by bytes" if self.top is not None else ", by bytes")
+            + (f", top {len(rows)} by bytes" if len(rows) < flows else "")
         )
         lines = [head, *format_table(Flows.top_columns, rows)] if rows else [head]
         if self.printed:

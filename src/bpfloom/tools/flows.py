@@ -60,7 +60,7 @@ from ..targets import check_interface
 from .inet import AF_INET, AF_INET6, endpoint, inet_addr, ip_proto
 from .tool import Column, Record, Tool, wall_time
 
-__all__ = ["END_GRACE", "RECORD_KEYS", "Flows", "tcp_flags_text"]
+__all__ = ["END_GRACE", "RECORD_KEYS", "Flows"]
 
 RECORD_KEYS = (
     "saddr",
@@ -78,7 +78,6 @@ RECORD_KEYS = (
 )
 DIRECTIONS = ("ingress", "egress")
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 1, 2, 4, 8, 16, 32, 64, 128
-TCP_FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")
 END_GRACE = 1.0  # seconds a FIN/RST flow stays quiet before it is ended
 DEFAULT_MAX_FLOWS = 32768
 BATCH_ENTRIES = 16384
@@ -167,12 +166,6 @@ _MIX = np.array(
     ],
     dtype=np.uint64,
 )
-
-
-def tcp_flags_text(flags: int) -> str:
-    """The TCP flags of ``flags`` by name, ``SYN|ACK`` (``-`` for none)."""
-    names = [name for bit, name in enumerate(TCP_FLAG_NAMES) if flags >> bit & 1]
-    return "|".join(names) or "-"
 
 
 def _fingerprints(keys: np.ndarray) -> np.ndarray:
@@ -278,6 +271,7 @@ class Flows(Tool):
         # window rows of flows no longer in the state (removed, evicted)
         self._gone: list[Columns] = []
         self._window_start = time.monotonic_ns()
+        self.window_flows = 0  # flows in the window the last top() ranked
         super().__init__()
         self._cpus = self.obj.possible_cpus
         flows = self.obj.maps["flows"]
@@ -569,7 +563,7 @@ class Flows(Tool):
         """The flows with the most bytes since the previous call (as of the last
         ``poll()``/``flush()``), largest first, at most ``count``; resets. Rows have
         the record keys (no ``first_seen``/``last_seen``/``reason``) and ``rate_bps``
-        (bits per second over the window)."""
+        (bits per second over the window); ``window_flows`` is how many were ranked."""
         now = time.monotonic_ns() if now_ns is None else now_ns
         seconds = max((now - self._window_start) / 1e9, 1e-9)
         state = self._state
@@ -579,10 +573,12 @@ class Flows(Tool):
         for name in ("win_packets", "win_bytes", "win_flags"):
             state[name][:] = 0
         self._window_start = now
+        self.window_flows = 0
         if not len(window["key"]):
             return []
         # A key can have several rows (removed and created again): one row per key.
         keys, inverse = np.unique(window["key"], return_inverse=True)
+        self.window_flows = len(keys)
         packets = np.zeros(len(keys), np.uint64)
         nbytes = np.zeros(len(keys), np.uint64)
         flags = np.zeros(len(keys), np.uint64)
