@@ -628,31 +628,35 @@ def test_flow_evicted_and_created_again_reports_only_its_new_life(
 # --- the command ----------------------------------------------------------------------------
 
 
-def _start(args: list[str], tmp_path: Path, stdout: str | None = None) -> subprocess.Popen[str]:
-    """``bpfloom flows ARGS`` in the background, stdout to ``stdout`` (a path; default
-    tmp_path/stdout) and stderr to tmp_path/stderr."""
+@contextlib.contextmanager
+def flows_cli(
+    args: list[str], tmp_path: Path, stdout: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``bpfloom flows ARGS`` in the background, once it traces: stdout to ``stdout``
+    (a path; default tmp_path/stdout), stderr to tmp_path/stderr; killed at the end
+    of the block if it still runs."""
     with (
         open(tmp_path / "stderr", "w") as err,
         open(stdout or tmp_path / "stdout", "w") as out,
     ):
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [*BPFLOOM, "flows", *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL
         )
-
-
-def _wait_tracing(proc: subprocess.Popen[str], tmp_path: Path) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while "bpfloom flows: tracing" not in (tmp_path / "stderr").read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while "bpfloom flows: tracing" not in (tmp_path / "stderr").read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"flows never traced:\n{(tmp_path / 'stderr').read_text()}")
+            time.sleep(0.02)
+        yield proc
+    finally:
+        if proc.poll() is None:
             proc.kill()
-            pytest.fail(f"flows never traced:\n{(tmp_path / 'stderr').read_text()}")
-        time.sleep(0.02)
+            proc.wait()
 
 
 def test_cli_json_ctrl_c_flushes_and_leaves_nothing(net: Net, tmp_path: Path) -> None:
-    proc = _start(["-i", net.local, "--json", "--active-timeout", "60"], tmp_path)
-    try:
-        _wait_tracing(proc, tmp_path)
+    with flows_cli(["-i", net.local, "--json", "--active-timeout", "60"], tmp_path) as proc:
         ids = tc_prog_ids(net.local)
         assert len(ids) == 2
         assert "clsact" in _tc("qdisc", "show", "dev", net.local)
@@ -661,9 +665,6 @@ def test_cli_json_ctrl_c_flushes_and_leaves_nothing(net: Net, tmp_path: Path) ->
             pair.exchange(size)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=TIMEOUT) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     stderr = (tmp_path / "stderr").read_text()
     records = [json.loads(line) for line in (tmp_path / "stdout").read_text().splitlines()]
     got = totals(records)
@@ -687,15 +688,10 @@ def test_cli_table_and_a_clsact_qdisc_that_was_there_stays(net4: Net, tmp_path: 
     """The top-talkers table; a clsact qdisc someone else made is left in place, our
     filters on it are not."""
     _tc("qdisc", "add", "dev", net4.local, "clsact")
-    proc = _start(["-i", net4.local, "--interval", "0.2", "--duration", "3"], tmp_path)
-    try:
-        _wait_tracing(proc, tmp_path)
+    with flows_cli(["-i", net4.local, "--interval", "0.2", "--duration", "3"], tmp_path) as proc:
         pair = UdpPair(net4, 7070)
         pair.exchange(1000)
         assert proc.wait(timeout=TIMEOUT) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     out = (tmp_path / "stdout").read_text()
     header = re.compile(r"^DIR +PROTO +SOURCE +DESTINATION +PACKETS +BYTES +RATE +FLAGS$", re.M)
     assert header.search(out), out
@@ -709,16 +705,13 @@ def test_cli_table_and_a_clsact_qdisc_that_was_there_stays(net4: Net, tmp_path: 
 def test_cli_error_while_tracing_leaves_nothing(net4: Net, tmp_path: Path) -> None:
     """stdout is a full device: the first record cannot be written, the run stops
     with one error line, status 1, and the interface is as it was."""
-    proc = _start(["-i", net4.local, "--json", "--active-timeout", "0.2"], tmp_path, "/dev/full")
-    try:
-        _wait_tracing(proc, tmp_path)
+    with flows_cli(
+        ["-i", net4.local, "--json", "--active-timeout", "0.2"], tmp_path, "/dev/full"
+    ) as proc:
         ids = tc_prog_ids(net4.local)
         pair = UdpPair(net4, 7080)
         pair.exchange(10)
         assert proc.wait(timeout=TIMEOUT) == 1
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     pair.close()
     stderr = (tmp_path / "stderr").read_text()
     assert "bpfloom: error: " in stderr and "Traceback" not in stderr, stderr
@@ -733,17 +726,12 @@ def test_cli_refused_xdp_mode_leaves_nothing(net4: Net) -> None:
 
 
 def test_cli_xdp_ctrl_c(net4: Net, tmp_path: Path) -> None:
-    proc = _start(["-i", net4.local, "--xdp", "--json"], tmp_path)
-    try:
-        _wait_tracing(proc, tmp_path)
+    with flows_cli(["-i", net4.local, "--xdp", "--json"], tmp_path) as proc:
         assert "xdp" in json.loads(ip_command("-j", "link", "show", net4.local))[0]
         pair = UdpPair(net4, 7090)
         pair.exchange(3)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=TIMEOUT) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     records = [json.loads(line) for line in (tmp_path / "stdout").read_text().splitlines()]
     assert totals(records)[pair.flow_keys()[1]] == (1, 31)
     pair.close()
@@ -770,12 +758,10 @@ def test_cli_metrics_addr_serves_totals_per_direction_and_protocol(
     """Prometheus gets packets, bytes and records per direction and protocol (one
     series per flow would never end), summed over the records written."""
     port = free_port()
-    proc = _start(
+    with flows_cli(
         ["-i", quiet_veth.local, "--json", "--active-timeout", "0.2", "--metrics-addr", str(port)],
         tmp_path,
-    )
-    try:
-        _wait_tracing(proc, tmp_path)
+    ) as proc:
         _udp_flows(quiet_veth, range(20001, 20004), packets=2)  # 3 flows, dropped there
         want = {
             "bpfloom_flows_packets_total": 6,
@@ -800,6 +786,3 @@ def test_cli_metrics_addr_serves_totals_per_direction_and_protocol(
         assert "sport" not in text and "saddr" not in text
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=TIMEOUT) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()

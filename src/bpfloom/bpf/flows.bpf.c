@@ -34,10 +34,11 @@
  * fragments after the first have ports 0.
  *
  * Map full: an LRU map never refuses an insert, it evicts (the least recently
- * used flow). An eviction is not visible here, so `flow_counts` counts the
- * flows this program created; user space counts the flows it removed and the
- * flows left in the map, and the difference is what was evicted. A packet
- * whose flow could not be created at all is counted in bpfloom_drops.
+ * used flow; one looked up again since it was made gets a second chance, so
+ * one-packet flows go first). An eviction is not visible here, so `flow_counts`
+ * counts the flows this program created; user space counts the flows it removed
+ * and the flows left in the map, and the difference is what was evicted. A
+ * packet whose flow could not be created at all is counted in bpfloom_drops.
  */
 #include "bpfloom.h"
 #include <bpf/bpf_endian.h>

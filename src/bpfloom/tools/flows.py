@@ -33,8 +33,9 @@ counts the ones it removes, and a walk counts those left, so ``created - removed
 left`` flows were evicted; their packets since their previous record were not
 reported. After detaching (``flush()``) that count is exact. The kernel's LRU may
 start evicting slightly before the map is full, since its free entries sit in per-CPU
-lists. A packet whose flow could not be created at all is counted as not counted
-(``dropped_kernel()``).
+lists, and it gives a flow that was looked up again (a second packet) a second chance:
+one-packet flows go first. A packet whose flow could not be created at all is counted
+in ``dropped_kernel()``, the packets not counted.
 
 Records (the ``--json`` output) have exactly the keys of ``RECORD_KEYS``: ``saddr``,
 ``daddr`` (text), ``sport``, ``dport``, ``proto`` (``tcp``, ``udp``, ``icmp``,
@@ -187,16 +188,24 @@ def _address(family: int, raw: bytes) -> str:
     return inet_addr(family, raw)
 
 
-def _key_columns(keys: np.ndarray) -> list[tuple[str, str, int, int, str, str]]:
-    """(saddr, daddr, sport, dport, proto, direction) of each raw key (``V40``)."""
+def _key_fields(keys: np.ndarray) -> list[Record]:
+    """The key fields of each raw key (``V40``) as a record starts: saddr, daddr,
+    sport, dport, proto, direction."""
     k = keys.view(KEY)
     families = [AF_INET if f == AF_INET else AF_INET6 for f in k["family"].tolist()]
     saddr = k["saddr"].view("V16").ravel().tolist()
     daddr = k["daddr"].view("V16").ravel().tolist()
     protos = {p: ip_proto(p) for p in set(k["proto"].tolist())}
     return [
-        (_address(f, s), _address(f, d), sp, dp, protos[p], DIRECTIONS[di & 1])
-        for f, s, d, sp, dp, p, di in zip(
+        {
+            "saddr": _address(f, s),
+            "daddr": _address(f, d),
+            "sport": sport,
+            "dport": dport,
+            "proto": protos[p],
+            "direction": DIRECTIONS[di & 1],
+        }
+        for f, s, d, sport, dport, p, di in zip(
             families,
             saddr,
             daddr,
@@ -211,7 +220,8 @@ def _key_columns(keys: np.ndarray) -> list[tuple[str, str, int, int, str, str]]:
 
 class Flows(Tool):
     """Per-flow accounting on ``interface``: tc ingress and egress, or with ``xdp``
-    ingress only, through XDP in ``xdp_mode`` (``auto``, ``skb``, ``native``).
+    ingress only, through XDP in ``xdp_mode`` (``auto``, ``skb``, ``native``,
+    ``offload``).
 
     ``poll()`` returns the records due now (active, ended and idle flows) and removes
     the flows that ended or idled; call it every second or so. ``top()`` gives the
@@ -462,12 +472,7 @@ class Flows(Tool):
             return []
         out: list[Record] = [
             {
-                "saddr": saddr,
-                "daddr": daddr,
-                "sport": sport,
-                "dport": dport,
-                "proto": proto,
-                "direction": direction,
+                **fields,
                 "packets": packets,
                 "bytes": nbytes,
                 "tcp_flags": flags,
@@ -475,15 +480,8 @@ class Flows(Tool):
                 "last_seen": wall_time(last),
                 "reason": reason,
             }
-            for (
-                saddr,
-                daddr,
-                sport,
-                dport,
-                proto,
-                direction,
-            ), packets, nbytes, flags, first, last, reason in zip(
-                _key_columns(current["key"]),
+            for fields, packets, nbytes, flags, first, last, reason in zip(
+                _key_fields(current["key"]),
                 (current["packets"] - rows["exp_packets"]).tolist(),
                 (current["bytes"] - rows["exp_bytes"]).tolist(),
                 current["flags"].tolist(),
@@ -587,20 +585,9 @@ class Flows(Tool):
         np.bitwise_or.at(flags, inverse, window["win_flags"])
         order = np.argsort(-nbytes.astype(np.float64), kind="stable")[:count]
         return [
-            {
-                "saddr": saddr,
-                "daddr": daddr,
-                "sport": sport,
-                "dport": dport,
-                "proto": proto,
-                "direction": direction,
-                "packets": p,
-                "bytes": b,
-                "tcp_flags": f,
-                "rate_bps": b * 8 / seconds,
-            }
-            for (saddr, daddr, sport, dport, proto, direction), p, b, f in zip(
-                _key_columns(keys[order]),
+            {**fields, "packets": p, "bytes": b, "tcp_flags": f, "rate_bps": b * 8 / seconds}
+            for fields, p, b, f in zip(
+                _key_fields(keys[order]),
                 packets[order].tolist(),
                 nbytes[order].tolist(),
                 flags[order].tolist(),
