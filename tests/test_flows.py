@@ -786,3 +786,16 @@ def test_cli_metrics_addr_serves_totals_per_direction_and_protocol(
         assert "sport" not in text and "saddr" not in text
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=TIMEOUT) == 0
+
+
+def test_cli_refuses_an_interface_without_ethernet_frames() -> None:
+    """A tun device carries bare IP packets: the programs would parse nothing, so the
+    command says so instead of counting nothing."""
+    tun = f"bfltun{os.getpid() % 100000}"
+    ip_command("tuntap", "add", "dev", tun, "mode", "tun")
+    try:
+        result = run_tool_cli("flows", "-i", tun)
+        one_error_line(result, f"interface {tun!r} does not carry Ethernet frames")
+        assert_interface_clean(tun)
+    finally:
+        subprocess.run(["ip", "link", "del", tun], capture_output=True, check=False)

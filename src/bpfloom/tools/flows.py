@@ -48,7 +48,9 @@ latest one), and ``reason``.
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import socket
 import struct
 import time
 from typing import Any, ClassVar
@@ -81,6 +83,10 @@ DIRECTIONS = ("ingress", "egress")
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 1, 2, 4, 8, 16, 32, 64, 128
 END_GRACE = 1.0  # seconds a FIN/RST flow stays quiet before it is ended
 DEFAULT_MAX_FLOWS = 32768
+# ARPHRD_ETHER and ARPHRD_LOOPBACK (include/uapi/linux/if_arp.h): frames start with a
+# 14-byte Ethernet header (loopback's addresses are zero), which the programs parse.
+ETHERNET_LINK_TYPES = (1, 772)
+SIOCGIFHWADDR = 0x8927
 BATCH_ENTRIES = 16384
 
 # struct flow_key and struct flow_value of bpf/flows.bpf.c
@@ -182,6 +188,19 @@ def _fingerprints(keys: np.ndarray) -> np.ndarray:
     return np.asarray(fp, dtype=np.uint64)
 
 
+def _link_type(interface: str) -> int | None:
+    """The interface's ARPHRD_* type (SIOCGIFHWADDR's address family, in this
+    process's network namespace); None if the kernel will not say."""
+    request = struct.pack("16s16x", interface.encode()[:15])
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            answer = fcntl.ioctl(s, SIOCGIFHWADDR, request)
+    except OSError:
+        return None
+    family: int = struct.unpack_from("=H", answer, 16)[0]
+    return family
+
+
 @functools.lru_cache(maxsize=65536)
 def _address(family: int, raw: bytes) -> str:
     """``inet_addr`` cached: flows share addresses, and spelling one costs µs."""
@@ -235,7 +254,8 @@ class Flows(Tool):
     the flows that are due become Python objects.
 
     Raises ``ValueError`` for bad arguments and ``AttachError`` when ``interface``
-    does not exist (before anything is loaded).
+    does not exist or does not carry Ethernet frames (a tun device, WireGuard),
+    before anything is loaded.
     """
 
     name = "flows"
@@ -268,6 +288,13 @@ class Flows(Tool):
         if max_flows < 1:
             raise ValueError("max_flows must be at least 1")
         self.ifindex = check_interface(interface)
+        link_type = _link_type(interface)
+        if link_type is not None and link_type not in ETHERNET_LINK_TYPES:
+            raise AttachError(
+                f"interface {interface!r} does not carry Ethernet frames (link type "
+                f"{link_type}); flows parses Ethernet headers",
+                hook=f"interface {interface}",
+            )
         self.interface = interface
         self.xdp, self.xdp_mode = xdp, xdp_mode
         self.active_ns = int(active_timeout * 1e9)
