@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bpfloom import AttachError
 from bpfloom.tools import flows as flows_module
 from bpfloom.tools.flows import END_GRACE, FIN, RECORD_KEYS, RST, SYN, Flows
-from conftest import Veth, ip_command, kernel_prog_ids
+from conftest import Veth, assert_gone_from_kernel, ip_command, own_bpf_ids
 from promserver import free_port, promtool_check
 from toolrun import BPFLOOM, TIMEOUT, one_error_line, run_tool_cli
 
@@ -347,13 +348,6 @@ def _tc(*args: str) -> str:
     return subprocess.run(["tc", *args], check=True, capture_output=True, text=True).stdout
 
 
-def tc_prog_ids(interface: str) -> set[int]:
-    """Ids of the BPF programs of the tc filters on ``interface`` (both hooks)."""
-    text = _tc("filter", "show", "dev", interface, "ingress")
-    text += _tc("filter", "show", "dev", interface, "egress")
-    return {int(m) for m in re.findall(r"\bid (\d+)", text)}
-
-
 def assert_interface_clean(interface: str, *, clsact: bool = False) -> None:
     """No tc filter on either hook, no XDP program, and a clsact qdisc only if the
     test put one there itself."""
@@ -362,14 +356,6 @@ def assert_interface_clean(interface: str, *, clsact: bool = False) -> None:
     assert ("clsact" in _tc("qdisc", "show", "dev", interface)) == clsact
     link = json.loads(ip_command("-j", "link", "show", interface))[0]
     assert "xdp" not in link, link
-
-
-def assert_progs_gone(ids: set[int]) -> None:
-    """None of the programs ``ids`` is loaded (freeing them may take a grace period)."""
-    deadline = time.monotonic() + 10
-    while ids & kernel_prog_ids() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not ids & kernel_prog_ids()
 
 
 # --- exact counts ---------------------------------------------------------------------------
@@ -424,12 +410,16 @@ def test_concurrent_flows_counted_exactly(net: Net, make_flows: Callable[..., Fl
     assert tool.evicted() == 0
 
 
+@pytest.mark.parametrize("tc_mode", ["auto", "clsact"])
 def test_gso_super_packet_counts_as_its_segments(
-    net: Net, make_flows: Callable[..., Flows]
+    net: Net, make_flows: Callable[..., Flows], tc_mode: str
 ) -> None:
     """One UDP_SEGMENT send of 4700 bytes in 500-byte segments reaches tc egress as one
-    skb: it counts as the 10 datagrams it becomes, each with its IP and UDP header."""
-    tool = make_flows(net.local, active_timeout=60, idle_timeout=60)
+    skb: it counts as the 10 datagrams it becomes, each with its IP and UDP header;
+    the same through tcx links and clsact filters."""
+    tool = make_flows(net.local, active_timeout=60, idle_timeout=60, tc_mode=tc_mode)
+    # The test machine's kernel (6.6+) has tcx, which auto prefers.
+    assert tool.tc_attached == ("clsact" if tc_mode == "clsact" else "tcx")
     pair = UdpPair(net, 7010)
     pair.client.setsockopt(socket.SOL_UDP, UDP_SEGMENT, 500)
     pair.send(4700)
@@ -655,11 +645,23 @@ def flows_cli(
             proc.wait()
 
 
-def test_cli_json_ctrl_c_flushes_and_leaves_nothing(net: Net, tmp_path: Path) -> None:
-    with flows_cli(["-i", net.local, "--json", "--active-timeout", "60"], tmp_path) as proc:
-        ids = tc_prog_ids(net.local)
-        assert len(ids) == 2
-        assert "clsact" in _tc("qdisc", "show", "dev", net.local)
+@pytest.mark.parametrize("tc_mode", ["auto", "clsact"])
+def test_cli_json_ctrl_c_flushes_and_leaves_nothing(net: Net, tmp_path: Path, tc_mode: str) -> None:
+    """Ctrl-C: the last records, and nothing left: with tcx links (auto, on this
+    kernel) no qdisc is ever made; with clsact filters, the filters and the qdisc
+    flows made go."""
+    args = ["-i", net.local, "--json", "--active-timeout", "60", "--tc-mode", tc_mode]
+    with flows_cli(args, tmp_path) as proc:
+        ids = own_bpf_ids(proc.pid)
+        assert len(ids["prog"]) == 2
+        filters = _tc("filter", "show", "dev", net.local, "ingress")
+        filters += _tc("filter", "show", "dev", net.local, "egress")
+        if tc_mode == "clsact":
+            assert "clsact" in _tc("qdisc", "show", "dev", net.local)
+            assert "flows_ingress" in filters and "flows_egress" in filters
+        else:
+            assert len(ids["link"]) == 2  # the tcx links
+            assert_interface_clean(net.local)  # tcx: no qdisc, no filter
         pair = UdpPair(net, 7060)
         for size in (5, 50, 500):
             pair.exchange(size)
@@ -681,14 +683,27 @@ def test_cli_json_ctrl_c_flushes_and_leaves_nothing(net: Net, tmp_path: Path) ->
     ), stderr
     assert "Traceback" not in stderr
     assert_interface_clean(net.local)
-    assert_progs_gone(ids)
+    assert_gone_from_kernel(ids)
+
+
+def test_cli_killed_leaves_nothing_with_tcx(net4: Net, tmp_path: Path) -> None:
+    """SIGKILL gives the command no chance to detach: its tcx links go with its file
+    descriptors (a clsact filter would stay)."""
+    with flows_cli(["-i", net4.local, "--tc-mode", "tcx"], tmp_path) as proc:
+        ids = own_bpf_ids(proc.pid)
+        assert len(ids["link"]) == 2
+        proc.kill()
+        proc.wait(timeout=TIMEOUT)
+    assert_interface_clean(net4.local)
+    assert_gone_from_kernel(ids)
 
 
 def test_cli_table_and_a_clsact_qdisc_that_was_there_stays(net4: Net, tmp_path: Path) -> None:
     """The top-talkers table; a clsact qdisc someone else made is left in place, our
     filters on it are not."""
     _tc("qdisc", "add", "dev", net4.local, "clsact")
-    with flows_cli(["-i", net4.local, "--interval", "0.2", "--duration", "3"], tmp_path) as proc:
+    args = ["-i", net4.local, "--interval", "0.2", "--duration", "3", "--tc-mode", "clsact"]
+    with flows_cli(args, tmp_path) as proc:
         pair = UdpPair(net4, 7070)
         pair.exchange(1000)
         assert proc.wait(timeout=TIMEOUT) == 0
@@ -708,7 +723,7 @@ def test_cli_error_while_tracing_leaves_nothing(net4: Net, tmp_path: Path) -> No
     with flows_cli(
         ["-i", net4.local, "--json", "--active-timeout", "0.2"], tmp_path, "/dev/full"
     ) as proc:
-        ids = tc_prog_ids(net4.local)
+        ids = own_bpf_ids(proc.pid)
         pair = UdpPair(net4, 7080)
         pair.exchange(10)
         assert proc.wait(timeout=TIMEOUT) == 1
@@ -716,7 +731,7 @@ def test_cli_error_while_tracing_leaves_nothing(net4: Net, tmp_path: Path) -> No
     stderr = (tmp_path / "stderr").read_text()
     assert "bpfloom: error: " in stderr and "Traceback" not in stderr, stderr
     assert_interface_clean(net4.local)
-    assert_progs_gone(ids)
+    assert_gone_from_kernel(ids)
 
 
 def test_cli_refused_xdp_mode_leaves_nothing(net4: Net) -> None:
@@ -743,6 +758,7 @@ def test_cli_xdp_ctrl_c(net4: Net, tmp_path: Path) -> None:
     [
         (["-i", "nosuchif0"], 1, "no network interface 'nosuchif0'"),
         (["-i", "lo", "--xdp-mode", "skb"], 2, "--xdp-mode needs --xdp"),
+        (["-i", "lo", "--xdp", "--tc-mode", "tcx"], 2, "--tc-mode and --xdp"),
         (["-i", "lo", "--idle-timeout", "0"], 2, "--idle-timeout"),
         (["-i", "lo", "--max-flows", "0"], 2, "--max-flows"),
         ([], 2, "--interface"),
@@ -799,3 +815,13 @@ def test_cli_refuses_an_interface_without_ethernet_frames() -> None:
         assert_interface_clean(tun)
     finally:
         subprocess.run(["ip", "link", "del", tun], capture_output=True, check=False)
+
+
+def test_attach_tcx_errors_name_the_hook() -> None:
+    with Flows("lo", tc_mode="tcx") as tool:
+        prog = tool.obj.programs["flows_ingress"]
+        with pytest.raises(AttachError, match="nosuchif0"):
+            prog.attach_tcx("nosuchif0")
+        with pytest.raises(AttachError, match="'sideways'"):
+            prog.attach_tcx("lo", "sideways")
+        assert tool.obj.links == []

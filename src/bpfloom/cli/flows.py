@@ -14,7 +14,7 @@ import click
 
 from ..object import XDP_MODES
 from ..sinks.table import format_table
-from ..tools.flows import DEFAULT_MAX_FLOWS, Flows
+from ..tools.flows import DEFAULT_MAX_FLOWS, TC_MODES, Flows
 from ..tools.tool import Record
 from ._app import main
 from ._common import SECONDS, output_options
@@ -88,6 +88,13 @@ class TopTalkers:
     help="With --xdp: auto (native if the driver has it, else generic), skb, native, offload.",
 )
 @click.option(
+    "--tc-mode",
+    type=click.Choice(list(TC_MODES)),
+    default=None,
+    help="How the tc programs attach: tcx links (Linux 6.6+: no qdisc, nothing outlives "
+    "the process, less overhead), clsact filters, or auto (tcx if the kernel has it).",
+)
+@click.option(
     "--active-timeout",
     type=SECONDS,
     default=5.0,
@@ -133,6 +140,7 @@ def flows_command(
     interface: str,
     xdp: bool,
     xdp_mode: str | None,
+    tc_mode: str | None,
     active_timeout: float,
     idle_timeout: float,
     interval: float,
@@ -156,6 +164,8 @@ def flows_command(
     """
     if xdp_mode is not None and not xdp:
         raise click.UsageError("--xdp-mode needs --xdp")
+    if tc_mode is not None and xdp:
+        raise click.UsageError("--tc-mode and --xdp cannot be used together")
     scan = min(MAX_SCAN, interval, active_timeout / 2, idle_timeout / 2)
 
     def session() -> ToolSession:
@@ -163,6 +173,7 @@ def flows_command(
             interface,
             xdp=xdp,
             xdp_mode=xdp_mode or "auto",
+            tc_mode=tc_mode or "auto",
             active_timeout=active_timeout,
             idle_timeout=idle_timeout,
             max_flows=max_flows,

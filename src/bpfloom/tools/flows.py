@@ -48,6 +48,7 @@ latest one), and ``reason``.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import socket
@@ -83,6 +84,7 @@ DIRECTIONS = ("ingress", "egress")
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 1, 2, 4, 8, 16, 32, 64, 128
 END_GRACE = 1.0  # seconds a FIN/RST flow stays quiet before it is ended
 DEFAULT_MAX_FLOWS = 32768
+TC_MODES = ("auto", "tcx", "clsact")
 # ARPHRD_ETHER and ARPHRD_LOOPBACK (include/uapi/linux/if_arp.h): frames start with a
 # 14-byte Ethernet header (loopback's addresses are zero), which the programs parse.
 ETHERNET_LINK_TYPES = (1, 772)
@@ -238,9 +240,9 @@ def _key_fields(keys: np.ndarray) -> list[Record]:
 
 
 class Flows(Tool):
-    """Per-flow accounting on ``interface``: tc ingress and egress, or with ``xdp``
-    ingress only, through XDP in ``xdp_mode`` (``auto``, ``skb``, ``native``,
-    ``offload``).
+    """Per-flow accounting on ``interface``: tc ingress and egress (``tc_mode``: see
+    ``attach()``), or with ``xdp`` ingress only, through XDP in ``xdp_mode`` (``auto``,
+    ``skb``, ``native``, ``offload``).
 
     ``poll()`` returns the records due now (active, ended and idle flows) and removes
     the flows that ended or idled; call it every second or so. ``top()`` gives the
@@ -279,6 +281,7 @@ class Flows(Tool):
         *,
         xdp: bool = False,
         xdp_mode: str = "auto",
+        tc_mode: str = "auto",
         active_timeout: float = 5.0,
         idle_timeout: float = 15.0,
         max_flows: int = DEFAULT_MAX_FLOWS,
@@ -287,6 +290,8 @@ class Flows(Tool):
             raise ValueError("the active and idle timeouts must be positive")
         if max_flows < 1:
             raise ValueError("max_flows must be at least 1")
+        if tc_mode not in TC_MODES:
+            raise ValueError(f"tc_mode must be one of {', '.join(TC_MODES)}, not {tc_mode!r}")
         self.ifindex = check_interface(interface)
         link_type = _link_type(interface)
         if link_type is not None and link_type not in ETHERNET_LINK_TYPES:
@@ -296,7 +301,9 @@ class Flows(Tool):
                 hook=f"interface {interface}",
             )
         self.interface = interface
-        self.xdp, self.xdp_mode = xdp, xdp_mode
+        self.xdp, self.xdp_mode, self.tc_mode = xdp, xdp_mode, tc_mode
+        #: How the tc programs were attached, once they are: "tcx" or "clsact".
+        self.tc_attached: str | None = None
         self.active_ns = int(active_timeout * 1e9)
         self.idle_ns = int(idle_timeout * 1e9)
         self.end_ns = int(min(END_GRACE, idle_timeout) * 1e9)
@@ -326,15 +333,30 @@ class Flows(Tool):
         self.obj.maps["flows"].max_entries = self.max_flows
 
     def attach(self) -> None:
-        """Attach to the interface: XDP, or tc ingress then egress (if egress fails,
-        ingress is detached again before the error propagates)."""
+        """Attach to the interface: XDP, or the tc programs on ingress and egress —
+        through tcx links where the kernel has them (``tc_mode`` "auto", Linux 6.6+;
+        "tcx" insists), else as clsact filters (``tc_mode`` "clsact" asks for them).
+        Whatever was attached before a failure is detached before the error
+        propagates."""
         programs = self.obj.programs
         if self.xdp:
             programs["flows_xdp"].attach_xdp(self.interface, self.xdp_mode)
             return
+        hooks = (("flows_ingress", "ingress"), ("flows_egress", "egress"))
+        if self.tc_mode != "clsact":
+            try:
+                for name, direction in hooks:
+                    programs[name].attach_tcx(self.interface, direction)
+                self.tc_attached = "tcx"
+                return
+            except AttachError as exc:
+                self.detach()
+                if self.tc_mode == "tcx" or exc.errno != errno.EINVAL:
+                    raise
         try:
-            programs["flows_ingress"].attach_tc(self.interface, "ingress")
-            programs["flows_egress"].attach_tc(self.interface, "egress")
+            for name, direction in hooks:
+                programs[name].attach_tc(self.interface, direction)
+            self.tc_attached = "clsact"
         except AttachError:
             self.detach()
             raise
