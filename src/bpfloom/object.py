@@ -357,12 +357,7 @@ class Program:
         place the filter as ``tc filter ... handle H pref P`` would; a filter already
         there with both raises ``AttachError``.
         """
-        if direction not in ("ingress", "egress"):
-            raise AttachError(
-                f"tc direction must be 'ingress' or 'egress', not {direction!r}",
-                program=self.name,
-                hook="tc",
-            )
+        _check_direction(self, direction, "tc")
         hook_name = f"tc {interface} {direction}"
         if not 0 <= handle <= 0xFFFFFFFF or not 0 <= priority <= 0xFFFF:
             raise AttachError(
@@ -402,12 +397,7 @@ class Program:
         link, and less per-packet overhead than a clsact filter. A program returning
         TC_ACT_UNSPEC lets the next one (then any clsact filter) run. Raises
         ``AttachError``; errno EINVAL on a kernel without tcx (use ``attach_tc``)."""
-        if direction not in ("ingress", "egress"):
-            raise AttachError(
-                f"tcx direction must be 'ingress' or 'egress', not {direction!r}",
-                program=self.name,
-                hook="tcx",
-            )
+        _check_direction(self, direction, "tcx")
         hook = f"tcx {interface} {direction}"
         ifindex = _ifindex(self, interface, "tc")
         prog_fd = self.fd
@@ -484,6 +474,16 @@ def _resolve_binary(binary: str) -> str:
         if os.path.isfile(candidate):
             return candidate
     return binary
+
+
+def _check_direction(prog: Program, direction: str, kind: str) -> None:
+    """``AttachError`` unless ``direction`` is ingress or egress (of a ``kind`` hook)."""
+    if direction not in ("ingress", "egress"):
+        raise AttachError(
+            f"{kind} direction must be 'ingress' or 'egress', not {direction!r}",
+            program=prog.name,
+            hook=kind,
+        )
 
 
 def _ifindex(prog: Program, interface: str, kind: str) -> int:
