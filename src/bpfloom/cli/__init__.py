@@ -5,7 +5,7 @@ One module per command group, each adding its commands to the click group of
 exitsnoop, syscount, goroutines), ``metrics`` (runqlat, biolatency, hardirqs,
 softirqs), ``detect``, ``export``, ``collect`` (the fleet's records, from NATS),
 ``tcp`` (tcplife, tcpstates, tcpconnect, tcpconnlat, tcpaccept), ``tcpstats``
-(tcpretrans, tcprtt, tcptop). All of them run through one loop
+(tcpretrans, tcprtt, tcptop), ``flows``. All of them run through one loop
 (``_session.run_session``): sources → Pipeline → sinks. The library never imports
 this package.
 
@@ -25,6 +25,7 @@ from . import (  # noqa: F401  (they add their commands)
     collect,
     detect,
     export,
+    flows,
     metrics,
     run,
     tcp,

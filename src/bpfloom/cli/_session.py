@@ -48,6 +48,9 @@ class Interval:
     text: str = ""
     records: list[Record] = field(default_factory=list)
     done: bool = False
+    #: Rows for Prometheus in place of ``records`` (None: the records themselves): a
+    #: tool whose records are one per flow sends aggregates there, not a series each.
+    metrics: list[Record] | None = None
 
 
 class Session:
@@ -229,7 +232,10 @@ class Outputs:
         if part is None:
             return
         for sink in self.sinks:
-            sink.summary(part.text, part.records)
+            if part.metrics is not None and isinstance(sink, PrometheusSink):
+                sink.summary(part.text, part.metrics)
+            else:
+                sink.summary(part.text, part.records)
 
     def close(self) -> None:
         for sink in self.sinks:
