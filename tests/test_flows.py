@@ -590,7 +590,12 @@ def test_flow_evicted_and_created_again_reports_only_its_new_life(
     net = _net(quiet_veth, 4)
     tool = make_flows(quiet_veth.local, active_timeout=0.2, idle_timeout=60, max_flows=128)
     flows_map = tool.obj.maps["flows"]
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
+    # Every packet from one CPU: the LRU's free lists are per CPU, and a flow created
+    # on another CPU's list may outlive what this one sends.
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(affinity)})
+    with contextlib.ExitStack() as restore, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
+        restore.callback(os.sched_setaffinity, 0, affinity)
         a.bind((net.local_ip, 0))
         for _ in range(3):
             a.sendto(b"x" * 10, (net.peer_ip, 29999))
