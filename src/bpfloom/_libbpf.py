@@ -553,3 +553,20 @@ def map_lookup_all(
         first = False
         tokens.reverse()  # this call's out token is the next call's in token
     return b"".join(key_parts), b"".join(value_parts), total
+
+
+# --- libbpf's own ring buffer consumer ----------------------------------------------------
+
+# int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size)
+RING_BUFFER_SAMPLE_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
+_ring_buffer_new = _fn(
+    "ring_buffer__new", c_void_p, c_int, RING_BUFFER_SAMPLE_FN, c_void_p, c_void_p
+)
+ring_buffer_consume = _fn("ring_buffer__consume", c_int, c_void_p)
+ring_buffer_free = _fn("ring_buffer__free", None, c_void_p)
+
+
+def ring_buffer_new(map_fd: int, callback: Any) -> int:
+    """``ring_buffer__new`` over ring buffer map ``map_fd``; ``callback`` (a
+    ``RING_BUFFER_SAMPLE_FN``) must stay referenced until ``ring_buffer_free``."""
+    return check_ptr(_ring_buffer_new(map_fd, callback, None, None), "ring_buffer__new")

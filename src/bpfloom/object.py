@@ -947,18 +947,26 @@ class BpfObject:
         event_type: str | None = None,
         *,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
+        consumer: str | None = None,
     ) -> RingBuffer:
         """A reader of ring buffer ``map_name`` (the only one when None).
 
         ``poll_interval`` bounds how long records wait when the program does not wake
-        the reader (see ``use_polled_wakeups``).
+        the reader (see ``use_polled_wakeups``); ``consumer`` picks the ring walker
+        (``ringbuf.choose_consumer``).
         """
         from .ringbuf import RingBuffer
 
         m = self._buffer_map(map_name, "ringbuf")
         decoder = Decoder(self.record_type(m.name, event_type), strings=self.strings)
         reader = RingBuffer(
-            m.fd, m.max_entries, decoder, name=m.name, owner=self, poll_interval=poll_interval
+            m.fd,
+            m.max_entries,
+            decoder,
+            name=m.name,
+            owner=self,
+            poll_interval=poll_interval,
+            consumer=consumer,
         )
         self._readers.append(reader)
         return reader
