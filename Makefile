@@ -19,7 +19,7 @@ BPF_HDR := $(wildcard src/bpfloom/bpf/*.h tests/bpf/*.h tests/bpf/ecli/*.h bench
 # Native helpers (the C baseline consumer of bench/drain.py).
 NATIVE  := $(BUILD)/drain_c
 
-.PHONY: setup bpf demo test lint clean
+.PHONY: setup bpf demo test lint clean bpf-check-arm64
 setup:
 	bash scripts/setup.sh
 
@@ -31,6 +31,21 @@ $(VMLINUX_H):
 
 %.bpf.o: %.bpf.c $(VMLINUX_H) $(BPF_HDR)
 	$(CLANG) $(BPF_CFLAGS) -I$(dir $<) -c $< -o $@
+
+# arm64: every BPF object compiled with -D__TARGET_ARCH_arm64 into build/arm64/ (a
+# compile check of the arch-specific code; CO-RE objects need no arm64 kernel headers).
+# On another architecture the vmlinux.h is that one's, and bpfloom.h declares arm64's
+# struct user_pt_regs (BPFLOOM_FOREIGN_VMLINUX).
+ARM64_OBJ    := $(addprefix $(BUILD)/arm64/,$(BPF_OBJ))
+ARM64_CFLAGS := $(subst -D__TARGET_ARCH_$(ARCH),-D__TARGET_ARCH_arm64,$(BPF_CFLAGS)) \
+                $(if $(filter arm64,$(ARCH)),,-DBPFLOOM_FOREIGN_VMLINUX)
+
+bpf-check-arm64: $(ARM64_OBJ)
+	@echo "bpf-check-arm64: $(words $(ARM64_OBJ)) objects compiled for arm64 in $(BUILD)/arm64"
+
+$(BUILD)/arm64/%.bpf.o: %.bpf.c $(VMLINUX_H) $(BPF_HDR)
+	@mkdir -p $(dir $@)
+	$(CLANG) $(ARM64_CFLAGS) -I$(dir $<) -c $< -o $@
 
 $(BUILD)/drain_c: bench/drain_c.c
 	@mkdir -p $(BUILD)
