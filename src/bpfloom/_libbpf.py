@@ -570,3 +570,26 @@ def ring_buffer_new(map_fd: int, callback: Any) -> int:
     """``ring_buffer__new`` over ring buffer map ``map_fd``; ``callback`` (a
     ``RING_BUFFER_SAMPLE_FN``) must stay referenced until ``ring_buffer_free``."""
     return check_ptr(_ring_buffer_new(map_fd, callback, None, None), "ring_buffer__new")
+
+
+# --- what `bpfloom doctor` asks of libbpf -------------------------------------------------
+
+probe_prog_type = _fn("libbpf_probe_bpf_prog_type", c_int, c_uint, c_void_p)
+probe_map_type = _fn("libbpf_probe_bpf_map_type", c_int, c_uint, c_void_p)
+version_string = _fn("libbpf_version_string", c_char_p)
+program_attach_kprobe = _fn("bpf_program__attach_kprobe", LinkPtr, ProgPtr, c_bool, c_char_p)
+program_attach_perf_event = _fn("bpf_program__attach_perf_event", LinkPtr, ProgPtr, c_int)
+program_set_attach_target = _fn("bpf_program__set_attach_target", c_int, ProgPtr, c_int, c_char_p)
+
+
+def library_path() -> str | None:
+    """The file the loaded libbpf came from (from /proc/self/maps), if found."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split(maxsplit=5)[-1].strip()
+                if "/libbpf.so" in path:
+                    return path
+    except OSError:
+        pass
+    return None

@@ -18,7 +18,7 @@ import sys
 import click
 
 from .._exceptions import BpfloomError
-from . import detect, export, metrics, run, tools  # noqa: F401  (they add their commands)
+from . import detect, doctor, export, metrics, run, tools  # noqa: F401  (they add their commands)
 from ._app import main
 from ._common import fail, usage_fail
 
