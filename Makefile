@@ -19,7 +19,7 @@ BPF_HDR := $(wildcard src/bpfloom/bpf/*.h tests/bpf/*.h tests/bpf/ecli/*.h bench
 # Native helpers (the C baseline consumer of bench/drain.py).
 NATIVE  := $(BUILD)/drain_c
 
-.PHONY: setup bpf demo test lint clean bpf-check-arm64
+.PHONY: setup bpf demo test lint clean bpf-check-arm64 dist
 setup:
 	bash scripts/setup.sh
 
@@ -57,9 +57,15 @@ demo: setup
 test: setup
 	CI=$${CI:-} $(VENV)/bin/python -m pytest -q
 
+# An sdist and, built from it, a wheel with the compiled BPF objects (setup.py), in $(DIST).
+DIST ?= dist
+dist:
+	rm -rf $(DIST)
+	$(VENV)/bin/python -m build --outdir $(DIST) .
+
 lint:
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench setup.py
+	$(VENV)/bin/ruff format --check src tests bench setup.py
 	$(VENV)/bin/mypy
 
 clean:
