@@ -19,7 +19,7 @@ BPF_HDR := $(wildcard src/bpfloom/bpf/*.h tests/bpf/*.h tests/bpf/ecli/*.h bench
 # Native helpers (the C baseline consumer of bench/drain.py).
 NATIVE  := $(BUILD)/drain_c
 
-.PHONY: setup bpf demo test lint clean bpf-check-arm64 dist
+.PHONY: setup bpf demo test lint clean bpf-check-arm64 dist test-all
 setup:
 	bash scripts/setup.sh
 
@@ -62,6 +62,29 @@ DIST ?= dist
 dist:
 	rm -rf $(DIST)
 	$(VENV)/bin/python -m build --outdir $(DIST) .
+
+# Every supported Python: the unit tests (no kernel) on each extra one, in its own
+# .venv-X.Y (from pyenv's newest X.Y.*, else pythonX.Y on PATH), and the whole suite on
+# the default one (.venv).
+EXTRA_PYTHONS ?= 3.12 3.13
+PYENV_ROOT    ?= $(or $(shell pyenv root 2>/dev/null),$(HOME)/.pyenv)
+
+.venv-%/.installed: pyproject.toml
+	@py=$$(ls -d $(PYENV_ROOT)/versions/$*.*/bin/python$* 2>/dev/null | sort -V | tail -1); \
+	 py=$${py:-$$(command -v python$*)}; \
+	 if [ -z "$$py" ]; then echo "test-all: no Python $* (pyenv install $*)" >&2; exit 1; fi; \
+	 if [ ! -x .venv-$*/bin/python ]; then "$$py" -m venv .venv-$*; fi
+	.venv-$*/bin/python -m pip install -q --upgrade pip >/dev/null
+	.venv-$*/bin/python -m pip install -q -e '.[test]'
+	@touch $@
+
+test-all: setup $(foreach v,$(EXTRA_PYTHONS),.venv-$(v)/.installed)
+	@set -e; for v in $(EXTRA_PYTHONS); do \
+	    echo "test-all: unit tests on $$(.venv-$$v/bin/python -V)"; \
+	    .venv-$$v/bin/python -m pytest -q -p no:cacheprovider -m "not kernel"; \
+	done
+	@echo "test-all: the whole suite on $$($(VENV)/bin/python -V)"
+	CI=$${CI:-} $(VENV)/bin/python -m pytest -q
 
 lint:
 	$(VENV)/bin/ruff check src tests bench setup.py
