@@ -18,6 +18,7 @@ import bpfloom
 from bpfloom import BpfloomError, BpfObject, ClosedError, RingBuffer
 from bpfloom.ringbuf import CONSUMER_ENV, choose_consumer
 from conftest import ROOT, compile_bpf
+from test_events import VARSIZE_SOURCE
 
 DRAIN = ROOT / "bench" / "bpf" / "drain.bpf.o"
 RECORD = 40  # struct drain_event (32 bytes) + the 8-byte record header
@@ -119,60 +120,31 @@ def test_max_records_and_a_record_larger_than_the_budget(consumer: str) -> None:
         assert rb.received == 28
 
 
-MIXED_SOURCE = r"""
-#include "bpfloom.h"
-
-/* 8, 24 or 64 bytes of it are written, by seq % 3; every fourth is reserved and
- * discarded instead. */
-struct var_event {
-	__u32 seq;
-	__u32 len;
-	__u64 payload[7];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 64 * 1024);
-} rb SEC(".maps");
-
-static long emit_one(__u64 index, void *ctx)
+# test_events.py's records of 8, 24 and 64 bytes, with every fourth one reserved and
+# discarded instead.
+DISCARDING_SOURCE = (
+    VARSIZE_SOURCE
+    + r"""
+static long emit_or_discard(__u64 index, void *ctx)
 {
-	struct var_event e = {}, *r;
+	struct var_event *r;
 
-	if (index % 4 == 3) {
-		r = bpf_ringbuf_reserve(&rb, sizeof(*r), 0);
-		if (r)
-			bpf_ringbuf_discard(r, 0);
-		return 0;
-	}
-	e.seq = index;
-	for (int k = 0; k < 7; k++)
-		e.payload[k] = index * 100 + k + 1;
-	switch (index % 3) {
-	case 0:
-		e.len = 8;
-		bpf_ringbuf_output(&rb, &e, 8, 0);
-		break;
-	case 1:
-		e.len = 24;
-		bpf_ringbuf_output(&rb, &e, 24, 0);
-		break;
-	default:
-		e.len = sizeof(e);
-		bpf_ringbuf_output(&rb, &e, sizeof(e), 0);
-	}
+	if (index % 4 != 3)
+		return emit_one(index, ctx);
+	r = bpf_ringbuf_reserve(&rb, sizeof(*r), 0);
+	if (r)
+		bpf_ringbuf_discard(r, 0);
 	return 0;
 }
 
 SEC("syscall")
-int emit_mixed(__u64 *count)
+int emit_discarding(__u64 *count)
 {
-	bpf_loop(*count, emit_one, 0, 0);
+	bpf_loop(*count, emit_or_discard, 0, 0);
 	return 0;
 }
-
-char LICENSE[] SEC("license") = "Dual BSD/GPL";
 """
+)
 
 
 @pytest.mark.kernel
@@ -182,9 +154,9 @@ def test_both_walkers_agree_on_mixed_sizes_and_discards(tmp_path: Path) -> None:
     ones zero-padded; only the pure-Python one can count discards (libbpf skips them
     without telling)."""
     path = compile_bpf(
-        MIXED_SOURCE,
+        DISCARDING_SOURCE,
         tmp_path,
-        name="mixed",
+        name="discarding",
         extra_flags=[f"-I{ROOT / 'build'}", f"-I{ROOT / 'src' / 'bpfloom' / 'bpf'}"],
     )
     count = 600
@@ -192,7 +164,7 @@ def test_both_walkers_agree_on_mixed_sizes_and_discards(tmp_path: Path) -> None:
     discarded: dict[str, int] = {}
     with bpfloom.load(path) as obj:
         for consumer in CONSUMERS:
-            assert obj.program("emit_mixed").test_run(struct.pack("<Q", count)) == 0
+            assert obj.program("emit_discarding").test_run(struct.pack("<Q", count)) == 0
             with obj.ring_buffer("rb", event_type="var_event", consumer=consumer) as rb:
                 rb.batch_bytes = 1024
                 events: list[Any] = []
