@@ -218,3 +218,27 @@ def test_doctor_as_nobody_says_what_privileges_to_get() -> None:
     assert text.stdout.splitlines()[-1] == (
         "bpfloom cannot run here: capabilities failed (see the fixes above)."
     )
+
+
+def test_doctor_in_a_tree_whose_objects_are_not_built(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A fresh clone before `make bpf`: the objects line fails and says so; nothing is
+    tried, and the reason is the missing build, not privileges."""
+    import bpfloom.bpf
+
+    for source in (ROOT / "src" / "bpfloom" / "bpf").glob("*.bpf.c"):
+        (tmp_path / source.name).write_text(source.read_text())
+    monkeypatch.setattr(bpfloom.bpf, "HERE", tmp_path)
+    monkeypatch.setattr(doctor, "can_load", lambda: True)
+    report = doctor.diagnose()
+    assert not report.can_run
+    objects = report.check("objects")
+    assert objects.status == "fail"
+    assert objects.detail.startswith("not built: biolatency, exec, execsnoop")
+    assert "make bpf" in objects.fix and "wheel" in objects.fix
+    assert report.check("probes").status == "fail"
+    for kind in (*doctor.KINDS, "ring_buffer", "perf_buffer"):
+        assert report.check(kind).status == "skip"
+        assert "doctor.bpf.o, doctor_buffers.bpf.o) are not built" in report.check(kind).detail
+    assert report.tools["execsnoop"] == {"kinds": [], "runs": False}

@@ -423,7 +423,7 @@ def _try_kind(kind: str, function: str | None) -> tuple[bool, str]:
             "fentry": prog.attach,
             "kprobe": lambda: prog.attach_kprobe(function or ""),
             "uprobe": lambda: _attach_uprobe(prog),
-            "perf_event": lambda: prog.attach_perf_event(_syscalls.perf_event_open_cpu_clock(0)),
+            "perf_event": lambda: _attach_perf_event(prog),
         }.get(kind)
         if attach is None:
             target = "a cgroup" if kind == "cgroup" else "a network interface"
@@ -435,6 +435,16 @@ def _try_kind(kind: str, function: str | None) -> tuple[bool, str]:
         hook = link.hook
         link.close()
         return True, f"loads and attaches ({hook})"
+
+
+def _attach_perf_event(prog: Any) -> Any:
+    """On a cpu-clock event of CPU 0; the link owns the event's fd once attached."""
+    fd = _syscalls.perf_event_open_cpu_clock(0)
+    try:
+        return prog.attach_perf_event(fd)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _attach_uprobe(prog: Any) -> Any:
@@ -458,16 +468,15 @@ def _reason(exc: BaseException) -> str:
     return text
 
 
-def _kinds(needed: dict[str, set[str]], allowed: bool) -> list[Check]:
+def _kinds(needed: dict[str, set[str]], skip: str | None) -> list[Check]:
+    """A line per kind of program: tried, or not (``skip`` says why)."""
     checks = []
-    function = _probe_function() if allowed else None
+    function = _probe_function() if skip is None else None
     for kind in KINDS:
         users = sorted(needed.get(kind, ()))
         used_by = f"; used by {', '.join(users)}" if users else ""
-        if not allowed:
-            checks.append(
-                Check(kind, SKIP, f"not tried: loading programs needs privileges{used_by}")
-            )
+        if skip is not None:
+            checks.append(Check(kind, SKIP, f"not tried: {skip}{used_by}"))
             continue
         works, detail = _try_kind(kind, function)
         if works:
@@ -481,11 +490,11 @@ def _kinds(needed: dict[str, set[str]], allowed: bool) -> list[Check]:
     return checks
 
 
-def _buffers(allowed: bool, tracepoints: bool) -> list[Check]:
+def _buffers(skip: str | None, tracepoints: bool) -> list[Check]:
     """A record through a ring buffer and one through a perf buffer, read back."""
     names = (("ring_buffer", "ring", _MAP_RINGBUF), ("perf_buffer", "perf", _MAP_PERF_EVENT_ARRAY))
-    if not allowed or not tracepoints:
-        why = "loading programs needs privileges" if not allowed else "tracepoints do not work"
+    if skip is not None or not tracepoints:
+        why = skip or "tracepoints do not work"
         return [Check(name, SKIP, f"not tried: {why}") for name, _, _ in names]
     checks: dict[str, Check] = {}
     for name, _, map_type in names:
@@ -552,13 +561,17 @@ def diagnose() -> Report:
             needed.setdefault(kind, set()).add(name)
     from .bpf import HERE
 
-    probes_built = (HERE / "doctor.bpf.o").exists() and (HERE / "doctor_buffers.bpf.o").exists()
-    allowed = can_load() and probes_built
-    checks += _kinds(needed, allowed)
+    skip = None
+    if not can_load():
+        skip = "loading programs needs privileges"
+    elif not all((HERE / f"{name}.bpf.o").exists() for name in ("doctor", "doctor_buffers")):
+        skip = "the doctor's own probes (doctor.bpf.o, doctor_buffers.bpf.o) are not built"
+        checks.append(Check("probes", FAIL, skip, "in a source tree run `make bpf`"))
+    checks += _kinds(needed, skip)
     tracepoints = any(c.name == "tracepoint" and c.status == OK for c in checks)
-    checks += _buffers(allowed, tracepoints)
+    checks += _buffers(skip, tracepoints)
     report.tools = _tools(objects, checks)
-    if allowed:
+    if skip is None:
         cannot = [name for name, t in report.tools.items() if not t["runs"]]
         if cannot:
             checks.append(
