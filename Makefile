@@ -76,6 +76,7 @@ PYENV_ROOT    ?= $(or $(shell pyenv root 2>/dev/null),$(HOME)/.pyenv)
 	 if [ ! -x .venv-$*/bin/python ]; then "$$py" -m venv .venv-$*; fi
 	.venv-$*/bin/python -m pip install -q --upgrade pip >/dev/null
 	.venv-$*/bin/python -m pip install -q -e '.[test]'
+	.venv-$*/bin/python -c "import bpfloom.cli, numpy, pyarrow, elftools, click, yaml, prometheus_client"
 	@touch $@
 
 test-all: setup $(foreach v,$(EXTRA_PYTHONS),.venv-$(v)/.installed)
