@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(clang-16 llvm-16 libbpf-dev libbpf1 bpftool golang-go iproute2 iputils-ping util-linux libcap2-bin make gcc g++ libc6-dev systemtap-sdt-dev prometheus nftables)
+PACKAGES=(clang-16 llvm-16 libbpf-dev libbpf1 bpftool golang-go iproute2 iputils-ping util-linux libcap2-bin make gcc g++ libc6-dev systemtap-sdt-dev prometheus nftables linux-libc-dev-arm64-cross)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

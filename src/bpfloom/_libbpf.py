@@ -581,3 +581,43 @@ def map_lookup_and_delete(fd: int, key: bytes, value: Any) -> bool:
         return False
     check(ret, "BPF_MAP_LOOKUP_AND_DELETE_ELEM")
     return True
+
+
+# --- libbpf's own ring buffer consumer ----------------------------------------------------
+
+# int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size)
+RING_BUFFER_SAMPLE_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
+_ring_buffer_new = _fn(
+    "ring_buffer__new", c_void_p, c_int, RING_BUFFER_SAMPLE_FN, c_void_p, c_void_p
+)
+ring_buffer_consume = _fn("ring_buffer__consume", c_int, c_void_p)
+ring_buffer_free = _fn("ring_buffer__free", None, c_void_p)
+
+
+def ring_buffer_new(map_fd: int, callback: Any) -> int:
+    """``ring_buffer__new`` over ring buffer map ``map_fd``; ``callback`` (a
+    ``RING_BUFFER_SAMPLE_FN``) must stay referenced until ``ring_buffer_free``."""
+    return check_ptr(_ring_buffer_new(map_fd, callback, None, None), "ring_buffer__new")
+
+
+# --- what `bpfloom doctor` asks of libbpf -------------------------------------------------
+
+probe_prog_type = _fn("libbpf_probe_bpf_prog_type", c_int, c_uint, c_void_p)
+probe_map_type = _fn("libbpf_probe_bpf_map_type", c_int, c_uint, c_void_p)
+version_string = _fn("libbpf_version_string", c_char_p)
+program_attach_kprobe = _fn("bpf_program__attach_kprobe", LinkPtr, ProgPtr, c_bool, c_char_p)
+program_attach_perf_event = _fn("bpf_program__attach_perf_event", LinkPtr, ProgPtr, c_int)
+program_set_attach_target = _fn("bpf_program__set_attach_target", c_int, ProgPtr, c_int, c_char_p)
+
+
+def library_path() -> str | None:
+    """The file the loaded libbpf came from (from /proc/self/maps), if found."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split(maxsplit=5)[-1].strip()
+                if "/libbpf.so" in path:
+                    return path
+    except OSError:
+        pass
+    return None

@@ -250,6 +250,31 @@ class Program:
         """Attach by the ``SEC()`` name (e.g. ``tracepoint/sched/sched_process_exec``)."""
         return self._attach_with(self.section, lambda: _libbpf.program_attach(self._ptr))
 
+    def attach_kprobe(self, function: str, *, retprobe: bool = False) -> Link:
+        """Attach a kprobe (or kretprobe) program to kernel function ``function``."""
+        kind = "kretprobe" if retprobe else "kprobe"
+        return self._attach_with(
+            f"{kind}/{function}",
+            lambda: _libbpf.program_attach_kprobe(self._ptr, retprobe, function.encode()),
+        )
+
+    def attach_perf_event(self, perf_fd: int) -> Link:
+        """Attach a perf_event program to the perf event ``perf_fd``; the link owns that
+        descriptor from then on (libbpf closes it when the link is closed)."""
+        return self._attach_with(
+            f"perf_event fd {perf_fd}",
+            lambda: _libbpf.program_attach_perf_event(self._ptr, perf_fd),
+        )
+
+    def set_attach_target(self, function: str) -> None:
+        """Before load: the kernel function a program without one in its ``SEC()``
+        (``SEC("fentry")``, ``SEC("tp_btf")``...) attaches to, found in vmlinux BTF."""
+        self._obj._require_open("set attach target")
+        _libbpf.check(
+            _libbpf.program_set_attach_target(self._ptr, 0, function.encode()),
+            f"set attach target of {self.name!r} to {function!r}",
+        )
+
     def attach_tracepoint(self, category: str, name: str) -> Link:
         """Attach to tracepoint ``category/name`` (see /sys/kernel/tracing/events)."""
         hook = f"tracepoint {category}/{name}"
@@ -975,18 +1000,26 @@ class BpfObject:
         event_type: str | None = None,
         *,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
+        consumer: str | None = None,
     ) -> RingBuffer:
         """A reader of ring buffer ``map_name`` (the only one when None).
 
         ``poll_interval`` bounds how long records wait when the program does not wake
-        the reader (see ``use_polled_wakeups``).
+        the reader (see ``use_polled_wakeups``); ``consumer`` picks the ring walker
+        (``ringbuf.choose_consumer``).
         """
         from .ringbuf import RingBuffer
 
         m = self._buffer_map(map_name, "ringbuf")
         decoder = Decoder(self.record_type(m.name, event_type), strings=self.strings)
         reader = RingBuffer(
-            m.fd, m.max_entries, decoder, name=m.name, owner=self, poll_interval=poll_interval
+            m.fd,
+            m.max_entries,
+            decoder,
+            name=m.name,
+            owner=self,
+            poll_interval=poll_interval,
+            consumer=consumer,
         )
         self._readers.append(reader)
         return reader

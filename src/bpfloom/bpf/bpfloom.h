@@ -14,6 +14,23 @@
 #define __BPFLOOM_H
 
 #include "vmlinux.h"
+
+/*
+ * Building for arm64 against another architecture's vmlinux.h (`make
+ * bpf-check-arm64` on x86 passes BPFLOOM_FOREIGN_VMLINUX): libbpf's PT_REGS_*
+ * macros read arm64 registers through `struct user_pt_regs`, which only arm64's
+ * kernel BTF has. Its layout, as arch/arm64/include/uapi/asm/ptrace.h defines it
+ * (tests/test_arm64.py compares the two); CO-RE relocates the accesses anyway.
+ */
+#if defined(__TARGET_ARCH_arm64) && defined(BPFLOOM_FOREIGN_VMLINUX)
+struct user_pt_regs {
+	__u64 regs[31];
+	__u64 sp;
+	__u64 pc;
+	__u64 pstate;
+} __attribute__((preserve_access_index));
+#endif
+
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>

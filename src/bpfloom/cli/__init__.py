@@ -5,7 +5,7 @@ One module per command group, each adding its commands to the click group of
 exitsnoop, syscount, goroutines), ``metrics`` (runqlat, biolatency, hardirqs,
 softirqs), ``detect``, ``export``, ``collect`` (the fleet's records, from NATS),
 ``tcp`` (tcplife, tcpstates, tcpconnect, tcpconnlat, tcpaccept), ``tcpstats``
-(tcpretrans, tcprtt, tcptop), ``flows``. All of them run through one loop
+(tcpretrans, tcprtt, tcptop), ``flows``, ``doctor``. All of them run through one loop
 (``_session.run_session``): sources → Pipeline → sinks. The library never imports
 this package.
 
@@ -24,6 +24,7 @@ from .._exceptions import BpfloomError
 from . import (  # noqa: F401  (they add their commands)
     collect,
     detect,
+    doctor,
     export,
     flows,
     metrics,
