@@ -252,6 +252,9 @@ class AsyncRunner(_Executor):
         local = self.local
         chains = self.chains
         isawaitable = inspect.isawaitable
+        # A fleet source is told of each event finished (``Pipeline._settling``);
+        # events() tells it when the loop body is done instead.
+        settle = None if p._settle_after_yield else p._settle
         every = max(p.sample_every, 1)
         perf = time.perf_counter_ns
         count = 0
@@ -308,6 +311,8 @@ class AsyncRunner(_Executor):
                             tally[1] += 1
                             p._raised(exc)
                         tally[0] += 1
+                        if settle is not None and not p._halted:
+                            settle(ev)
                         if t0:
                             samples.append(perf() - t0)
                             timed.append(ev)

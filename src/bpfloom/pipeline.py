@@ -175,6 +175,13 @@ class Pipeline:
         self.readers = _readers(sources)
         if not self.readers:
             raise ValueError("the pipeline has no event buffers to read")
+        # A source that acknowledges what was handled (bpfloom.collect's) is told when
+        # a handler finished with one of its batches or events (``settle``).
+        settles = [getattr(r, "settle", None) for r in self.readers]
+        self._settle: Callable[[Any], None] | None = next((f for f in settles if f), None)
+        self._settle_after_yield = False  # events(): settled when the loop body is done
+        if self._settle is not None and executor == "process":
+            raise ValueError("fleet sources acknowledge in this process: not the process executor")
         self.handler = handler
         self.executor = executor
         self.workers = workers
@@ -281,6 +288,8 @@ class Pipeline:
             self.stats.handler_latency.add(time.perf_counter_ns() - t0)
             self._record_e2e(item)
             self.stats.leave_handler(n, errors)
+            if self._settle is not None and not self._halted:
+                self._settle(item)
 
     def call_each(self, events: Chunk) -> None:
         """Run the (synchronous) handler on every event of ``events`` (a ``Batch``, a
@@ -306,7 +315,12 @@ class Pipeline:
         try:
             if handler is None:
                 tally[0] = n
+                if self._settle is not None:
+                    for ev in events:
+                        self._settle(ev)
                 return
+            if self._settle is not None:
+                handler = self._settling(handler, self._settle)
             for count, ev in enumerate(events, 1):
                 if self._cut:
                     break
@@ -326,6 +340,25 @@ class Pipeline:
             self._record_e2e(events, every)
             # What a BaseException, the cut-off (or a failing decode) left is dropped.
             self.stats.flush(tally, n - tally[0], end=True)
+
+    def _settling(
+        self, handler: Callable[[Any], Any], settle: Callable[[Any], None]
+    ) -> Callable[[Any], Any]:
+        """``handler``, then ``settle`` of the event it finished (one that raised an
+        ``Exception`` too: it was handled, as an error); not after a ``BaseException``
+        or once the pipeline halted: that event is not acknowledged."""
+
+        def run(ev: Any) -> None:
+            try:
+                handler(ev)
+            except Exception:
+                if not self._halted:
+                    settle(ev)
+                raise
+            if not self._halted:
+                settle(ev)
+
+        return run
 
     async def acall(self, item: Any) -> None:
         """Run a handler that may be a coroutine function, with accounting."""
@@ -357,6 +390,8 @@ class Pipeline:
         self.stats.handler_latency.add(time.perf_counter_ns() - t0)
         self._record_e2e(item)
         self.stats.leave_handler(n, errors)
+        if self._settle is not None and not self._settle_after_yield and not self._halted:
+            self._settle(item)
 
     def _record_e2e(self, item: Any, stride: int = 1) -> None:
         """End-to-end latency samples of a batch or a list of events (one in
@@ -629,6 +664,7 @@ class Pipeline:
 
         self.handler = deliver
         self.executor = "async"
+        self._settle_after_yield = True
         await self.astart()
         runner = self._runner
         assert isinstance(runner, AsyncRunner)
@@ -644,6 +680,8 @@ class Pipeline:
                 if item is end:
                     return
                 yield item
+                if self._settle is not None:
+                    self._settle(item)
         finally:
             if not self._done.is_set():
                 # Leaving early: whatever the consumer did not take is dropped, counted.

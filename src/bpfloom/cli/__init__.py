@@ -3,10 +3,12 @@
 One module per command group, each adding its commands to the click group of
 ``_app``: ``run`` (any object, and ``demo``), ``tools`` (execsnoop, opensnoop,
 exitsnoop, syscount, goroutines), ``metrics`` (runqlat, biolatency, hardirqs,
-softirqs), ``detect``, ``export``; ``_app.COMMANDS`` names them, and a module is
-imported when one of its commands runs (start-up stays short). All of them run
-through one loop (``_session.run_session``): sources → Pipeline → sinks. The library
-never imports this package.
+softirqs), ``detect``, ``export``, ``collect`` (the fleet's records, from NATS),
+``tcp`` (tcplife, tcpstates, tcpconnect, tcpconnlat, tcpaccept), ``tcpstats``
+(tcpretrans, tcprtt, tcptop), ``flows``, ``doctor``; ``_app.COMMANDS`` names them,
+and a module is imported when one of its commands runs (start-up stays short). All of
+them run through one loop (``_session.run_session``): sources → Pipeline → sinks. The
+library never imports this package.
 
 Errors are one line on stderr; status 2 for a wrong command line, 1 for a failed run;
 never a traceback (set ``BPFLOOM_DEBUG=1`` to see one).

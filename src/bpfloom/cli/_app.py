@@ -27,6 +27,17 @@ COMMANDS = {
     "softirqs": "metrics",
     "detect": "detect",
     "export": "export",
+    "collect": "collect",
+    "tcplife": "tcp",
+    "tcpstates": "tcp",
+    "tcpconnect": "tcp",
+    "tcpconnlat": "tcp",
+    "tcpaccept": "tcp",
+    "tcpretrans": "tcpstats",
+    "tcprtt": "tcpstats",
+    "tcptop": "tcpstats",
+    "flows": "flows",
+    "doctor": "doctor",
 }
 
 
