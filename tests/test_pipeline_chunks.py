@@ -3,8 +3,9 @@ shard), not one queue operation each; what chunking could break, checked without
 kernel: the queue's policies decide per event exactly as if each event were put on its
 own (an equivalence test over random streams against ``put_many``, the event-by-event
 path), a chunk half-handled when the shutdown deadline passes, a key's order across
-chunks and batches, a handler error in the middle of a chunk counted once, and policy
-drops counted per event in a running pipeline."""
+chunks and batches, a handler error in the middle of a chunk counted once, policy drops
+counted per event in a running pipeline, and a source's ``settle`` told of each
+event handled, whatever chunk carried it."""
 
 from __future__ import annotations
 
@@ -339,3 +340,96 @@ def test_async_workers_are_started_on_demand_and_kept() -> None:
     assert workers == 1 and inflight == 1
     workers, inflight = asyncio.run(main(True, 16))
     assert 1 < workers <= 16 and 1 < inflight <= 16
+
+
+# --- settle: a source told of each event handled, whatever chunk carried it -------------
+
+
+class SettlingReader(FakeReader):
+    """A ``FakeReader`` that, like ``bpfloom.collect``'s source, is told (``settle``) of
+    each batch or event a handler finished; it records the events' sequence numbers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settled: list[int] = []
+        self._settled_lock = threading.Lock()
+
+    def settle(self, item: Any) -> None:
+        seqs = [ev.seq for ev in item] if hasattr(item, "records") else [item.seq]
+        with self._settled_lock:
+            self.settled.extend(seqs)
+
+
+@pytest.mark.parametrize("key", [None, "key"], ids=["no-key", "key"])
+@pytest.mark.parametrize(
+    ("executor", "coroutine"),
+    [("inline", False), ("thread", False), ("async", False), ("async", True)],
+    ids=["inline", "thread", "async", "async-coroutine"],
+)
+def test_every_event_handled_is_settled_once_in_chunks(
+    executor: str, key: str | None, coroutine: bool, make_pipeline: Callable[..., Pipeline]
+) -> None:
+    """Batches of 500 cut into chunks of many sizes (a small queue, two workers): each
+    event is settled exactly once, after its handler finished — one that raised an
+    ``Exception`` included, as ``call`` does."""
+    n = 4000
+    reader = SettlingReader()
+    handled: list[int] = []
+    lock = threading.Lock()
+
+    def handle(ev: Any) -> None:
+        with lock:
+            handled.append(ev.seq)
+        if ev.seq % 7 == 0:
+            raise ValueError("every seventh")
+
+    async def ahandle(ev: Any) -> None:
+        await asyncio.sleep(0)
+        handle(ev)
+
+    pipeline = make_pipeline(
+        [reader],
+        ahandle if coroutine else handle,
+        executor=executor,
+        workers=2,
+        queue_size=300,
+        max_inflight=64,
+        key=key,
+    )
+    pipeline.start()
+    reader.feed(*fake_batches(n, 500, keys=5 if key else 0))
+    wait_for(lambda: pipeline.stats.handled == n, WAIT)
+    stats = pipeline.stop()
+    assert_exact(stats, n)
+    assert stats["handler_errors"] == len(range(0, n, 7))
+    assert sorted(handled) == list(range(n))
+    assert sorted(reader.settled) == list(range(n))
+
+
+def test_batches_are_settled_whole(make_pipeline: Callable[..., Pipeline]) -> None:
+    """``batch=True``: each batch is settled once, whole, after its handler."""
+    reader = SettlingReader()
+    pipeline = make_pipeline([reader], lambda b: None, executor="thread", workers=2, batch=True)
+    pipeline.start()
+    reader.feed(*fake_batches(1000, 100))
+    wait_for(lambda: pipeline.stats.handled == 1000, WAIT)
+    pipeline.stop()
+    assert sorted(reader.settled) == list(range(1000))
+
+
+def test_nothing_is_settled_after_a_halt(make_pipeline: Callable[..., Pipeline]) -> None:
+    """A handler's ``BaseException`` halts the pipeline: that event and the ones after
+    it are not settled (a fleet source leaves them to be delivered again)."""
+    reader = SettlingReader()
+
+    def handle(ev: Any) -> None:
+        if ev.seq == 250:
+            raise KeyboardInterrupt
+
+    pipeline = make_pipeline([reader], handle, executor="thread", workers=1)
+    pipeline.start()
+    reader.feed(*fake_batches(1000, 500))
+    assert pipeline.wait(WAIT)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.stop()
+    assert sorted(reader.settled) == list(range(250))
