@@ -26,8 +26,9 @@ NAMES = [
     "uprobe", "perf_event", "xdp", "tc", "cgroup", "ring_buffer", "perf_buffer",
 ]  # fmt: skip
 TOOLS = {
-    "biolatency", "exec", "execsnoop", "exitsnoop", "goroutines", "hardirqs", "opensnoop",
-    "runqlat", "softirqs", "syscount",
+    "biolatency", "exec", "execsnoop", "exitsnoop", "flows", "goroutines", "hardirqs",
+    "opensnoop", "runqlat", "softirqs", "syscount", "tcpretrans", "tcprtt", "tcpstate",
+    "tcptop",
 }  # fmt: skip
 
 
