@@ -239,7 +239,7 @@ class Outputs:
         if part is None:
             return
         for sink in self.sinks:
-            if part.metrics is not None and isinstance(sink, PrometheusSink):
+            if part.metrics is not None and sink is self.prometheus:
                 sink.summary(part.text, part.metrics)
             else:
                 sink.summary(part.text, part.records)
