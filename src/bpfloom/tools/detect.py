@@ -27,6 +27,7 @@ from .._terminal import escape_control
 from ..batch import Batch
 from ..pipeline import Pipeline, StopSignals, wait_for_stop
 from ..rules import Alert, RuleSet
+from .detect_columns import TABLES, EventTable, ExecTable
 from .execsnoop import ExecSnoop
 from .exitsnoop import ExitSnoop
 from .opensnoop import OpenSnoop
@@ -70,13 +71,13 @@ class Detector:
         self.alerts: dict[str, int] = {}
         self.kinds = sorted(rules.event_kinds)
         self.tools: dict[str, Tool] = {}
-        self._tool_of: dict[str, Tool] = {}
+        self._table_of: dict[str, Callable[[Batch], EventTable]] = {}
         self._alert_lock = threading.Lock()
         try:
             for kind in self.kinds:
                 tool = self.tools[kind] = TOOLS[kind]()
                 for reader in tool.readers:
-                    self._tool_of[reader.decoder.type.name] = tool
+                    self._table_of[reader.decoder.type.name] = _table_maker(kind, tool)
             self.pipeline = Pipeline(
                 self.readers,
                 self._handle,
@@ -97,9 +98,10 @@ class Detector:
 
     def alerts_of(self, batch: Batch) -> list[Alert]:
         """The alerts the rules raise on a batch's events (counted in ``alerts``);
-        thread-safe."""
-        tool = self._tool_of[batch.decoder.type.name]
-        found = [alert for record in tool.records(batch) for alert in self.rules.evaluate(record)]
+        thread-safe. The rules run on the batch's columns (``RuleSet.evaluate_table``):
+        only the rows that raise an alert become records."""
+        table = self._table_of[batch.decoder.type.name](batch)
+        found = self.rules.evaluate_table(table)
         if found:
             with self._alert_lock:
                 for alert in found:
@@ -154,6 +156,15 @@ class Detector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _table_maker(kind: str, tool: Tool) -> Callable[[Batch], EventTable]:
+    """How a batch of ``tool`` becomes a table of ``kind`` events (with its records)."""
+    if isinstance(tool, ExecSnoop):
+        cgroup_path = tool.cgroups.path
+        return lambda batch: ExecTable(batch, tool.record, cgroup_path)
+    table = TABLES[kind]
+    return lambda batch: table(batch, tool.record)
 
 
 def format_alert(alert: Alert | dict[str, Any]) -> str:

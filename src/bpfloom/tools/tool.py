@@ -24,6 +24,9 @@ from __future__ import annotations
 import time
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
+import numpy.typing as npt
+
 from .. import decode
 from ..batch import Batch
 from ..bpf import object_path
@@ -32,7 +35,7 @@ from ..perfbuf import PerfBuffer
 from ..ringbuf import RingBuffer
 from ..sinks.table import Column
 
-__all__ = ["Column", "Record", "Tool", "wall_time"]
+__all__ = ["Column", "Record", "Tool", "wall_time", "wall_times"]
 
 Record = dict[str, Any]
 _MONO_TO_WALL_NS = time.time_ns() - time.monotonic_ns()
@@ -41,6 +44,15 @@ _MONO_TO_WALL_NS = time.time_ns() - time.monotonic_ns()
 def wall_time(ktime_ns: int) -> float:
     """Unix time in seconds of a kernel CLOCK_MONOTONIC timestamp in ns."""
     return (ktime_ns + _MONO_TO_WALL_NS) / 1e9
+
+
+def wall_times(ktime_ns: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.float64]:
+    """``wall_time`` of each timestamp of an array, with the same floats: numpy's int64
+    to float64 conversion rounds to nearest as Python's int to float does; timestamps
+    whose sum with the offset would leave int64 are converted one by one."""
+    if ktime_ns.size and int(ktime_ns.max()) > (1 << 62):
+        return np.array([wall_time(t) for t in ktime_ns.tolist()], dtype=np.float64)
+    return (ktime_ns.astype(np.int64) + _MONO_TO_WALL_NS) / 1e9
 
 
 class Tool:
