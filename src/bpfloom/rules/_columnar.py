@@ -35,7 +35,7 @@ import functools
 import operator
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -84,7 +84,7 @@ class Table(Protocol):
 # Literals as bytes.
 
 
-def literal_bytes(text: str, strings: str, *, whole: bool) -> bytes | bool | None:
+def literal_bytes(text: str, strings: str, *, whole: bool) -> bytes | Literal[False] | None:
     """The bytes of a literal for byte-level tests on C strings decoded with policy
     ``strings`` ("surrogateescape" or "replace").
 

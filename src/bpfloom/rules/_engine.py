@@ -36,6 +36,7 @@ from ._loader import (
     load_sources,
     read_rule_file,
 )
+from ._prefilter import KernelFilter, kernel_filter
 
 log = logging.getLogger("bpfloom.rules")
 
@@ -292,6 +293,11 @@ class RuleSet:
     def event_kinds(self) -> frozenset[str]:
         """The event kinds at least one enabled rule applies to (what to trace)."""
         return frozenset(self._by_kind)
+
+    def kernel_filter(self, kind: str) -> KernelFilter:
+        """What a BPF program may leave out of the events of ``kind``: those no
+        enabled rule can match (``bpfloom.rules._prefilter``)."""
+        return kernel_filter([entry.compiled for entry in self._entries], kind)
 
     @property
     def suppressed(self) -> dict[str, int]:

@@ -27,17 +27,19 @@ from .._terminal import escape_control
 from ..batch import Batch
 from ..pipeline import Pipeline, StopSignals, wait_for_stop
 from ..rules import Alert, RuleSet
+from ..rules._prefilter import KernelFilter
 from .detect_columns import TABLES, EventTable, ExecTable
 from .execsnoop import ExecSnoop
 from .exitsnoop import ExitSnoop
 from .opensnoop import OpenSnoop
 from .tool import Tool
 
-#: Which tool gives events of each kind, built with the options detection needs.
-TOOLS: dict[str, Callable[[], Tool]] = {
-    "exec": lambda: ExecSnoop(include_failed=True, resolve_paths=True),
-    "open": lambda: OpenSnoop(full_path=True),
-    "exit": lambda: ExitSnoop(),
+#: Which tool gives events of each kind, built with the options detection needs and
+#: the kernel-side prefilter of the rules (None: every event).
+TOOLS: dict[str, Callable[[KernelFilter | None], Tool]] = {
+    "exec": lambda f: ExecSnoop(include_failed=True, resolve_paths=True, prefilter=f),
+    "open": lambda f: OpenSnoop(full_path=True, prefilter=f),
+    "exit": lambda f: ExitSnoop(prefilter=f),
 }
 
 
@@ -49,7 +51,9 @@ class Detector:
     starts the pipeline; ``stop()`` detaches, drains, and returns the pipeline's stats.
     ``on_alert`` is called from the pipeline's worker threads, serialised by a lock.
     ``executor``, ``workers``, ``queue_size`` and ``policy`` are the pipeline's (the
-    process executor is refused: rule state is shared in memory).
+    process executor is refused: rule state is shared in memory). With ``prefilter``
+    (the default) each tool's program leaves out the events no rule can match
+    (``RuleSet.kernel_filter``); they are counted apart (``filtered_kernel``).
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class Detector:
         workers: int = 2,
         queue_size: int = 65536,
         policy: str = "block",
+        prefilter: bool = True,
     ) -> None:
         if executor == "process":
             # The handler holds the rule set's shared state (rate limits, thresholds)
@@ -75,7 +80,8 @@ class Detector:
         self._alert_lock = threading.Lock()
         try:
             for kind in self.kinds:
-                tool = self.tools[kind] = TOOLS[kind]()
+                kernel = rules.kernel_filter(kind) if prefilter else None
+                tool = self.tools[kind] = TOOLS[kind](kernel)
                 for reader in tool.readers:
                     self._table_of[reader.decoder.type.name] = _table_maker(kind, tool)
             self.pipeline = Pipeline(
@@ -127,10 +133,18 @@ class Detector:
         self.attach()
         return self
 
+    def filtered_kernel(self) -> int:
+        """Events the prefilters left out in the kernel: no rule could match them. They
+        were never emitted, so they are not in ``produced`` (nor drops)."""
+        return sum(t.filtered_kernel() for t in self.tools.values())
+
     def stop(self) -> dict[str, Any]:
-        """Detach, then drain what the programs emitted; the pipeline's final stats."""
+        """Detach, then drain what the programs emitted; the pipeline's final stats,
+        with ``filtered_kernel``."""
         self.detach()
-        return self.pipeline.stop()
+        stats = self.pipeline.stop()
+        stats["filtered_kernel"] = self.filtered_kernel()
+        return stats
 
     def run(self, duration: float | None = None) -> dict[str, Any]:
         """Start, run until ``duration`` or SIGINT/SIGTERM (main thread), and stop."""

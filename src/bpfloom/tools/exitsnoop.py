@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal as _signal
 from typing import Any
 
+from ..rules._prefilter import KernelFilter
 from .cgroups import CgroupPaths
 from .tool import Column, Record, Tool, wall_time
 
@@ -28,7 +29,8 @@ def describe_status(exit_code: int, sig: int) -> str:
 class ExitSnoop(Tool):
     """Traces process exits. Filters run in the kernel: ``pid`` (thread group),
     ``comm`` (exact, at most 15 bytes), ``failed_only`` (non-zero status or killed by
-    a signal), ``threads`` (report every thread's exit, not only the process's)."""
+    a signal), ``threads`` (report every thread's exit, not only the process's), and
+    ``prefilter`` (``bpfloom detect``: the exits no rule can match, by comm)."""
 
     name = "exitsnoop"
     object_name = "exitsnoop"
@@ -42,7 +44,9 @@ class ExitSnoop(Tool):
         failed_only: bool = False,
         threads: bool = False,
         timestamps: bool = False,
+        prefilter: KernelFilter | None = None,
     ) -> None:
+        self.prefilter = prefilter
         self.pid, self.comm = pid, comm
         self.failed_only, self.threads = failed_only, threads
         self.cgroups = CgroupPaths()

@@ -33,7 +33,9 @@ from ..bpf import object_path
 from ..object import BpfObject
 from ..perfbuf import PerfBuffer
 from ..ringbuf import RingBuffer
+from ..rules._prefilter import KernelFilter
 from ..sinks.table import Column
+from . import prefilter
 
 __all__ = ["Column", "Record", "Tool", "wall_time", "wall_times"]
 
@@ -72,6 +74,9 @@ class Tool:
     #: with BPFLOOM_RECORD in the BPF source) rather than searched for in DWARF.
     event_type: ClassVar[str | None] = None
     columns: tuple[Column, ...] = ()
+    #: What the kernel may leave out (``bpfloom detect``'s rules; objects that include
+    #: ``bpf/bpfloom_prefilter.h``); None: every event is emitted.
+    prefilter: KernelFilter | None = None
 
     def __init__(self) -> None:
         # Lossless strings: records keep the exact bytes a process gave (a path that is
@@ -80,7 +85,11 @@ class Tool:
         self.readers: list[RingBuffer | PerfBuffer] = []
         try:
             self.configure()
+            if self.prefilter is not None:
+                prefilter.set_globals(self.obj, self.prefilter)
             self.obj.load()
+            if self.prefilter is not None:
+                prefilter.fill_maps(self.obj, self.prefilter)
             self.readers = [
                 self.obj.open_reader(m.name, self.event_type) for m in self.obj.event_buffers()
             ]
@@ -127,6 +136,10 @@ class Tool:
 
     def dropped_kernel(self) -> int:
         return self.obj.dropped_kernel()
+
+    def filtered_kernel(self) -> int:
+        """Events the prefilter left out in the kernel (never emitted: not drops)."""
+        return prefilter.filtered(self.obj)
 
     def exit_line(self, stats: dict[str, Any]) -> str:
         """The line the command prints on stderr at exit, from the pipeline's stats."""
