@@ -110,6 +110,24 @@ def test_threshold_keys_and_errors_agree() -> None:
     assert compare("exec", text, batches) > 0
 
 
+@pytest.mark.parametrize(("by", "count"), [("pid", 4), ("comm", 2), (None, 5), ("uid", 1)])
+def test_thresholds_counted_on_columns_agree(by: str | None, count: int) -> None:
+    """Thresholds counted a batch at a time (``_ThresholdState.reached_rows``) over a
+    long stream of several keys, sweeping every ``within``: the same alerts as one
+    match at a time, in batches of any size (the random tests step back in time)."""
+    by_text = "" if by is None else f", by: {by}"
+    text = f"""
+- rule: many opens
+  condition: event == open and (err != 0 or comm startswith "s")
+  output: "%comm %pid"
+  priority: DEBUG
+  threshold: {{count: {count}, within: 0.5, by_text_here}}
+""".replace(", by_text_here", by_text)
+    for per_batch in (1, 7, 200):
+        batches = sample_batches("open", 1400, seed=11, per_batch=per_batch)
+        assert compare("open", text, batches) > 3
+
+
 def test_load_rules_default_is_the_reference_set() -> None:
     assert [r.name for r in load_rules().rules] == [r.name for r in RuleSet.from_text(
         Path(sys.modules["bpfloom.rules"].__file__ or "").with_name("default.yaml").read_text()

@@ -55,6 +55,14 @@ _ORDER: dict[str, Callable[[Any, Any], Any]] = {
 }
 _GLOB_SPECIAL = re.compile(r"[*?\[]")
 _SMALL_SET = 4  # up to this many literals, `in` compares each; beyond, a binary search
+_COLS = np.arange(4096)
+_HEAD = 64  # C strings: where lengths() looks for the NUL first
+
+
+@functools.lru_cache(maxsize=256)
+def _sorted_keys(literals: tuple[bytes, ...], width: int) -> npt.NDArray[Any]:
+    """``literals`` (none longer than ``width``) as a sorted ``S<width>`` array."""
+    return np.array(sorted(literals), dtype=f"S{max(width, 1)}")
 
 
 class Unsupported(Exception):
@@ -142,8 +150,17 @@ class CStrings:
             if self.width == 0:
                 self._lengths = np.zeros(n, dtype=np.intp)
             else:
-                first = (mat == 0).argmax(axis=1)
-                ended = mat[np.arange(n), first] == 0
+                # The first minimum of a row is its first NUL, if it has one; most
+                # values are short, so look in the first bytes first.
+                rows = np.arange(n)
+                head = min(self.width, _HEAD)
+                first = mat[:, :head].argmin(axis=1)
+                ended = mat[rows, first] == 0
+                if head < self.width and not ended.all():
+                    longer = np.flatnonzero(~ended)
+                    whole = mat[longer]
+                    first[longer] = found = whole.argmin(axis=1)
+                    ended[longer] = whole[np.arange(longer.size), found] == 0
                 self._lengths = np.where(ended, first, self.width).astype(np.intp)
         return self._lengths
 
@@ -179,25 +196,22 @@ class CStrings:
                 want = np.frombuffer(b if m == width else b + b"\0", dtype=np.uint8)
                 out |= (mat[:, : len(want)] == want).all(axis=1)
             return out
+        # One binary search over the values zeroed past their ends: numpy's S<k>
+        # comparison ignores trailing NULs, and neither values nor literals hold one.
         lengths = self.lengths()
-        by_length: dict[int, list[bytes]] = {}
-        for b in fitting:
-            by_length.setdefault(len(b), []).append(b)
-        for m, group in by_length.items():
-            rows = np.flatnonzero(lengths == m)
-            if rows.size == 0:
-                continue
-            if m == 0:
-                out[rows] = True
-                continue
-            # No NUL in the first m bytes of these rows, nor in the literals: numpy's
-            # S<m> comparison (which ignores trailing NULs) is plain byte comparison.
-            values = np.ascontiguousarray(mat[rows, :m]).view(f"S{m}").ravel()
-            keys = np.array(group, dtype=f"S{m}")  # sorted: group came sorted
-            at = np.searchsorted(keys, values)
-            at[at == len(keys)] = 0
-            out[rows] = keys[at] == values
-        return out
+        longest = int(lengths.max())
+        keys = _sorted_keys(tuple(b for b in fitting if len(b) <= longest), longest)
+        if keys.size == 0:
+            return out
+        if longest == 0:  # every value is empty
+            out[:] = keys[0] == b""
+            return out
+        cols = _COLS[:longest] if longest <= _COLS.size else np.arange(longest)
+        clean = np.where(cols < lengths[:, None], mat[:, :longest], np.uint8(0)).astype(np.uint8)
+        values = clean.view(f"S{longest}").ravel()
+        at = np.searchsorted(keys, values)
+        at[at == len(keys)] = 0
+        return keys[at] == values  # type: ignore[no-any-return]
 
     def startswith(self, b: bytes) -> Mask:
         m = len(b)
@@ -351,8 +365,8 @@ class NumColumn(Column):
         if kind in "iu":
             if not isinstance(value, int):
                 return None  # int64 against float rounds in numpy, not in Python
-            info = np.iinfo(self.array.dtype)
-            if value < info.min or value > info.max:
+            low, high = _int_range(self.array.dtype)
+            if value < low or value > high:
                 return _OUT_OF_RANGE
             return self.array.dtype.type(value)
         if isinstance(value, int):
@@ -365,6 +379,12 @@ class NumColumn(Column):
 
 
 _OUT_OF_RANGE = object()
+
+
+@functools.lru_cache(maxsize=16)
+def _int_range(dtype: np.dtype[Any]) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
 
 
 class StrColumn(Column):
@@ -448,11 +468,9 @@ class StrColumn(Column):
         op = node.op if isinstance(node, Compare) else "in"
         strings = plan.strings
         if op in ("==", "!=", "in"):
-            texts = [str(node.value)] if isinstance(node, Compare) else plan.members(node)
-            encoded = [literal_bytes(str(t), strings, whole=True) for t in texts]
-            if any(b is None for b in encoded):
+            wanted = plan.whole_bytes(node)
+            if wanted is None:
                 return self._decoded_test(node, plan, need)
-            wanted = [b for b in encoded if isinstance(b, bytes)]
             out = self._bytes_test(need, lambda cs: cs.equals_any(wanted))
             if op == "!=":
                 out = ~out if need is None else ~out & need
@@ -538,6 +556,7 @@ class Plan:
         self.strings = strings
         self._members: dict[int, tuple[Node, list[Value]]] = {}
         self._costs: dict[int, tuple[Node, int]] = {}
+        self._bytes: dict[int, tuple[Node, list[bytes] | None]] = {}
 
     def matcher(self, node: Compare | InSet) -> Matcher:
         return self.compiler.test(node)
@@ -550,6 +569,22 @@ class Plan:
             for name in node.lists:
                 values |= self.compiler.members(name, node.field)
             found = self._members[id(node)] = (node, list(values))
+        return found[1]
+
+    def whole_bytes(self, node: Compare | InSet) -> list[bytes] | None:
+        """The values an ``==``, ``!=`` or ``in`` test compares with, as the bytes of
+        whole C strings (``literal_bytes``; those no C string can hold left out); None
+        if one needs the decoded values."""
+        found = self._bytes.get(id(node))
+        if found is None:
+            texts = [str(node.value)] if isinstance(node, Compare) else self.members(node)
+            encoded = [literal_bytes(str(t), self.strings, whole=True) for t in texts]
+            wanted = (
+                None
+                if any(b is None for b in encoded)
+                else [b for b in encoded if isinstance(b, bytes)]
+            )
+            found = self._bytes[id(node)] = (node, wanted)
         return found[1]
 
     def supported(self, node: Node) -> bool:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _columnar
 from ._expr import Compiler, Event
@@ -144,6 +145,82 @@ class _ThresholdState:
         del self.windows[key]
         return True
 
+    def reached_rows(
+        self, keys: Sequence[object] | None, times: npt.NDArray[np.float64]
+    ) -> list[int] | None:
+        """``reached_key`` on each match in turn (``keys``: their ``by`` values, or None
+        for no ``by``): the positions that reach the threshold, with the same state
+        after; None, having changed nothing, if a key is unhashable (the caller then
+        goes row by row and counts each failure).
+
+        Between sweeps keys do not interact, so each key's matches are counted on its
+        times at once: a match reaches the threshold where it and the ``count - 1``
+        times before it in the key's window fit in ``within``, and the window restarts
+        after it. A match that sweeps is taken on its own, by ``reached_key``."""
+        n = len(times)
+        if keys is None:
+            groups: dict[object, list[int]] = {None: list(range(n))}
+        else:
+            try:
+                first = keys[0] if n else None
+                if n and keys.count(first) == n:
+                    hash(first)
+                    groups = {first: list(range(n))}
+                else:
+                    groups = {}
+                    for pos, key in enumerate(keys):
+                        groups.setdefault(key, []).append(pos)
+            except TypeError:
+                return None
+        reached: list[int] = []
+        start = 0
+        while start < n:
+            # The next match that sweeps (the sweep compares as ``sweep`` does).
+            due = np.flatnonzero(~(times[start:] - self.last_sweep < self.within))
+            stop = start + int(due[0]) if due.size else n
+            if stop > start:
+                whole = start == 0 and stop == n
+                for key, positions in groups.items():
+                    mine = positions if whole else [p for p in positions if start <= p < stop]
+                    if mine:
+                        reached.extend(self._count(key, mine, times))
+            if stop < n:
+                key = keys[stop] if keys is not None else None
+                if self.reached_key(key, float(times[stop])):
+                    reached.append(stop)
+            start = stop + 1
+        reached.sort()
+        return reached
+
+    def _count(
+        self, key: object, positions: list[int], times: npt.NDArray[np.float64]
+    ) -> list[int]:
+        """``reached_key(key, ...)`` on the matches at ``positions``, none of which
+        sweeps: the positions that reach the threshold."""
+        count, within = self.count, self.within
+        window = self.windows.get(key)
+        old = list(window) if window is not None else []
+        held = len(old)
+        series = np.concatenate([np.array(old, dtype=np.float64), times[positions]])
+        fired: list[int] = []
+        begin = 0
+        if len(series) >= count:
+            # fits[j]: the count times ending at j + count - 1 fit in the window.
+            fits = ~(series[count - 1 :] - series[: len(series) - count + 1] > within)
+            ends = np.flatnonzero(fits) + (count - 1)
+            at = int(np.searchsorted(ends, max(held, count - 1)))
+            while at < len(ends):
+                end = int(ends[at])
+                fired.append(positions[end - held])
+                begin = end + 1
+                at = int(np.searchsorted(ends, begin + count - 1))
+        left = series[begin:][-count:]
+        if left.size:
+            self.windows[key] = deque(left.tolist(), maxlen=count)
+        else:
+            self.windows.pop(key, None)
+        return fired
+
     def sweep(self, now: float) -> None:
         if now - self.last_sweep < self.within:
             return
@@ -204,14 +281,23 @@ class _Entry:
         return self.limit is None or self.limit.admit(now)
 
     def admit_rows(
-        self, keys: Sequence[object] | None, times: Sequence[float]
+        self, keys: Sequence[object] | None, times: npt.NDArray[np.float64]
     ) -> tuple[list[int], list[tuple[int, Exception]]]:
         """``admit`` for matches in order (``keys``: their ``by`` values): the positions
         admitted, and those whose admission raised (an unhashable key), with why."""
         admitted: list[int] = []
         failed: list[tuple[int, Exception]] = []
         threshold, limit = self.threshold, self.limit
-        for pos, now in enumerate(times):
+        reached = threshold.reached_rows(keys, times) if threshold is not None else None
+        if threshold is None or reached is not None:
+            candidates = reached if reached is not None else range(len(times))
+            if limit is None:
+                return list(candidates), failed
+            for pos in candidates:
+                if limit.admit(float(times[pos])):
+                    admitted.append(pos)
+            return admitted, failed
+        for pos, now in enumerate(times.tolist()):
             try:
                 if threshold is not None and not threshold.reached_key(
                     keys[pos] if keys is not None else None, now
@@ -390,7 +476,7 @@ class RuleSet:
             if entry.threshold is not None and entry.threshold.by is not None:
                 by = entry.threshold.by
                 keys = self._keys(table, evaluators, by, rows, everything)
-            row_times = times[rows].tolist()
+            row_times = times[rows]
             with self._lock:
                 passed, failed = entry.admit_rows(keys, row_times)
             failures.extend((entry, exc) for _, exc in failed)
@@ -398,6 +484,8 @@ class RuleSet:
                 admitted.append((entry, [rows[p] for p in passed]))
         for entry, exc in failures:
             self._failed(entry, exc)
+        if not admitted:
+            return []
         wanted = sorted({row for _, rows in admitted for row in rows})
         if everything is not None:
             records = {row: everything[row] for row in wanted}

@@ -29,6 +29,7 @@ from .tool import Record, wall_times
 
 RecordOf = Callable[[Any], Record | None]
 _SLASH, _DOT = ord("/"), ord(".")
+_INT64_MIN = np.iinfo(np.int64).min
 
 
 class EventTable:
@@ -142,18 +143,17 @@ def _plain_absolute(path: CStrings) -> Mask:
     ``/``. Conservative (``/.hidden`` is left to ``lexical``), never wrong."""
     lengths = path.lengths()
     out: Mask = (lengths > 0) & (path.mat[:, 0] == _SLASH)
-    rows = np.flatnonzero(out)
-    if rows.size == 0:
+    if not out.any():
         return out
-    longest = int(lengths[rows].max())
-    head = path.mat[rows, :longest]
+    longest = int(lengths.max())
+    head = path.mat[:, :longest]
     slash = head == _SLASH
     after = slash[:, 1:] | (head[:, 1:] == _DOT)
-    inside = np.arange(1, longest) < lengths[rows][:, None]
+    inside = np.arange(1, longest) < lengths[:, None]
     bad = (slash[:, :-1] & after & inside).any(axis=1)
-    last = head[np.arange(rows.size), lengths[rows] - 1]
-    bad |= (lengths[rows] > 1) & (last == _SLASH)
-    out[rows[bad]] = False
+    last = head[np.arange(path.n), lengths - 1]  # (a wrong byte where lengths is 0)
+    bad |= (lengths > 1) & (last == _SLASH)
+    out &= ~bad
     return out
 
 
@@ -169,7 +169,7 @@ class OpenTable(EventTable):
             ret = self.number("ret").astype(np.int64)
             if field == "fd":
                 return NumColumn(np.where(ret >= 0, ret, -1))
-            if (ret == np.iinfo(np.int64).min).any():
+            if (ret == _INT64_MIN).any():
                 return None  # -ret leaves int64: from the records
             return NumColumn(np.where(ret < 0, -ret, 0))
         if field == "comm":
