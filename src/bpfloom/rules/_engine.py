@@ -199,6 +199,12 @@ class _ThresholdState:
         sweeps: the positions that reach the threshold."""
         count, within = self.count, self.within
         window = self.windows.get(key)
+        if (len(window) if window is not None else 0) + len(positions) < count:
+            # Too few to reach it: only kept (the common case of many keys).
+            if window is None:
+                window = self.windows[key] = deque(maxlen=count)
+            window.extend(times[positions].tolist())
+            return []
         old = list(window) if window is not None else []
         held = len(old)
         series = np.concatenate([np.array(old, dtype=np.float64), times[positions]])
