@@ -19,8 +19,9 @@ from typing import Any, NamedTuple
 
 import pytest
 
-# Fixtures of toolrun.py (start_tool) are available to every test module.
-pytest_plugins = ["toolrun"]
+# Fixtures of toolrun.py (start_tool) and natsserver.py (nats_server) are available to
+# every test module.
+pytest_plugins = ["toolrun", "natsserver"]
 
 CLANG = "clang-16"
 BPF_CFLAGS = (

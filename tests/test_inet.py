@@ -6,7 +6,16 @@ import socket
 
 import pytest
 
-from bpfloom.tools.inet import AF_INET, AF_INET6, endpoint, inet_addr, ip_proto, tcp_state
+from bpfloom.tools.inet import (
+    AF_INET,
+    AF_INET6,
+    endpoint,
+    inet_addr,
+    ip_proto,
+    ip_version,
+    mapped_addr,
+    tcp_state,
+)
 
 
 def test_addresses_from_network_order_bytes() -> None:
@@ -40,3 +49,13 @@ def test_states_and_protocols_by_name() -> None:
         "icmpv6",
         "200",
     )
+
+
+def test_mapped_addresses_for_filters() -> None:
+    assert mapped_addr("192.0.2.7") == bytes(10) + b"\xff\xff" + bytes([192, 0, 2, 7])
+    assert inet_addr(AF_INET6, mapped_addr("192.0.2.7")) == "192.0.2.7"
+    assert mapped_addr("fd00::1") == socket.inet_pton(socket.AF_INET6, "fd00::1")
+    for bad in ("", "10.0.0", "fd00:::1", "host.example", "10.0.0.1/24"):
+        with pytest.raises(ValueError, match="is not an IPv4 or IPv6 address"):
+            mapped_addr(bad)
+    assert (ip_version(AF_INET), ip_version(AF_INET6)) == (4, 6)

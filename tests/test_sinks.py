@@ -209,7 +209,8 @@ def test_a_blocked_sink_behind_a_queue_never_stalls_the_reader(
     # The inner sink is stuck on its first batch, yet every event is handled: the
     # reader and the handler only ever append to the queue.
     wait_for(lambda: pipeline.stats.handled == n)
-    assert inner.entered.is_set() and not inner.got
+    # The sink's own thread may not have reached the stuck write yet: wait for it.
+    assert inner.entered.wait(WAIT) and not inner.got
     stats = pipeline.stop()
     assert_exact(stats, n)
     assert stats["dropped_queue"] == 0 and stats["dropped_kernel"] == 0

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     )
     from .batch import Batch
     from .decode import Decoder
+    from .fleet.source import collect
     from .maps import Map
     from .object import BpfObject, Globals, GlobalVar, Link, Program, load
     from .perfbuf import PerfBuffer
@@ -62,6 +63,7 @@ _EXPORTS = {
     "TypeInfoError": "._exceptions",
     "Batch": ".batch",
     "Decoder": ".decode",
+    "collect": ".fleet.source",
     "Map": ".maps",
     "BpfObject": ".object",
     "Globals": ".object",
@@ -122,5 +124,6 @@ __all__ = [
     "Program",
     "RingBuffer",
     "TypeInfoError",
+    "collect",
     "load",
 ]

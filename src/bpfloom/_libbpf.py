@@ -167,6 +167,7 @@ BPF_TC_EGRESS = 2
 BPF_PROG_TYPE_SCHED_CLS = 3
 BPF_PROG_TYPE_XDP = 6
 BPF_XDP = 37
+BPF_TCX_INGRESS, BPF_TCX_EGRESS = 46, 47  # enum bpf_attach_type, Linux 6.6+
 # XDP attach flags (include/uapi/linux/if_link.h)
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
@@ -450,6 +451,16 @@ def xdp_link_create(prog_fd: int, ifindex: int, flags: int) -> int:
     return check(bpf_link_create(prog_fd, ifindex, BPF_XDP, ctypes.byref(opts)), "link_create")
 
 
+def tcx_link_create(prog_fd: int, ifindex: int, attach_type: int) -> int:
+    """A BPF link attaching a tc program to interface ``ifindex`` through tcx
+    (``BPF_TCX_INGRESS``/``BPF_TCX_EGRESS``, Linux 6.6+); returns its fd. libbpf 1.1
+    predates tcx, but its ``bpf_link_create`` passes unknown attach types through with
+    the interface as the target (the kernel's ``tcx_link_attach`` reads it so). An
+    older kernel answers EINVAL."""
+    opts = LinkCreateOpts(sz=ctypes.sizeof(LinkCreateOpts))
+    return check(bpf_link_create(prog_fd, ifindex, attach_type, ctypes.byref(opts)), "link_create")
+
+
 def tc_hook(ifindex: int, attach_point: int) -> TcHook:
     return TcHook(sz=ctypes.sizeof(TcHook), ifindex=ifindex, attach_point=attach_point)
 
@@ -553,3 +564,60 @@ def map_lookup_all(
         first = False
         tokens.reverse()  # this call's out token is the next call's in token
     return b"".join(key_parts), b"".join(value_parts), total
+
+
+bpf_map_lookup_and_delete_elem = _fn(
+    "bpf_map_lookup_and_delete_elem", c_int, c_int, c_void_p, c_void_p
+)
+
+
+def map_lookup_and_delete(fd: int, key: bytes, value: Any) -> bool:
+    """Read the value at ``key`` into buffer ``value`` and delete the entry, as one
+    BPF_MAP_LOOKUP_AND_DELETE_ELEM (hash maps: Linux 5.14+): whatever the kernel adds
+    to the entry up to its removal is in the value read. False when ``key`` is absent;
+    raises ``OSError`` otherwise."""
+    ret = bpf_map_lookup_and_delete_elem(fd, key, value)
+    if ret == -_ENOENT:
+        return False
+    check(ret, "BPF_MAP_LOOKUP_AND_DELETE_ELEM")
+    return True
+
+
+# --- libbpf's own ring buffer consumer ----------------------------------------------------
+
+# int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size)
+RING_BUFFER_SAMPLE_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
+_ring_buffer_new = _fn(
+    "ring_buffer__new", c_void_p, c_int, RING_BUFFER_SAMPLE_FN, c_void_p, c_void_p
+)
+ring_buffer_consume = _fn("ring_buffer__consume", c_int, c_void_p)
+ring_buffer_free = _fn("ring_buffer__free", None, c_void_p)
+
+
+def ring_buffer_new(map_fd: int, callback: Any) -> int:
+    """``ring_buffer__new`` over ring buffer map ``map_fd``; ``callback`` (a
+    ``RING_BUFFER_SAMPLE_FN``) must stay referenced until ``ring_buffer_free``."""
+    return check_ptr(_ring_buffer_new(map_fd, callback, None, None), "ring_buffer__new")
+
+
+# --- what `bpfloom doctor` asks of libbpf -------------------------------------------------
+
+probe_prog_type = _fn("libbpf_probe_bpf_prog_type", c_int, c_uint, c_void_p)
+probe_map_type = _fn("libbpf_probe_bpf_map_type", c_int, c_uint, c_void_p)
+version_string = _fn("libbpf_version_string", c_char_p)
+program_attach_kprobe = _fn("bpf_program__attach_kprobe", LinkPtr, ProgPtr, c_bool, c_char_p)
+program_attach_perf_event = _fn("bpf_program__attach_perf_event", LinkPtr, ProgPtr, c_int)
+program_set_attach_target = _fn("bpf_program__set_attach_target", c_int, ProgPtr, c_int, c_char_p)
+
+
+def library_path() -> str | None:
+    """The file the loaded libbpf came from (from /proc/self/maps), if found."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split(maxsplit=5)[-1].strip()
+                if "/libbpf.so" in path:
+                    return path
+    except OSError:
+        pass
+    return None

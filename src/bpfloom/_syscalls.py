@@ -67,6 +67,34 @@ def perf_event_open_bpf_output(cpu: int, wakeup_events: int = 1) -> int:
         0,
         wakeup_events,
     )
+    return _perf_event_open(attr, cpu, "bpf-output")
+
+
+PERF_COUNT_SW_CPU_CLOCK = 0
+
+
+def perf_event_open_cpu_clock(cpu: int, period_ns: int = 1_000_000_000) -> int:
+    """Open a ``PERF_COUNT_SW_CPU_CLOCK`` sampling event on ``cpu`` for all processes,
+    disabled until a program is attached (what a ``perf_event`` program hangs on)."""
+    attr = bytearray(_ATTR_SIZE)
+    struct.pack_into(
+        "<IIQQQQQ",
+        attr,
+        0,
+        PERF_TYPE_SOFTWARE,
+        _ATTR_SIZE,
+        PERF_COUNT_SW_CPU_CLOCK,
+        period_ns,
+        0,
+        0,
+        _FLAG_DISABLED,
+    )
+    return _perf_event_open(attr, cpu, "cpu-clock")
+
+
+def _perf_event_open(attr: bytearray, cpu: int, what: str) -> int:
+    """``perf_event_open(attr, pid=-1, cpu, group=-1, FD_CLOEXEC)``; the new fd, or
+    ``OSError`` with the errno."""
     buf = ctypes.create_string_buffer(bytes(attr), _ATTR_SIZE)
     fd = _libc.syscall(
         _NR_PERF_EVENT_OPEN,
@@ -78,5 +106,5 @@ def perf_event_open_bpf_output(cpu: int, wakeup_events: int = 1) -> int:
     )
     if fd < 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"perf_event_open(cpu {cpu}): {os.strerror(err)}")
+        raise OSError(err, f"perf_event_open({what}, cpu {cpu}): {os.strerror(err)}")
     return int(fd)

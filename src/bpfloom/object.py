@@ -155,6 +155,12 @@ class XdpLink(Link):
         self._obj._forget(self)
 
 
+class TcxLink(XdpLink):
+    """A tc program attached through tcx (Linux 6.6+): a BPF link, no qdisc and no
+    filter; closing its fd detaches it, and so does the end of the process, however it
+    ends."""
+
+
 # --xdp-mode names -> XDP_FLAGS_*_MODE (auto: 0, the kernel picks native if the driver
 # has it, else generic)
 XDP_MODES = {
@@ -243,6 +249,31 @@ class Program:
     def attach(self) -> Link:
         """Attach by the ``SEC()`` name (e.g. ``tracepoint/sched/sched_process_exec``)."""
         return self._attach_with(self.section, lambda: _libbpf.program_attach(self._ptr))
+
+    def attach_kprobe(self, function: str, *, retprobe: bool = False) -> Link:
+        """Attach a kprobe (or kretprobe) program to kernel function ``function``."""
+        kind = "kretprobe" if retprobe else "kprobe"
+        return self._attach_with(
+            f"{kind}/{function}",
+            lambda: _libbpf.program_attach_kprobe(self._ptr, retprobe, function.encode()),
+        )
+
+    def attach_perf_event(self, perf_fd: int) -> Link:
+        """Attach a perf_event program to the perf event ``perf_fd``; the link owns that
+        descriptor from then on (libbpf closes it when the link is closed)."""
+        return self._attach_with(
+            f"perf_event fd {perf_fd}",
+            lambda: _libbpf.program_attach_perf_event(self._ptr, perf_fd),
+        )
+
+    def set_attach_target(self, function: str) -> None:
+        """Before load: the kernel function a program without one in its ``SEC()``
+        (``SEC("fentry")``, ``SEC("tp_btf")``...) attaches to, found in vmlinux BTF."""
+        self._obj._require_open("set attach target")
+        _libbpf.check(
+            _libbpf.program_set_attach_target(self._ptr, 0, function.encode()),
+            f"set attach target of {self.name!r} to {function!r}",
+        )
 
     def attach_tracepoint(self, category: str, name: str) -> Link:
         """Attach to tracepoint ``category/name`` (see /sys/kernel/tracing/events)."""
@@ -351,12 +382,7 @@ class Program:
         place the filter as ``tc filter ... handle H pref P`` would; a filter already
         there with both raises ``AttachError``.
         """
-        if direction not in ("ingress", "egress"):
-            raise AttachError(
-                f"tc direction must be 'ingress' or 'egress', not {direction!r}",
-                program=self.name,
-                hook="tc",
-            )
+        _check_direction(self, direction, "tc")
         hook_name = f"tc {interface} {direction}"
         if not 0 <= handle <= 0xFFFFFFFF or not 0 <= priority <= 0xFFFF:
             raise AttachError(
@@ -389,6 +415,23 @@ class Program:
             raise _attach_error(self, hook_name, -ret2, [])
         link = TcLink(self._obj, self.name, hook_name, tc_hook, opts, created_qdisc=ret == 0)
         return self._obj._track(link)
+
+    def attach_tcx(self, interface: str, direction: str = "ingress") -> Link:
+        """Attach a tc (sched_cls) program to ``interface``'s ingress or egress through
+        tcx, as a BPF link (Linux 6.6+): no clsact qdisc, nothing that outlives the
+        link, and less per-packet overhead than a clsact filter. A program returning
+        TC_ACT_UNSPEC lets the next one (then any clsact filter) run. Raises
+        ``AttachError``; errno EINVAL on a kernel without tcx (use ``attach_tc``)."""
+        _check_direction(self, direction, "tcx")
+        hook = f"tcx {interface} {direction}"
+        ifindex = _ifindex(self, interface, "tc")
+        prog_fd = self.fd
+        kind = _libbpf.BPF_TCX_INGRESS if direction == "ingress" else _libbpf.BPF_TCX_EGRESS
+        try:
+            fd = _libbpf.tcx_link_create(prog_fd, ifindex, kind)
+        except OSError as exc:
+            raise _attach_error(self, hook, exc.errno or 22, []) from None
+        return self._obj._track(TcxLink(self._obj, fd, self.name, hook))
 
     def test_run(self, ctx: bytes | None = None) -> int:
         """Run the program once with BPF_PROG_TEST_RUN (e.g. ``SEC("syscall")``)."""
@@ -456,6 +499,16 @@ def _resolve_binary(binary: str) -> str:
         if os.path.isfile(candidate):
             return candidate
     return binary
+
+
+def _check_direction(prog: Program, direction: str, kind: str) -> None:
+    """``AttachError`` unless ``direction`` is ingress or egress (of a ``kind`` hook)."""
+    if direction not in ("ingress", "egress"):
+        raise AttachError(
+            f"{kind} direction must be 'ingress' or 'egress', not {direction!r}",
+            program=prog.name,
+            hook=kind,
+        )
 
 
 def _ifindex(prog: Program, interface: str, kind: str) -> int:
@@ -947,18 +1000,26 @@ class BpfObject:
         event_type: str | None = None,
         *,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
+        consumer: str | None = None,
     ) -> RingBuffer:
         """A reader of ring buffer ``map_name`` (the only one when None).
 
         ``poll_interval`` bounds how long records wait when the program does not wake
-        the reader (see ``use_polled_wakeups``).
+        the reader (see ``use_polled_wakeups``); ``consumer`` picks the ring walker
+        (``ringbuf.choose_consumer``).
         """
         from .ringbuf import RingBuffer
 
         m = self._buffer_map(map_name, "ringbuf")
         decoder = Decoder(self.record_type(m.name, event_type), strings=self.strings)
         reader = RingBuffer(
-            m.fd, m.max_entries, decoder, name=m.name, owner=self, poll_interval=poll_interval
+            m.fd,
+            m.max_entries,
+            decoder,
+            name=m.name,
+            owner=self,
+            poll_interval=poll_interval,
+            consumer=consumer,
         )
         self._readers.append(reader)
         return reader

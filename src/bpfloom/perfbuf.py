@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import platform
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ from ._exceptions import BpfloomError, MapError, TypeInfoError
 from ._poller import DEFAULT_POLL_INTERVAL, BufferReader
 from .batch import Batch, concat, empty_batch
 from .decode import Decoder, pad_records
-from .ringbuf import _require_tso
+from .ringbuf import is_tso
 from .types import describe
 
 if TYPE_CHECKING:
@@ -111,7 +112,12 @@ class PerfBuffer(BufferReader):
         owner: Any = None,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
     ) -> None:
-        _require_tso()
+        if not is_tso():
+            # The ring reader has libbpf's consumer to fall back on there; this one not yet.
+            raise BpfloomError(
+                f"the pure-Python perf buffer reader needs x86 memory ordering; "
+                f"{platform.machine()} is not supported yet (ring buffers are)"
+            )
         if pages <= 0 or pages & (pages - 1):
             raise BpfloomError(f"perf buffer pages must be a power of two, not {pages}")
         if decoder.size > MAX_SAMPLE:

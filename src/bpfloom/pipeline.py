@@ -167,6 +167,13 @@ class Pipeline:
         self.readers = _readers(sources)
         if not self.readers:
             raise ValueError("the pipeline has no event buffers to read")
+        # A source that acknowledges what was handled (bpfloom.collect's) is told when
+        # a handler finished with one of its batches or events (``settle``).
+        settles = [getattr(r, "settle", None) for r in self.readers]
+        self._settle: Callable[[Any], None] | None = next((f for f in settles if f), None)
+        self._settle_after_yield = False  # events(): settled when the loop body is done
+        if self._settle is not None and executor == "process":
+            raise ValueError("fleet sources acknowledge in this process: not the process executor")
         self.handler = handler
         self.executor = executor
         self.workers = workers
@@ -259,6 +266,8 @@ class Pipeline:
             self.stats.handler_latency.add(time.perf_counter_ns() - t0)
             self._record_e2e(item)
             self.stats.leave_handler(n, errors)
+            if self._settle is not None and not self._halted:
+                self._settle(item)
 
     def call_each(self, batch: Batch) -> None:
         """Run the (synchronous) handler on every event of ``batch``, in this thread.
@@ -298,6 +307,8 @@ class Pipeline:
             # What a BaseException (or a failing decode) left of the batch is dropped.
             rest = len(batch) - done
             self.stats.add(inflight=-1, handled=done, handler_errors=errors, dropped_queue=rest)
+            if self._settle is not None and not rest and not self._halted:
+                self._settle(batch)
 
     async def acall(self, item: Any) -> None:
         """Run a handler that may be a coroutine function, with accounting."""
@@ -326,6 +337,8 @@ class Pipeline:
         self.stats.handler_latency.add(time.perf_counter_ns() - t0)
         self._record_e2e(item)
         self.stats.leave_handler(n, errors)
+        if self._settle is not None and not self._settle_after_yield and not self._halted:
+            self._settle(item)
 
     def _record_e2e(self, item: Any) -> None:
         field = self._e2e_field
@@ -581,6 +594,7 @@ class Pipeline:
 
         self.handler = deliver
         self.executor = "async"
+        self._settle_after_yield = True
         await self.astart()
         runner = self._runner
         assert isinstance(runner, _AsyncRunner)
@@ -593,6 +607,8 @@ class Pipeline:
                 if item is end:
                     return
                 yield item
+                if self._settle is not None:
+                    self._settle(item)
         finally:
             if not self._done.is_set():
                 # Leaving early: whatever the consumer did not take is dropped, counted.

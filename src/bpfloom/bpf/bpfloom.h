@@ -14,6 +14,23 @@
 #define __BPFLOOM_H
 
 #include "vmlinux.h"
+
+/*
+ * Building for arm64 against another architecture's vmlinux.h (`make
+ * bpf-check-arm64` on x86 passes BPFLOOM_FOREIGN_VMLINUX): libbpf's PT_REGS_*
+ * macros read arm64 registers through `struct user_pt_regs`, which only arm64's
+ * kernel BTF has. Its layout, as arch/arm64/include/uapi/asm/ptrace.h defines it
+ * (tests/test_arm64.py compares the two); CO-RE relocates the accesses anyway.
+ */
+#if defined(__TARGET_ARCH_arm64) && defined(BPFLOOM_FOREIGN_VMLINUX)
+struct user_pt_regs {
+	__u64 regs[31];
+	__u64 sp;
+	__u64 pc;
+	__u64 pstate;
+} __attribute__((preserve_access_index));
+#endif
+
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
@@ -136,6 +153,25 @@ static __always_inline bool bpfloom_comm_contains(const char *comm, const volati
 			break;
 	}
 	return false;
+}
+
+/*
+ * The value of `key` in hash map `map` (pass `&map`), inserted as a copy of
+ * `*init` first when it is missing; NULL when the map is full, counted as a
+ * drop. The insert is BPF_NOEXIST: another CPU may make the entry meanwhile,
+ * and then that one is used.
+ */
+static __always_inline void *bpfloom_lookup_or_init(void *map, const void *key, const void *init)
+{
+	void *value = bpf_map_lookup_elem(map, key);
+
+	if (value)
+		return value;
+	bpf_map_update_elem(map, key, init, BPF_NOEXIST);
+	value = bpf_map_lookup_elem(map, key);
+	if (!value)
+		bpfloom_count_drop();
+	return value;
 }
 
 #endif /* __BPFLOOM_H */

@@ -3,8 +3,11 @@
 One module per command group, each adding its commands to the click group of
 ``_app``: ``run`` (any object, and ``demo``), ``tools`` (execsnoop, opensnoop,
 exitsnoop, syscount, goroutines), ``metrics`` (runqlat, biolatency, hardirqs,
-softirqs), ``detect``, ``export``. All of them run through one loop (``_session.run_session``):
-sources → Pipeline → sinks. The library never imports this package.
+softirqs), ``detect``, ``export``, ``collect`` (the fleet's records, from NATS),
+``tcp`` (tcplife, tcpstates, tcpconnect, tcpconnlat, tcpaccept), ``tcpstats``
+(tcpretrans, tcprtt, tcptop), ``flows``, ``doctor``. All of them run through one loop
+(``_session.run_session``): sources → Pipeline → sinks. The library never imports
+this package.
 
 Errors are one line on stderr; status 2 for a wrong command line, 1 for a failed run;
 never a traceback (set ``BPFLOOM_DEBUG=1`` to see one).
@@ -18,7 +21,18 @@ import sys
 import click
 
 from .._exceptions import BpfloomError
-from . import detect, export, metrics, run, tools  # noqa: F401  (they add their commands)
+from . import (  # noqa: F401  (they add their commands)
+    collect,
+    detect,
+    doctor,
+    export,
+    flows,
+    metrics,
+    run,
+    tcp,
+    tcpstats,
+    tools,
+)
 from ._app import main
 from ._common import fail, usage_fail
 

@@ -84,7 +84,9 @@ class Listen(click.ParamType):  # type: ignore[type-arg]
 LISTEN = Listen()
 
 
-def _output_specs(record_word: str) -> list[tuple[list[str], dict[str, Any]]]:
+def _output_specs(record_word: str, nats: bool = True) -> list[tuple[list[str], dict[str, Any]]]:
+    from ._nats import nats_option_specs  # it uses this module's types
+
     return [
         (
             ["--json", "as_json"],
@@ -128,19 +130,22 @@ def _output_specs(record_word: str) -> list[tuple[list[str], dict[str, Any]]]:
                 "http://HOST:PORT/metrics; a bare PORT means 127.0.0.1:PORT.",
             },
         ),
+        *(nats_option_specs() if nats else []),
     ]
 
 
 def output_params(record_word: str = "record") -> list[click.Option]:
-    """``--json``, ``--duration``, ``-o/--output`` and ``--stats``: every command's."""
+    """``--json``, ``--duration``, ``-o/--output``, ``--stats``, ``--metrics-addr`` and
+    the NATS sink's (``_nats``): every command's."""
     return [click.Option(decls, **attrs) for decls, attrs in _output_specs(record_word)]
 
 
-def output_options(record_word: str = "record") -> Callable[[F], F]:
-    """A decorator adding ``output_params`` to a command."""
+def output_options(record_word: str = "record", nats: bool = True) -> Callable[[F], F]:
+    """A decorator adding ``output_params`` to a command (``nats=False``: without the
+    NATS sink's)."""
 
     def add(func: F) -> F:
-        for decls, attrs in reversed(_output_specs(record_word)):
+        for decls, attrs in reversed(_output_specs(record_word, nats)):
             func = click.option(*decls, **attrs)(func)
         return func
 

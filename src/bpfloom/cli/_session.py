@@ -37,6 +37,7 @@ from ..sinks.prometheus import PrometheusSink
 from ..sinks.table import Column, TableSink
 from ..tools.tool import Tool
 from ._common import EXIT_USAGE, exit_output_blocked, fail, stderr
+from ._nats import nats_sink
 
 
 @dataclass
@@ -47,6 +48,9 @@ class Interval:
     text: str = ""
     records: list[Record] = field(default_factory=list)
     done: bool = False
+    #: Rows for Prometheus in place of ``records`` (None: the records themselves): a
+    #: tool whose records are one per flow sends aggregates there, not a series each.
+    metrics: list[Record] | None = None
 
 
 class Session:
@@ -65,6 +69,12 @@ class Session:
     executor = "inline"
     workers = 1
     interval: float | None = None
+    #: For ``--sink nats://``: the tool token of subjects (``bpfloom.<host>.<tool>``;
+    #: default ``name``) and what the records are (``events``, or ``alerts``).
+    fleet_name: str | None = None
+    record_kind = "events"
+    #: The sink ``--metrics-addr`` makes (``collect`` serves fleet metrics).
+    metrics_sink: type[PrometheusSink] = PrometheusSink
     #: The run's outputs, set by ``run_session`` before ``attach``: for what a session
     #: prints beside its records from a thread of its own (trace_pipe lines).
     outputs: Outputs | None = None
@@ -169,8 +179,8 @@ class Outputs:
         metrics_addr: tuple[str, int] | None,
         on_stop: Callable[[], None],
     ) -> Outputs:
-        """stdout as a table (or JSON lines with ``as_json``), or the ``-o`` file; and
-        Prometheus with ``metrics_addr``."""
+        """stdout as a table (or JSON lines with ``as_json``), or the ``-o`` file; NATS
+        with ``--sink``; and Prometheus with ``metrics_addr``."""
         sinks: list[Sink]
         if output is None:
             if as_json:
@@ -190,9 +200,17 @@ class Outputs:
             sinks = [ParquetSink(output, on_stop=on_stop, decoder=decoder)]
         else:
             fail(f"-o {output}: name the format by its ending, .jsonl or .parquet", EXIT_USAGE)
+        try:
+            fleet = nats_sink(session)
+        except BaseException:
+            for sink in sinks:
+                sink.close()
+            raise
+        if fleet is not None:
+            sinks.append(fleet)
         if metrics_addr is not None:
             try:
-                sinks.append(PrometheusSink(metrics_addr, session.name))
+                sinks.append(session.metrics_sink(metrics_addr, session.name))
             except OSError as exc:
                 for sink in sinks:
                     sink.close()
@@ -218,7 +236,10 @@ class Outputs:
         if part is None:
             return
         for sink in self.sinks:
-            sink.summary(part.text, part.records)
+            if part.metrics is not None and isinstance(sink, PrometheusSink):
+                sink.summary(part.text, part.metrics)
+            else:
+                sink.summary(part.text, part.records)
 
     def close(self) -> None:
         for sink in self.sinks:
@@ -227,6 +248,17 @@ class Outputs:
     @property
     def errors(self) -> int:
         return sink_errors(self.sinks)
+
+    def counters(self) -> dict[str, int]:
+        """The sinks' own numbers (``published``, ``spooled``, ``dropped_sink``)."""
+        out: dict[str, int] = {}
+        for sink in self.sinks:
+            for key, n in sink.counters().items():
+                out[key] = out.get(key, 0) + n
+        return out
+
+    def reports(self) -> list[str]:
+        return [line for line in (s.report() for s in self.sinks) if line]
 
     @property
     def stdout_stopped(self) -> bool:
@@ -287,11 +319,21 @@ def run_session(
                 if pipeline is not None:
                     live = pipeline
                     prometheus.bind(
-                        lambda: {**live.stats.snapshot(), "sink_errors": outputs.errors},
+                        lambda: {
+                            **live.stats.snapshot(),
+                            "sink_errors": outputs.errors,
+                            **outputs.counters(),
+                        },
                         lambda: list(live.stats.handler_latency.buckets),
                     )
                 else:
-                    prometheus.bind(lambda: {**_no_stats(session), "sink_errors": outputs.errors})
+                    prometheus.bind(
+                        lambda: {
+                            **_no_stats(session),
+                            "sink_errors": outputs.errors,
+                            **outputs.counters(),
+                        }
+                    )
                 stderr(f"bpfloom {session.name}: metrics at {prometheus.url}")
             if pipeline is not None:
                 pipeline.start()
@@ -317,7 +359,10 @@ def run_session(
             outputs.close()
             stats["sink_errors"] = outputs.errors
             stats.update(session.extra_stats())
+            stats.update(outputs.counters())
             stderr(session.exit_line(stats) + _unwritten(outputs.errors))
+            for line in outputs.reports():
+                stderr(f"bpfloom {session.name}: {line}")
             if show_stats:
                 _print_stats(stats, to_stdout=as_json and output is None, outputs=outputs)
             message = outputs.fatal_error()

@@ -32,6 +32,7 @@ class DetectSession(Session):
     """
 
     name = "detect"
+    record_kind = "alerts"
     header = False
     executor = "thread"
 

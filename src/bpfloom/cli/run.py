@@ -10,6 +10,7 @@ at exit (``bpfloom.mapdump``). ``bpfloom demo`` runs the built-in exec tracer.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -362,6 +363,7 @@ class RunSession(Session):
     def __init__(self, obj: BpfObject, opts: dict[str, Any], periodic_maps: bool) -> None:
         self.obj = obj
         self.opts = opts
+        self.fleet_name = os.path.basename(obj.path).split(".", 1)[0] or "run"
         self.trace_pipe: TracePipe | None = None
         self._trace_lines: list[Record] = []
         self.columns = self._columns_of

@@ -14,6 +14,8 @@ waits, the kernel's buffer fills, and the kernel counts what it drops.
     ├── JsonLinesSink     JSON lines on stdout or appended to a file (sinks.jsonl)
     ├── ParquetSink       raw records from numpy batches to a Parquet file (sinks.parquet)
     ├── PrometheusSink    the run's counters served to Prometheus (sinks.prometheus)
+    ├── NatsSink          batches published to NATS JetStream, spooled while the
+    │                     server is away (sinks.nats)
     └── QueuedSink        any sink behind a bounded queue and a thread of its own, for
                           outputs that may block (a network peer): never waits, counts
                           what does not fit (sinks.queued)
@@ -126,6 +128,15 @@ class Sink:
                 self._reader_gone()
             except Exception as exc:
                 self._failed(exc, 0)
+
+    def counters(self) -> dict[str, int]:
+        """The sink's own numbers for ``--stats`` and ``--metrics-addr`` (the NATS sink:
+        ``published``, ``spooled``, ``dropped_sink``); none by default."""
+        return {}
+
+    def report(self) -> str | None:
+        """A line for the end of a run, if the sink has something to say."""
+        return None
 
     def error_message(self) -> str:
         """What to tell the user when ``error`` is set."""

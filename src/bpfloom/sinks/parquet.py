@@ -80,7 +80,9 @@ class ParquetSink(Sink):
     def _write_batch(self, batch: Batch) -> None:
         import pyarrow.parquet as pq
 
-        table = arrow_table(batch.numpy())
+        # Fleet batches (bpfloom.collect) come as Arrow already.
+        arrow = getattr(batch, "arrow", None)
+        table = arrow() if arrow is not None else arrow_table(batch.numpy())
         if self._writer is None:
             self._writer = pq.ParquetWriter(self._file, table.schema)
             self._schema = table.schema

@@ -15,7 +15,10 @@ Tetragon and Hubble:
   histogram (``slots``, ``unit``) feeds ``bpfloom_<tool>_<unit>`` (a histogram whose
   labels are the row's key fields; ``_sum`` counts each value at its bucket's lower
   bound, since the kernel keeps no exact sum), and the other numbers of a row feed
-  counters ``bpfloom_<tool>_<field>_total``.
+  counters ``bpfloom_<tool>_<field>_total``. Numbers that say which row it is (a pid,
+  a port, an IP version: ``KEY_NUMBERS``) are labels like the row's strings, and
+  numbers derived from others (an average, kilobytes beside bytes: ``DERIVED``) are
+  left out: summing them means nothing.
 
 The sink never fails the run: it only counts and serves (``fatal = False``).
 """
@@ -32,6 +35,8 @@ from ..export.server import MetricsServer
 from . import Record, Sink
 
 _NOT_LABELS = frozenset(("interval", "time", "unit", "slots", "count"))
+KEY_NUMBERS = frozenset(("pid", "tid", "ppid", "uid", "cpu", "ip", "lport", "rport"))
+DERIVED = frozenset(("avg", "rx_kb", "tx_kb"))
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
 
 
@@ -96,7 +101,9 @@ class PrometheusSink(Sink):
         with self._data_lock:
             for row in records:
                 labels = tuple(
-                    k for k, v in row.items() if k not in _NOT_LABELS and isinstance(v, str)
+                    k
+                    for k, v in row.items()
+                    if k not in _NOT_LABELS and (isinstance(v, str) or k in KEY_NUMBERS)
                 )
                 values = tuple(str(row[k]) for k in labels)
                 if "slots" in row and "unit" in row:
@@ -111,7 +118,9 @@ class PrometheusSink(Sink):
                         slots[i] += int(n)
                     continue
                 for key, value in row.items():
-                    if key in _NOT_LABELS or isinstance(value, (str, bool)):
+                    if key in _NOT_LABELS or key in labels or key in DERIVED:
+                        continue
+                    if isinstance(value, (str, bool)):
                         continue
                     if not isinstance(value, (int, float)):
                         continue
@@ -144,6 +153,13 @@ class PrometheusSink(Sink):
         sink_lost = stats.get("sink_errors", 0)
         block = label_block(("tool", "where"), (self.tool, "sink"))
         out.append(f"{series(lost, block)} {number(sink_lost)}\n")
+        for name, key, text in (
+            ("bpfloom_events_published_total", "published", "Records NATS acknowledged."),
+            ("bpfloom_events_spooled_total", "spooled", "Records that waited for NATS."),
+        ):
+            if key in stats:
+                out.append(header(name, "counter", text))
+                out.append(f"{series(name, label_block(*tool))} {number(stats[key])}\n")
         depth = "bpfloom_queue_depth_max"
         out.append(header(depth, "gauge", "Most events waiting in the queue at once."))
         out.append(

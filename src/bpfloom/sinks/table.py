@@ -168,6 +168,28 @@ class TableSink(Sink):
         quiet_stdout()
         super()._failed(exc, lost)
 
+    def clear_screen(self) -> bool:
+        """Clear the terminal as clear(1) does, for tools that redraw (tcptop); only
+        when stdout is a terminal: a file or a pipe never gets escape sequences.
+        Whether it cleared."""
+        with self.lock:
+            out = sys.stdout
+            if self.stopped or out is None or not out.isatty():
+                return False
+            try:
+                out.write(CLEAR_SCREEN)
+                out.flush()
+            except BrokenPipeError:
+                self._reader_gone()
+                return False
+            except Exception as exc:
+                self._failed(exc, 0)
+                return False
+            return True
+
+
+CLEAR_SCREEN = "\x1b[H\x1b[2J"  # cursor home, erase the display (clear(1) without E3)
+
 
 def _print(lines: Sequence[str]) -> None:
     """Whole lines to stdout, flushed: a closed stdout is an error like a full disk."""
