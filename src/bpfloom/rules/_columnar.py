@@ -222,14 +222,19 @@ class CStrings:
         # b has no NUL, so equal first m bytes also mean the value is that long.
         return (self.mat[:, :m] == np.frombuffer(b, dtype=np.uint8)).all(axis=1)  # type: ignore[no-any-return]
 
-    def endswith(self, b: bytes) -> Mask:
-        m = len(b)
+    def _at_least(self, m: int) -> tuple[Mask, npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """For a test of an ``m``-byte literal: the result so far (every row if ``m``
+        is 0, else none), the rows at least ``m`` long (none if ``m`` is 0), lengths."""
         out = np.zeros(self.n, dtype=np.bool_)
         if m == 0:
             out[:] = True
-            return out
+            return out, np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
         lengths = self.lengths()
-        rows = np.flatnonzero(lengths >= m)
+        return out, np.flatnonzero(lengths >= m), lengths
+
+    def endswith(self, b: bytes) -> Mask:
+        m = len(b)
+        out, rows, lengths = self._at_least(m)
         if rows.size:
             at = lengths[rows][:, None] - m + np.arange(m)
             tail = self.mat[rows[:, None], at]
@@ -238,12 +243,7 @@ class CStrings:
 
     def contains(self, b: bytes) -> Mask:
         m = len(b)
-        out = np.zeros(self.n, dtype=np.bool_)
-        if m == 0:
-            out[:] = True
-            return out
-        lengths = self.lengths()
-        rows = np.flatnonzero(lengths >= m)
+        out, rows, lengths = self._at_least(m)
         if rows.size:
             longest = int(lengths[rows].max())
             sub = self.mat[rows, :longest] * (np.arange(longest) < lengths[rows][:, None])

@@ -56,10 +56,4 @@ def fill_maps(obj: BpfObject, f: KernelFilter) -> None:
 
 def filtered(obj: BpfObject) -> int:
     """Events the object's prefilter left out so far (0 without one)."""
-    m = obj.maps.get(FILTERED_MAP)
-    if m is None or not obj.loaded or obj.closed:
-        return 0
-    per_cpu = m.lookup(0, default=None)
-    if per_cpu is None:
-        return 0
-    return int(sum(per_cpu)) if isinstance(per_cpu, list) else int(per_cpu)
+    return obj.counter_total(FILTERED_MAP)
