@@ -43,6 +43,11 @@ TOOLS: dict[str, Callable[[KernelFilter | None], Tool]] = {
 }
 
 
+#: The rules cost a fixed amount per batch and little per event (``_columnar``): under
+#: load a worker joins the batches queued behind its own, up to this many events.
+MERGE_EVENTS = 2048
+
+
 class Detector:
     """Evaluates ``rules`` on live events; calls ``on_alert(alert)`` for every alert.
 
@@ -92,6 +97,7 @@ class Detector:
                 queue_size=queue_size,
                 policy=policy,
                 batch=True,
+                merge_batches=MERGE_EVENTS,
             )
         except BaseException:
             self.close()
