@@ -46,6 +46,10 @@ TOOLS: dict[str, Callable[[KernelFilter | None], Tool]] = {
 #: The rules cost a fixed amount per batch and little per event (``_columnar``): under
 #: load a worker joins the batches queued behind its own, up to this many events.
 MERGE_EVENTS = 2048
+#: Below this many events a batch is cheaper record by record (the same alerts: the
+#: equivalence tests of tests/test_detect_columnar.py): at 1 event, ~17 µs against
+#: ~140 µs column-wise, the same at about 32 (default rules, measured 2026-11-30).
+ROWWISE_BELOW = 32
 
 
 class Detector:
@@ -111,9 +115,15 @@ class Detector:
     def alerts_of(self, batch: Batch) -> list[Alert]:
         """The alerts the rules raise on a batch's events (counted in ``alerts``);
         thread-safe. The rules run on the batch's columns (``RuleSet.evaluate_table``):
-        only the rows that raise an alert become records."""
+        only the rows that raise an alert become records; a small batch goes record
+        by record (``ROWWISE_BELOW``)."""
         table = self._table_of[batch.decoder.type.name](batch)
-        found = self.rules.evaluate_table(table)
+        if table.n < ROWWISE_BELOW:
+            found = [
+                a for record in table.records(range(table.n)) for a in self.rules.evaluate(record)
+            ]
+        else:
+            found = self.rules.evaluate_table(table)
         if found:
             with self._alert_lock:
                 for alert in found:
