@@ -1100,7 +1100,12 @@ class BpfObject:
     def dropped_kernel(self) -> int:
         """Records our programs failed to reserve (``bpfloom_drops``, summed over CPUs);
         0 for objects that do not use bpfloom.h."""
-        m = self.maps.get(DROPS_MAP)
+        return self.counter_total(DROPS_MAP)
+
+    def counter_total(self, name: str) -> int:
+        """Slot 0 of the per-CPU (or plain) counter array ``name``, summed over CPUs;
+        0 if the object has no such map or is not loaded."""
+        m = self.maps.get(name)
         if m is None or not self.loaded or self.closed:
             return 0
         per_cpu = m.lookup(0, default=None)

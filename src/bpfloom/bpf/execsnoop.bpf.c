@@ -21,10 +21,13 @@
  *
  * Filters are globals set before load: uid and cgroup at enter (nothing is
  * copied for other users or cgroups), comm at exit (it is the new program's
- * name), failed execs at exit.
+ * name), failed execs at exit. With bpfloom_prefilter (bpfloom detect), an exec no
+ * rule can match is left out at exit, on its result, names and path before the
+ * executable's path is walked, then on that path.
  */
 #include "bpfloom.h"
 #include "bpfloom_path.h"
+#include "bpfloom_prefilter.h"
 
 #define TASK_COMM_LEN 16
 #define PATH_LEN 256		/* the file name argument, cut beyond 255 bytes */
@@ -152,6 +155,7 @@ static __always_inline int exit_exec(long ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid;
+	struct bpfloom_facts facts = {};
 	struct task_struct *task;
 	struct event *e;
 	__u32 n;
@@ -173,6 +177,14 @@ static __always_inline int exit_exec(long ret)
 	/* real_parent is the forking thread; its process's name is its leader's. */
 	BPF_CORE_READ_STR_INTO(&e->parent_comm, task, real_parent, group_leader, comm);
 	e->ret = ret;
+	if (bpfloom_prefilter) {
+		facts.ret = e->ret < 0 ? BPFLOOM_RET_FAILED : BPFLOOM_RET_OK;
+		bpfloom_facts_comm(&facts, e->comm, false);
+		bpfloom_facts_comm(&facts, e->parent_comm, true);
+		bpfloom_facts_path(&facts, e->path, BPFLOOM_KNOW_PATH);
+		if (!bpfloom_prefilter_pass(&facts))
+			goto filtered;
+	}
 	if (resolve_paths && ret == 0) {
 		struct file *exe = BPF_CORE_READ(task, mm, exe_file);
 
@@ -186,10 +198,21 @@ static __always_inline int exit_exec(long ret)
 					      sizeof(e->fs_path));
 	}
 
+	if (bpfloom_prefilter && (bpfloom_prefilter_needs & BPFLOOM_KNOW_NPATH)) {
+		/* norm_path is fs_path where the walk found the executable (tools/paths.py). */
+		if (e->fs_path_kind == BPFLOOM_FS_PATH_FILE && e->fs_path_cut == 0 && e->fs_path[0])
+			bpfloom_facts_path(&facts, e->fs_path, BPFLOOM_KNOW_NPATH);
+		if (!bpfloom_prefilter_pass(&facts))
+			goto filtered;
+	}
+
 	n = e->args_count;
 	if (n > TOTAL_MAX_ARGS)
 		n = TOTAL_MAX_ARGS;
 	bpfloom_output(&events, e, offsetof(struct event, args) + n * ARGSIZE);
+	goto cleanup;
+filtered:
+	bpfloom_count_filtered();
 cleanup:
 	bpf_map_delete_elem(&execs, &tid);
 	return 0;

@@ -5,9 +5,12 @@
  * sched_process_exit fires in do_exit() after the exit status is stored in
  * task->exit_code as a wait status: the signal that killed the task in bits
  * 0-6, the exit status in bits 8-15. Both are sent as they are; user space
- * tells "code N" from "signal N". Filters are globals set before load.
+ * tells "code N" from "signal N". Filters are globals set before load; with
+ * bpfloom_prefilter (bpfloom detect), an exit no rule can match (by its comm) is left
+ * out and counted.
  */
 #include "bpfloom.h"
+#include "bpfloom_prefilter.h"
 
 #define TASK_COMM_LEN 16
 
@@ -53,6 +56,15 @@ int handle_exit(void *ctx)
 	bpf_get_current_comm(comm, sizeof(comm));
 	if (!bpfloom_comm_equals(comm, targ_comm))
 		return 0;
+	if (bpfloom_prefilter) {
+		struct bpfloom_facts facts = { .ret = BPFLOOM_RET_ANY };
+
+		bpfloom_facts_comm(&facts, comm, false);
+		if (!bpfloom_prefilter_pass(&facts)) {
+			bpfloom_count_filtered();
+			return 0;
+		}
+	}
 
 	e = bpfloom_reserve(&events, sizeof(*e));
 	if (!e)

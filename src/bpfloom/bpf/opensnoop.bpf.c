@@ -13,9 +13,16 @@
  *
  * Programs whose tracepoint this kernel lacks (arm64 has no open(2)) get
  * autoload = false from user space before load.
+ *
+ * With bpfloom_prefilter (bpfloom detect), an open no rule can match is left out:
+ * first on its result and comm, before anything is read, then on its paths. The
+ * record is built in a per-CPU scratch value and copied out, so an open left out
+ * after its paths were read never took a ring buffer slot: it is counted as
+ * filtered, never as a drop.
  */
 #include "bpfloom.h"
 #include "bpfloom_path.h"
+#include "bpfloom_prefilter.h"
 
 #define TASK_COMM_LEN 16
 #define PATH_LEN 256		/* as libbpf-tools' NAME_MAX-sized buffer */
@@ -66,6 +73,14 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 22);
 } events SEC(".maps");
+
+/* The record being built (too big for the stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct open_event);
+} record SEC(".maps");
 
 static __always_inline bool trace_allowed(__u32 tgid, __u32 tid)
 {
@@ -119,7 +134,8 @@ int enter_openat2(struct syscall_trace_enter *ctx)
 static __always_inline int trace_exit(struct syscall_trace_exit *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)id;
+	__u32 tid = (__u32)id, zero = 0;
+	struct bpfloom_facts facts = {};
 	struct open_args *args;
 	struct open_event *e;
 	long len, ret = ctx->ret;
@@ -130,10 +146,16 @@ static __always_inline int trace_exit(struct syscall_trace_exit *ctx)
 		return 0;
 	if (targ_failed && ret >= 0)
 		goto cleanup;
-
-	e = bpfloom_reserve(&events, sizeof(*e));
+	e = bpf_map_lookup_elem(&record, &zero);
 	if (!e)
 		goto cleanup;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	if (bpfloom_prefilter) {
+		facts.ret = ret < 0 ? BPFLOOM_RET_FAILED : BPFLOOM_RET_OK;
+		bpfloom_facts_comm(&facts, e->comm, false);
+		if (!bpfloom_prefilter_pass(&facts))
+			goto filtered;
+	}
 	e->ts_ns = bpf_ktime_get_ns();
 	e->flags = args->flags;
 	if (args->how &&
@@ -144,7 +166,6 @@ static __always_inline int trace_exit(struct syscall_trace_exit *ctx)
 	e->pid = id >> 32;
 	e->tid = tid;
 	e->uid = (__u32)bpf_get_current_uid_gid();
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	len = bpf_probe_read_user_str(e->path, sizeof(e->path), (void *)args->path);
 	if (len < 0)
 		e->path[0] = '\0';
@@ -165,7 +186,19 @@ static __always_inline int trace_exit(struct syscall_trace_exit *ctx)
 		e->fs_path_cut = bpfloom_path(bpfloom_dirfd_path(args->dirfd), e->fs_path,
 					      sizeof(e->fs_path));
 	}
-	bpfloom_submit(e);
+	if (bpfloom_prefilter && (bpfloom_prefilter_needs & (BPFLOOM_KNOW_PATH | BPFLOOM_KNOW_NPATH))) {
+		/* norm_path is fs_path where the walk found the opened file (tools/paths.py). */
+		if (!e->path_truncated)
+			bpfloom_facts_path(&facts, e->path, BPFLOOM_KNOW_PATH);
+		if (e->fs_path_kind == BPFLOOM_FS_PATH_FILE && e->fs_path_cut == 0 && e->fs_path[0])
+			bpfloom_facts_path(&facts, e->fs_path, BPFLOOM_KNOW_NPATH);
+		if (!bpfloom_prefilter_pass(&facts))
+			goto filtered;
+	}
+	bpfloom_output(&events, e, sizeof(*e));
+	goto cleanup;
+filtered:
+	bpfloom_count_filtered();
 cleanup:
 	bpf_map_delete_elem(&start, &tid);
 	return 0;

@@ -110,6 +110,10 @@ class Session:
     def dropped_kernel(self) -> int:
         return 0
 
+    def extra_stats(self) -> dict[str, Any]:
+        """The session's own counters, added to the final stats (``--stats``)."""
+        return {}
+
     def close(self) -> None:
         """Release every kernel object (idempotent)."""
 
@@ -361,6 +365,7 @@ def run_session(
             outputs.summary(session.summary())
             outputs.close()
             stats["sink_errors"] = outputs.errors
+            stats.update(session.extra_stats())
             stats.update(outputs.counters())
             stderr(session.exit_line(stats) + _unwritten(outputs.errors))
             for line in outputs.reports():

@@ -25,7 +25,10 @@ class DetectSession(Session):
 
     The rules run in the pipeline's worker threads (``workers``), so a slow output
     never stalls the readers. Text output is one line per alert (``format_alert``),
-    JSON one object per alert (``Alert.to_json``).
+    JSON one object per alert (``Alert.to_json``). Events the kernel left out because
+    no rule could match them are counted apart: ``filtered_kernel`` in ``--stats``
+    (not part of ``produced = handled + dropped_kernel + dropped_queue``, which counts
+    what the programs emitted), "left out in the kernel" in the exit line.
     """
 
     name = "detect"
@@ -59,8 +62,10 @@ class DetectSession(Session):
         alerts = self.detector.alerts
         fired = ", ".join(f"{n} {name!r}" for name, n in sorted(alerts.items())) or "none"
         suppressed = sum(self.rules.suppressed.values())
+        filtered = self.detector.filtered_kernel()
         line = escape_control(
-            f"bpfloom detect: {stats['received']} events; lost {stats['dropped_kernel']} in "
+            f"bpfloom detect: {stats['received']} events, {filtered} left out in the kernel "
+            f"(no rule could match them); lost {stats['dropped_kernel']} in "
             f"the kernel, {stats['dropped_queue']} in user space; alerts: {fired}"
             + (f"; {suppressed} suppressed by rate limits" if suppressed else "")
         )
@@ -71,6 +76,11 @@ class DetectSession(Session):
 
     def dropped_kernel(self) -> int:
         return sum(t.dropped_kernel() for t in self.detector.tools.values())
+
+    def extra_stats(self) -> dict[str, Any]:
+        """``filtered_kernel``: events the prefilters left out (no rule could match
+        them); apart from ``produced``, which counts what the programs emitted."""
+        return {"filtered_kernel": self.detector.filtered_kernel()}
 
     def close(self) -> None:
         self.detector.close()

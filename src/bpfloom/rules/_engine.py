@@ -23,7 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._expr import Event
+import numpy as np
+import numpy.typing as npt
+
+from . import _columnar
+from ._expr import Compiler, Event
 from ._loader import (
     CompiledRule,
     RateLimit,
@@ -33,6 +37,7 @@ from ._loader import (
     load_sources,
     read_rule_file,
 )
+from ._prefilter import KernelFilter, kernel_filter
 
 log = logging.getLogger("bpfloom.rules")
 
@@ -126,7 +131,10 @@ class _ThresholdState:
         self.last_sweep = float("-inf")
 
     def reached(self, event: Event, now: float) -> bool:
-        key = event.get(self.by) if self.by is not None else None
+        return self.reached_key(event.get(self.by) if self.by is not None else None, now)
+
+    def reached_key(self, key: object, now: float) -> bool:
+        """``reached`` for a match whose ``by`` field holds ``key``."""
         window = self.windows.get(key)
         if window is None:
             window = self.windows[key] = deque(maxlen=self.count)
@@ -136,6 +144,88 @@ class _ThresholdState:
             return False
         del self.windows[key]
         return True
+
+    def reached_rows(
+        self, keys: Sequence[object] | None, times: npt.NDArray[np.float64]
+    ) -> list[int] | None:
+        """``reached_key`` on each match in turn (``keys``: their ``by`` values, or None
+        for no ``by``): the positions that reach the threshold, with the same state
+        after; None, having changed nothing, if a key is unhashable (the caller then
+        goes row by row and counts each failure).
+
+        Between sweeps keys do not interact, so each key's matches are counted on its
+        times at once: a match reaches the threshold where it and the ``count - 1``
+        times before it in the key's window fit in ``within``, and the window restarts
+        after it. A match that sweeps is taken on its own, by ``reached_key``."""
+        n = len(times)
+        if keys is None:
+            groups: dict[object, list[int]] = {None: list(range(n))}
+        else:
+            try:
+                first = keys[0] if n else None
+                if n and keys.count(first) == n:
+                    hash(first)
+                    groups = {first: list(range(n))}
+                else:
+                    groups = {}
+                    for pos, key in enumerate(keys):
+                        groups.setdefault(key, []).append(pos)
+            except TypeError:
+                return None
+        reached: list[int] = []
+        start = 0
+        while start < n:
+            # The next match that sweeps (the sweep compares as ``sweep`` does).
+            due = np.flatnonzero(~(times[start:] - self.last_sweep < self.within))
+            stop = start + int(due[0]) if due.size else n
+            if stop > start:
+                whole = start == 0 and stop == n
+                for key, positions in groups.items():
+                    mine = positions if whole else [p for p in positions if start <= p < stop]
+                    if mine:
+                        reached.extend(self._count(key, mine, times))
+            if stop < n:
+                key = keys[stop] if keys is not None else None
+                if self.reached_key(key, float(times[stop])):
+                    reached.append(stop)
+            start = stop + 1
+        reached.sort()
+        return reached
+
+    def _count(
+        self, key: object, positions: list[int], times: npt.NDArray[np.float64]
+    ) -> list[int]:
+        """``reached_key(key, ...)`` on the matches at ``positions``, none of which
+        sweeps: the positions that reach the threshold."""
+        count, within = self.count, self.within
+        window = self.windows.get(key)
+        if (len(window) if window is not None else 0) + len(positions) < count:
+            # Too few to reach it: only kept (the common case of many keys).
+            if window is None:
+                window = self.windows[key] = deque(maxlen=count)
+            window.extend(times[positions].tolist())
+            return []
+        old = list(window) if window is not None else []
+        held = len(old)
+        series = np.concatenate([np.array(old, dtype=np.float64), times[positions]])
+        fired: list[int] = []
+        begin = 0
+        if len(series) >= count:
+            # fits[j]: the count times ending at j + count - 1 fit in the window.
+            fits = ~(series[count - 1 :] - series[: len(series) - count + 1] > within)
+            ends = np.flatnonzero(fits) + (count - 1)
+            at = int(np.searchsorted(ends, max(held, count - 1)))
+            while at < len(ends):
+                end = int(ends[at])
+                fired.append(positions[end - held])
+                begin = end + 1
+                at = int(np.searchsorted(ends, begin + count - 1))
+        left = series[begin:][-count:]
+        if left.size:
+            self.windows[key] = deque(left.tolist(), maxlen=count)
+        else:
+            self.windows.pop(key, None)
+        return fired
 
     def sweep(self, now: float) -> None:
         if now - self.last_sweep < self.within:
@@ -168,9 +258,19 @@ class _RateLimitState:
 class _Entry:
     """A compiled rule with its mutable state; the state is guarded by the set's lock."""
 
-    __slots__ = ("errors", "limit", "match", "render", "rule", "stateful", "threshold")
+    __slots__ = (
+        "compiled",
+        "errors",
+        "limit",
+        "match",
+        "render",
+        "rule",
+        "stateful",
+        "threshold",
+    )
 
     def __init__(self, compiled: CompiledRule) -> None:
+        self.compiled = compiled
         self.rule = compiled.rule
         self.match = compiled.match
         self.render = compiled.render
@@ -185,6 +285,35 @@ class _Entry:
         if self.threshold is not None and not self.threshold.reached(event, now):
             return False
         return self.limit is None or self.limit.admit(now)
+
+    def admit_rows(
+        self, keys: Sequence[object] | None, times: npt.NDArray[np.float64]
+    ) -> tuple[list[int], list[tuple[int, Exception]]]:
+        """``admit`` for matches in order (``keys``: their ``by`` values): the positions
+        admitted, and those whose admission raised (an unhashable key), with why."""
+        admitted: list[int] = []
+        failed: list[tuple[int, Exception]] = []
+        threshold, limit = self.threshold, self.limit
+        reached = threshold.reached_rows(keys, times) if threshold is not None else None
+        if threshold is None or reached is not None:
+            candidates = reached if reached is not None else range(len(times))
+            if limit is None:
+                return list(candidates), failed
+            for pos in candidates:
+                if limit.admit(float(times[pos])):
+                    admitted.append(pos)
+            return admitted, failed
+        for pos, now in enumerate(times.tolist()):
+            try:
+                if threshold is not None and not threshold.reached_key(
+                    keys[pos] if keys is not None else None, now
+                ):
+                    continue
+                if limit is None or limit.admit(now):
+                    admitted.append(pos)
+            except Exception as exc:
+                failed.append((pos, exc))
+        return admitted, failed
 
 
 class _ErrorLog:
@@ -230,6 +359,7 @@ class RuleSet:
                 for kind in sorted(entry.rule.applies_to):
                     by_kind.setdefault(kind, []).append(entry)
         self._by_kind = {kind: tuple(entries) for kind, entries in by_kind.items()}
+        self._plans: dict[tuple[int, str], _columnar.Plan] = {}
 
     @classmethod
     def from_text(
@@ -255,6 +385,11 @@ class RuleSet:
     def event_kinds(self) -> frozenset[str]:
         """The event kinds at least one enabled rule applies to (what to trace)."""
         return frozenset(self._by_kind)
+
+    def kernel_filter(self, kind: str) -> KernelFilter:
+        """What a BPF program may leave out of the events of ``kind``: those no
+        enabled rule can match (``bpfloom.rules._prefilter``)."""
+        return kernel_filter([entry.compiled for entry in self._entries], kind)
 
     @property
     def suppressed(self) -> dict[str, int]:
@@ -300,6 +435,120 @@ class RuleSet:
                 continue
             alerts.append(Alert(rule.name, rule.priority, now, output, rule.tags, dict(event)))
         return alerts
+
+    def evaluate_table(self, table: _columnar.Table) -> list[Alert]:
+        """The alerts of a batch of events given as columns (``_columnar.Table``): the
+        same alerts, in the same order, as ``evaluate`` on each record in turn.
+
+        Conditions run on the columns (``bpfloom.rules._columnar``); a rule they cannot
+        answer is matched row-wise on the batch's records. Thresholds and rate limits
+        then take each rule's matches in row order under the lock, and only the rows
+        that raise an alert are turned into records. Thread-safe.
+        """
+        entries = self._by_kind.get(table.kind)
+        if not entries or table.n == 0:
+            return []
+        matched: list[tuple[_Entry, list[int]]] = []
+        everything: list[dict[str, Any]] | None = None
+        evaluators: dict[int, _columnar.Evaluator] = {}
+        for entry in entries:
+            rows: list[int] | None = None
+            compiler = entry.compiled.compiler
+            if entry.compiled.tree is not None and compiler is not None:
+                evaluator = evaluators.get(id(compiler))
+                if evaluator is None:
+                    plan = self._plan(compiler, table.strings)
+                    evaluator = evaluators[id(compiler)] = _columnar.Evaluator(table, plan)
+                try:
+                    rows = evaluator.matches(entry.compiled.tree).tolist()
+                except _columnar.Unsupported:
+                    rows = None
+            if rows is None:
+                if everything is None:
+                    everything = table.records(range(table.n))
+                rows = self._match_rows(entry, everything)
+            if rows:
+                matched.append((entry, rows))
+        if not matched:
+            return []
+        times = table.times()
+        admitted: list[tuple[_Entry, list[int]]] = []
+        failures: list[tuple[_Entry, Exception]] = []
+        for entry, rows in matched:
+            if not entry.stateful:
+                admitted.append((entry, rows))
+                continue
+            keys = None
+            if entry.threshold is not None and entry.threshold.by is not None:
+                by = entry.threshold.by
+                keys = self._keys(table, evaluators, by, rows, everything)
+            row_times = times[rows]
+            with self._lock:
+                passed, failed = entry.admit_rows(keys, row_times)
+            failures.extend((entry, exc) for _, exc in failed)
+            if passed:
+                admitted.append((entry, [rows[p] for p in passed]))
+        for entry, exc in failures:
+            self._failed(entry, exc)
+        if not admitted:
+            return []
+        wanted = sorted({row for _, rows in admitted for row in rows})
+        if everything is not None:
+            records = {row: everything[row] for row in wanted}
+        else:
+            records = dict(zip(wanted, table.records(wanted), strict=True))
+        order = {id(entry): i for i, entry in enumerate(entries)}
+        found: list[tuple[int, int, Alert]] = []
+        for entry, rows in admitted:
+            rule = entry.rule
+            for row in rows:
+                event = records[row]
+                try:
+                    output = entry.render(event)
+                except Exception as exc:
+                    self._failed(entry, exc)
+                    continue
+                now = float(times[row])
+                alert = Alert(rule.name, rule.priority, now, output, rule.tags, dict(event))
+                found.append((row, order[id(entry)], alert))
+        found.sort(key=lambda item: (item[0], item[1]))
+        return [alert for _, _, alert in found]
+
+    def _plan(self, compiler: Compiler, strings: str) -> _columnar.Plan:
+        key = (id(compiler), strings)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = _columnar.Plan(compiler, strings)
+        return plan
+
+    def _match_rows(self, entry: _Entry, records: Sequence[Event]) -> list[int]:
+        """The rows a rule matches, row-wise (rules the columns cannot evaluate)."""
+        rows: list[int] = []
+        for row, event in enumerate(records):
+            try:
+                if entry.match(event):
+                    rows.append(row)
+            except Exception as exc:
+                self._failed(entry, exc)
+        return rows
+
+    @staticmethod
+    def _keys(
+        table: _columnar.Table,
+        evaluators: dict[int, _columnar.Evaluator],
+        field: str,
+        rows: list[int],
+        everything: list[dict[str, Any]] | None,
+    ) -> list[object]:
+        """The values of ``field`` (a threshold's ``by``) on ``rows``, as in the records."""
+        if everything is not None:
+            return [everything[row].get(field) for row in rows]
+        column = next(iter(evaluators.values())).column(field) if evaluators else None
+        if column is None:
+            column = table.column(field)
+        if column is None:
+            return [None] * len(rows)
+        return column.values(np.asarray(rows, dtype=np.intp))
 
     def _failed(self, entry: _Entry, exc: Exception) -> None:
         with self._lock:

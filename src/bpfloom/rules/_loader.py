@@ -139,12 +139,13 @@ class Rule:
 class CompiledRule:
     """A rule with its condition (exceptions included) and output compiled; ``tree``
     is the condition as parsed, macros inlined and exceptions added, for evaluators
-    that walk it."""
+    that walk it; ``compiler`` resolves its lists and comparisons for them."""
 
     rule: Rule
     match: Matcher
     render: Callable[[Event], str]
     tree: Node | None = None
+    compiler: Compiler | None = None
 
 
 class _ListRef(NamedTuple):
@@ -848,7 +849,8 @@ class _Loader:
             kinds = narrowed
         match = compiler.compile(pending.tree)
         rule = replace(rule, applies_to=kinds)
-        return CompiledRule(rule, match, compile_template(pending.template), pending.tree)
+        render = compile_template(pending.template)
+        return CompiledRule(rule, match, render, pending.tree, compiler)
 
     def never_together(self, fields: set[str]) -> str:
         """Why no event kind has all ``fields``: a pair that never meets, if there is one."""

@@ -36,12 +36,15 @@ so that an exec from a non-leader thread (whose thread id changes) is not lost.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._exceptions import BpfloomError, MapError
 from .cgroups import CgroupPaths, cgroup2_mount
 from .paths import norm_path
 from .tool import Column, Record, Tool, wall_time
+
+if TYPE_CHECKING:
+    from ..rules._prefilter import KernelFilter
 
 DEFAULT_MAX_ARGS = 20  # libbpf-tools' DEFAULT_MAXARGS
 TOTAL_MAX_ARGS = 60  # argv slots of the BPF record (TOTAL_MAX_ARGS in execsnoop.bpf.c)
@@ -86,7 +89,9 @@ class ExecSnoop(Tool):
     cgroup v2 directory; its tasks and those of cgroups below it), failed execs unless
     ``include_failed``. ``max_args`` bounds the argv entries copied (1-60).
     ``resolve_paths`` asks the kernel which file each exec ran and gives records a
-    ``norm_path`` (``bpfloom.tools.paths``), as ``bpfloom detect`` needs.
+    ``norm_path`` (``bpfloom.tools.paths``), as ``bpfloom detect`` needs, and
+    ``prefilter`` (``bpfloom detect``) leaves out in the kernel the execs no rule can
+    match.
 
     Raises ``ValueError`` for out-of-range arguments, ``BpfloomError`` when the cgroup
     is not a cgroup v2 directory (and for load errors, as any tool).
@@ -108,7 +113,9 @@ class ExecSnoop(Tool):
         print_uid: bool = False,
         quote: bool = False,
         resolve_paths: bool = False,
+        prefilter: KernelFilter | None = None,
     ) -> None:
+        self.prefilter = prefilter
         if not 1 <= max_args <= TOTAL_MAX_ARGS:
             raise ValueError(f"max_args must be 1 to {TOTAL_MAX_ARGS}, not {max_args}")
         if uid is not None and not 0 <= uid < ANY_UID:

@@ -9,10 +9,13 @@ EXIT_CODE shows ``0``, ``code N``, or ``signal N (SIGNAME)``; the JSON record ca
 from __future__ import annotations
 
 import signal as _signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cgroups import CgroupPaths
 from .tool import Column, Record, Tool, wall_time
+
+if TYPE_CHECKING:
+    from ..rules._prefilter import KernelFilter
 
 
 def describe_status(exit_code: int, sig: int) -> str:
@@ -28,7 +31,8 @@ def describe_status(exit_code: int, sig: int) -> str:
 class ExitSnoop(Tool):
     """Traces process exits. Filters run in the kernel: ``pid`` (thread group),
     ``comm`` (exact, at most 15 bytes), ``failed_only`` (non-zero status or killed by
-    a signal), ``threads`` (report every thread's exit, not only the process's)."""
+    a signal), ``threads`` (report every thread's exit, not only the process's), and
+    ``prefilter`` (``bpfloom detect``: the exits no rule can match, by comm)."""
 
     name = "exitsnoop"
     object_name = "exitsnoop"
@@ -42,7 +46,9 @@ class ExitSnoop(Tool):
         failed_only: bool = False,
         threads: bool = False,
         timestamps: bool = False,
+        prefilter: KernelFilter | None = None,
     ) -> None:
+        self.prefilter = prefilter
         self.pid, self.comm = pid, comm
         self.failed_only, self.threads = failed_only, threads
         self.cgroups = CgroupPaths()

@@ -26,12 +26,15 @@ programs are not loaded.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import _env
 from .._exceptions import AttachError
 from .paths import norm_path
 from .tool import Column, Record, Tool, wall_time
+
+if TYPE_CHECKING:
+    from ..rules._prefilter import KernelFilter
 
 COMM_LEN = 15  # bytes of a task's comm, without the NUL
 ANY_UID = 0xFFFFFFFF  # (u32)-1 is no user id
@@ -57,6 +60,8 @@ class OpenSnoop(Tool):
     ``print_uid`` UID (the records always carry every key). ``full_path`` asks the
     kernel where each opened file is (``bpfloom_path.h``: a dentry walk per open) and
     gives records a ``norm_path`` (``bpfloom.tools.paths``), shown in PATH.
+    ``prefilter`` (``bpfloom detect``) leaves out in the kernel the opens no rule can
+    match.
 
     Raises ``ValueError`` for out-of-range arguments, ``AttachError`` when the kernel
     has none of the open tracepoints (and load errors, as any tool).
@@ -78,7 +83,9 @@ class OpenSnoop(Tool):
         timestamps: bool = False,
         print_uid: bool = False,
         full_path: bool = False,
+        prefilter: KernelFilter | None = None,
     ) -> None:
+        self.prefilter = prefilter
         if pid < 0 or tid < 0:
             raise ValueError("pid and tid must be positive (0: any)")
         if uid is not None and not 0 <= uid < ANY_UID:

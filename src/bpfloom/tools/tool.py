@@ -22,7 +22,10 @@ with one offset taken when the tool starts (``wall_time``).
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import numpy as np
+import numpy.typing as npt
 
 from .. import decode
 from ..batch import Batch
@@ -32,7 +35,10 @@ from ..perfbuf import PerfBuffer
 from ..ringbuf import RingBuffer
 from ..sinks.table import Column
 
-__all__ = ["Column", "Record", "Tool", "wall_time"]
+if TYPE_CHECKING:  # the rule engine is imported only by tools given a prefilter
+    from ..rules._prefilter import KernelFilter
+
+__all__ = ["Column", "Record", "Tool", "wall_time", "wall_times"]
 
 Record = dict[str, Any]
 _MONO_TO_WALL_NS = time.time_ns() - time.monotonic_ns()
@@ -41,6 +47,15 @@ _MONO_TO_WALL_NS = time.time_ns() - time.monotonic_ns()
 def wall_time(ktime_ns: int) -> float:
     """Unix time in seconds of a kernel CLOCK_MONOTONIC timestamp in ns."""
     return (ktime_ns + _MONO_TO_WALL_NS) / 1e9
+
+
+def wall_times(ktime_ns: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.float64]:
+    """``wall_time`` of each timestamp of an array, with the same floats: numpy's int64
+    to float64 conversion rounds to nearest as Python's int to float does; timestamps
+    whose sum with the offset would leave int64 are converted one by one."""
+    if ktime_ns.size and int(ktime_ns.max()) > (1 << 62):
+        return np.array([wall_time(t) for t in ktime_ns.tolist()], dtype=np.float64)
+    return (ktime_ns.astype(np.int64) + _MONO_TO_WALL_NS) / 1e9
 
 
 class Tool:
@@ -60,6 +75,9 @@ class Tool:
     #: with BPFLOOM_RECORD in the BPF source) rather than searched for in DWARF.
     event_type: ClassVar[str | None] = None
     columns: tuple[Column, ...] = ()
+    #: What the kernel may leave out (``bpfloom detect``'s rules; objects that include
+    #: ``bpf/bpfloom_prefilter.h``); None: every event is emitted.
+    prefilter: KernelFilter | None = None
 
     def __init__(self) -> None:
         # Lossless strings: records keep the exact bytes a process gave (a path that is
@@ -68,7 +86,14 @@ class Tool:
         self.readers: list[RingBuffer | PerfBuffer] = []
         try:
             self.configure()
-            self.obj.load()
+            if self.prefilter is not None:
+                from . import prefilter
+
+                prefilter.set_globals(self.obj, self.prefilter)
+                self.obj.load()
+                prefilter.fill_maps(self.obj, self.prefilter)
+            else:
+                self.obj.load()
             self.readers = [
                 self.obj.open_reader(m.name, self.event_type) for m in self.obj.event_buffers()
             ]
@@ -115,6 +140,14 @@ class Tool:
 
     def dropped_kernel(self) -> int:
         return self.obj.dropped_kernel()
+
+    def filtered_kernel(self) -> int:
+        """Events the prefilter left out in the kernel (never emitted: not drops)."""
+        if self.prefilter is None:
+            return 0
+        from . import prefilter
+
+        return prefilter.filtered(self.obj)
 
     def exit_line(self, stats: dict[str, Any]) -> str:
         """The line the command prints on stderr at exit, from the pipeline's stats."""

@@ -1,0 +1,681 @@
+"""Column-wise evaluation of rule conditions over a batch of events of one kind.
+
+``RuleSet.evaluate`` runs each rule's closures on one event dict at a time; this module
+runs a rule's condition tree once per *batch*, on columns: numpy arrays of numbers,
+and C strings kept as the rows of a byte matrix (``CStrings``), straight from the
+records the BPF programs wrote. A comparison becomes one numpy operation over the
+batch (``==`` and ``in`` as byte comparisons or a binary search in the sorted literals,
+``startswith``/``endswith``/``contains`` on the bytes, ``<``... on numbers), ``and``/
+``or``/``not`` become boolean arrays, and only the rows a rule matches ever become
+Python records (``RuleSet.evaluate_table`` does the rest: thresholds, rate limits,
+alerts, in row order).
+
+Exactness. The result for every row is what the row-wise matcher would answer on the
+row's record. Byte-level tests stand for the tests on decoded strings only where they
+are provably the same (``literal_bytes``); everything else is answered per row in
+Python by the row-wise matcher itself, on the decoded value of that one field: rows a
+table gives as Python values (``StrColumn.special``: a path cut and marked ``...``, a
+``norm_path`` that needs lexical work), fields a table has no vector form for
+(``PyColumn``: argv lists, ``age``, cgroup paths), literals whose bytes are ambiguous
+(a surrogate-escaped byte inside ``startswith``, U+FFFD under the ``replace`` policy),
+``glob`` patterns that are not a plain prefix, suffix or substring (their literal
+prefix and suffix narrow the rows first), and numbers that numpy would round (an int
+literal beyond 2**53 against a float field).
+
+Evaluation order. Conditions are pure and, on typed columns, cannot raise, so ``and``
+and ``or`` items run cheapest first, each only on the rows still undecided
+(``Evaluator.eval``'s ``need`` mask), so per-row work is spent on few rows. A rule the
+columns cannot answer (``Unsupported``, or a condition deeper than ``SHALLOW``, which the
+row-wise engine runs as a branching program) is matched row-wise on the batch's records.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from ._expr import SHALLOW, And, Compare, Compiler, InSet, Matcher, Node, Not, Or, Value
+
+Mask = npt.NDArray[np.bool_]
+Rows = npt.NDArray[np.intp]
+
+_ORDER: dict[str, Callable[[Any, Any], Any]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+_GLOB_SPECIAL = re.compile(r"[*?\[]")
+_SMALL_SET = 4  # up to this many literals, `in` compares each; beyond, a binary search
+_COLS = np.arange(4096)
+_HEAD = 64  # C strings: where lengths() looks for the NUL first
+
+
+@functools.lru_cache(maxsize=256)
+def _sorted_keys(literals: tuple[bytes, ...], width: int) -> npt.NDArray[Any]:
+    """``literals`` (none longer than ``width``) as a sorted ``S<width>`` array."""
+    return np.array(sorted(literals), dtype=f"S{max(width, 1)}")
+
+
+class Unsupported(Exception):
+    """The columns cannot answer a condition: the rule is matched row-wise instead."""
+
+
+class Table(Protocol):
+    """A batch of events of one kind, as columns (``bpfloom.tools.detect_columns``).
+
+    ``column(field)`` is the field's values for all ``n`` rows (None: no row has the
+    field); ``times()`` the event time per row as ``RuleSet`` takes it (the ``time``
+    field, a float); ``records(rows)`` the records of those rows, exactly as the
+    row-wise path would have built them (what alerts carry and outputs render).
+    """
+
+    kind: str
+    n: int
+    strings: str  # how C strings were decoded: "surrogateescape" or "replace"
+
+    def column(self, field: str) -> Column | None: ...
+
+    def times(self) -> npt.NDArray[np.float64]: ...
+
+    def records(self, rows: Sequence[int]) -> list[dict[str, Any]]: ...
+
+
+# Literals as bytes.
+
+
+def literal_bytes(text: str, strings: str, *, whole: bool) -> bytes | Literal[False] | None:
+    """The bytes of a literal for byte-level tests on C strings decoded with policy
+    ``strings`` ("surrogateescape" or "replace").
+
+    Returns ``bytes`` when a test on the bytes is the same as the test on decoded text,
+    ``False`` when no decoded value can pass (the literal holds a NUL, which C strings
+    end at, or a character decoding never yields), ``None`` when only the decoded text
+    can tell (test per row). ``whole``: for equality (the literal against the whole
+    value), else for prefix, suffix and substring tests.
+
+    Why this is exact: the literal's UTF-8 bytes are complete characters, and UTF-8 is
+    self-synchronizing, so a byte string starts with, ends with, contains or equals
+    them exactly when its decoding does with the literal, whatever invalid bytes are
+    around them (each decodes on its own, to U+DC80-U+DCFF or to U+FFFD). A lone
+    surrogate in the literal is a byte that "surrogateescape" escaped: equality stays
+    exact (the policy is a bijection) but a prefix test is not (b"\\xc3\\xa9" starts
+    with b"\\xc3", "é" does not start with "\\udcc3").
+    """
+    if "\0" in text:
+        return False
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        if strings != "surrogateescape":
+            return False  # "replace" never yields a surrogate
+        if not whole:
+            return None
+        try:
+            return text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return False  # only U+DC80..U+DCFF stand for bytes
+    if strings == "replace" and "\ufffd" in text:
+        return None  # many byte strings decode to U+FFFD
+    return data
+
+
+class CStrings:
+    """C strings as the rows of an ``(n, width)`` uint8 matrix (a view into records):
+    each value is the row's bytes up to its first NUL (all of them if none), as the
+    decoder reads ``char[width]``; bytes after the NUL are ignored, whatever they are.
+    Lengths are computed once, when a test needs them."""
+
+    def __init__(self, mat: npt.NDArray[np.uint8], strings: str) -> None:
+        self.mat = mat
+        self.strings = strings
+        self.width = int(mat.shape[1])
+        self._lengths: npt.NDArray[np.intp] | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.mat.shape[0])
+
+    def lengths(self) -> npt.NDArray[np.intp]:
+        if self._lengths is None:
+            mat, n = self.mat, self.n
+            if self.width == 0:
+                self._lengths = np.zeros(n, dtype=np.intp)
+            else:
+                # The first minimum of a row is its first NUL, if it has one; most
+                # values are short, so look in the first bytes first.
+                rows = np.arange(n)
+                head = min(self.width, _HEAD)
+                first = mat[:, :head].argmin(axis=1)
+                ended = mat[rows, first] == 0
+                if head < self.width and not ended.all():
+                    longer = np.flatnonzero(~ended)
+                    whole = mat[longer]
+                    first[longer] = found = whole.argmin(axis=1)
+                    ended[longer] = whole[np.arange(longer.size), found] == 0
+                self._lengths = np.where(ended, first, self.width).astype(np.intp)
+        return self._lengths
+
+    def subset(self, rows: Rows) -> CStrings:
+        sub = CStrings(self.mat[rows], self.strings)
+        if self._lengths is not None:
+            sub._lengths = self._lengths[rows]
+        return sub
+
+    def decode(self, rows: Rows | None = None) -> list[str]:
+        """The decoded values of ``rows`` (all if None), as the decoder makes them."""
+        mat = self.mat if rows is None else self.mat[rows]
+        lengths = self.lengths() if rows is None else self.lengths()[rows]
+        width = self.width
+        raw = np.ascontiguousarray(mat).tobytes()
+        errors = self.strings
+        return [
+            raw[i * width : i * width + m].decode("utf-8", errors)
+            for i, m in enumerate(lengths.tolist())
+        ]
+
+    def equals_any(self, literals: Sequence[bytes]) -> Mask:
+        """Rows whose value is one of ``literals`` (bytes without NUL)."""
+        n, width, mat = self.n, self.width, self.mat
+        out = np.zeros(n, dtype=np.bool_)
+        fitting = sorted({b for b in literals if len(b) <= width})
+        if not fitting or n == 0:
+            return out
+        if len(fitting) <= _SMALL_SET:
+            for b in fitting:
+                m = len(b)
+                # The value is b when its first m bytes are b and byte m ends it.
+                want = np.frombuffer(b if m == width else b + b"\0", dtype=np.uint8)
+                out |= (mat[:, : len(want)] == want).all(axis=1)
+            return out
+        # One binary search over the values zeroed past their ends: numpy's S<k>
+        # comparison ignores trailing NULs, and neither values nor literals hold one.
+        lengths = self.lengths()
+        longest = int(lengths.max())
+        keys = _sorted_keys(tuple(b for b in fitting if len(b) <= longest), longest)
+        if keys.size == 0:
+            return out
+        if longest == 0:  # every value is empty
+            out[:] = keys[0] == b""
+            return out
+        cols = _COLS[:longest] if longest <= _COLS.size else np.arange(longest)
+        clean = np.where(cols < lengths[:, None], mat[:, :longest], np.uint8(0)).astype(np.uint8)
+        values = clean.view(f"S{longest}").ravel()
+        at = np.searchsorted(keys, values)
+        at[at == len(keys)] = 0
+        return keys[at] == values  # type: ignore[no-any-return]
+
+    def startswith(self, b: bytes) -> Mask:
+        m = len(b)
+        if m == 0:
+            return np.ones(self.n, dtype=np.bool_)
+        if m > self.width:
+            return np.zeros(self.n, dtype=np.bool_)
+        # b has no NUL, so equal first m bytes also mean the value is that long.
+        return (self.mat[:, :m] == np.frombuffer(b, dtype=np.uint8)).all(axis=1)  # type: ignore[no-any-return]
+
+    def _at_least(self, m: int) -> tuple[Mask, npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """For a test of an ``m``-byte literal: the result so far (every row if ``m``
+        is 0, else none), the rows at least ``m`` long (none if ``m`` is 0), lengths."""
+        out = np.zeros(self.n, dtype=np.bool_)
+        if m == 0:
+            out[:] = True
+            return out, np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+        lengths = self.lengths()
+        return out, np.flatnonzero(lengths >= m), lengths
+
+    def endswith(self, b: bytes) -> Mask:
+        m = len(b)
+        out, rows, lengths = self._at_least(m)
+        if rows.size:
+            at = lengths[rows][:, None] - m + np.arange(m)
+            tail = self.mat[rows[:, None], at]
+            out[rows] = (tail == np.frombuffer(b, dtype=np.uint8)).all(axis=1)
+        return out
+
+    def contains(self, b: bytes) -> Mask:
+        m = len(b)
+        out, rows, lengths = self._at_least(m)
+        if rows.size:
+            longest = int(lengths[rows].max())
+            sub = self.mat[rows, :longest] * (np.arange(longest) < lengths[rows][:, None])
+            # Zeroed past each value's end: numpy's S<k> ignores the trailing NULs.
+            values = np.ascontiguousarray(sub, dtype=np.uint8).view(f"S{longest}").ravel()
+            out[rows] = np.char.find(values, b) >= 0
+        return out
+
+
+class Column:
+    """One field of a table; ``test`` answers a comparison for the rows in ``need``
+    (all if None) and leaves the others False."""
+
+    n: int
+
+    def test(self, node: Compare | InSet, plan: Plan, need: Mask | None) -> Mask:
+        raise NotImplementedError
+
+    def values(self, rows: Rows) -> list[Any]:
+        """The Python values of ``rows``, as the records hold them."""
+        raise NotImplementedError
+
+    cost = 1
+
+
+def _rows_of(need: Mask | None, n: int) -> Rows:
+    return np.arange(n, dtype=np.intp) if need is None else np.flatnonzero(need)
+
+
+def _per_row(test: Matcher, field: str, values: Sequence[Any], rows: Rows, n: int) -> Mask:
+    """The row-wise matcher on each value, as if on a record holding only that field."""
+    out = np.zeros(n, dtype=np.bool_)
+    if rows.size:
+        out[rows] = [bool(test({field: v})) for v in values]
+    return out
+
+
+class ConstColumn(Column):
+    """The same value on every row (the ``event`` kind of a table)."""
+
+    cost = 0
+
+    def __init__(self, value: Any, n: int) -> None:
+        self.value = value
+        self.n = n
+
+    def test(self, node: Compare | InSet, plan: Plan, need: Mask | None) -> Mask:
+        hit = bool(plan.matcher(node)({node.field: self.value}))
+        return np.full(self.n, hit, dtype=np.bool_)
+
+    def values(self, rows: Rows) -> list[Any]:
+        return [self.value] * len(rows)
+
+
+class PyColumn(Column):
+    """Python values (None: the field is missing on that row), fetched only for the rows
+    a test needs (``fetch(rows)``) and tested per row with the row-wise matcher: exact
+    for any value, and the slow path."""
+
+    cost = 4
+
+    def __init__(self, n: int, fetch: Callable[[Rows], list[Any]]) -> None:
+        self.n = n
+        self.fetch = fetch
+
+    @classmethod
+    def of(cls, items: Sequence[Any]) -> PyColumn:
+        """A column of values known up front."""
+        return cls(len(items), lambda rows: [items[i] for i in rows.tolist()])
+
+    def test(self, node: Compare | InSet, plan: Plan, need: Mask | None) -> Mask:
+        rows = _rows_of(need, self.n)
+        return _per_row(plan.matcher(node), node.field, self.fetch(rows), rows, self.n)
+
+    def values(self, rows: Rows) -> list[Any]:
+        return self.fetch(rows)
+
+
+class NumColumn(Column):
+    """Ints or floats of every row as one numpy array (int64, uint64 or float64)."""
+
+    def __init__(self, array: npt.NDArray[Any]) -> None:
+        self.array = array
+        self.n = int(array.shape[0])
+
+    def values(self, rows: Rows) -> list[Any]:
+        return self.array[rows].tolist()  # type: ignore[no-any-return]
+
+    def _slow(self, node: Compare | InSet, plan: Plan, need: Mask | None) -> Mask:
+        rows = _rows_of(need, self.n)
+        return _per_row(plan.matcher(node), node.field, self.values(rows), rows, self.n)
+
+    def test(self, node: Compare | InSet, plan: Plan, need: Mask | None) -> Mask:
+        array = self.array
+        if isinstance(node, InSet):
+            wanted = [self._exact(v) for v in plan.members(node)]
+            if any(w is None for w in wanted):
+                return self._slow(node, plan, need)
+            fit = [w for w in wanted if w is not _OUT_OF_RANGE]
+            return np.isin(array, np.array(fit, dtype=array.dtype))
+        v = self._exact(node.value)
+        if v is None:
+            return self._slow(node, plan, need)
+        if v is _OUT_OF_RANGE:
+            # An int literal beyond the column's integer type: every value is below
+            # it, or every value above it.
+            above = isinstance(node.value, int) and node.value > 0
+            hit = {"==": False, "!=": True, "<": above, "<=": above}.get(node.op, not above)
+            return np.full(self.n, hit, dtype=np.bool_)
+        return _ORDER[node.op](array, v)  # type: ignore[no-any-return]
+
+    def _exact(self, value: Value) -> Any:
+        """``value`` as a numpy scalar that compares with the column exactly as Python
+        compares it with each value; ``_OUT_OF_RANGE`` for an int beyond an integer
+        column's range; None when numpy would round (test per row)."""
+        kind = self.array.dtype.kind
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        if kind in "iu":
+            if not isinstance(value, int):
+                return None  # int64 against float rounds in numpy, not in Python
+            low, high = _int_range(self.array.dtype)
+            if value < low or value > high:
+                return _OUT_OF_RANGE
+            return self.array.dtype.type(value)
+        if isinstance(value, int):
+            try:
+                as_float = float(value)
+            except OverflowError:
+                return None
+            return as_float if as_float == value else None
+        return value
+
+
+_OUT_OF_RANGE = object()
+
+
+@functools.lru_cache(maxsize=16)
+def _int_range(dtype: np.dtype[Any]) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
+class StrColumn(Column):
+    """A str field: C strings in one or more byte matrices (``parts``: each with the
+    mask of the rows it holds, None for all), plus ``special`` rows given as Python
+    values (a path cut and marked ``...``, a ``norm_path`` computed per row). The
+    parts and the special rows together hold every row exactly once."""
+
+    cost = 2
+
+    def __init__(
+        self,
+        n: int,
+        parts: Sequence[tuple[Mask | None, CStrings]],
+        special: dict[int, str] | None = None,
+    ) -> None:
+        self.n = n
+        self.parts = [(mask, cs) for mask, cs in parts if mask is None or mask.any()]
+        self.special = special or {}
+
+    def values(self, rows: Rows) -> list[Any]:
+        out: list[Any] = [None] * len(rows)
+        where = {r: i for i, r in enumerate(rows.tolist())}
+        for mask, cs in self.parts:
+            mine = rows if mask is None else rows[mask[rows]]
+            for r, v in zip(mine.tolist(), cs.decode(mine), strict=True):
+                out[where[r]] = v
+        for r, v in self.special.items():
+            i = where.get(r)
+            if i is not None:
+                out[i] = v
+        return out
+
+    def _views(self, need: Mask | None) -> list[tuple[Rows | None, Mask | None, CStrings]]:
+        """Each part as (rows, mask, strings): with ``rows`` the part was cut down to
+        those rows (few of them), else ``mask`` (None: every row) applies."""
+        views: list[tuple[Rows | None, Mask | None, CStrings]] = []
+        for mask, cs in self.parts:
+            wanted = mask if need is None else (need if mask is None else mask & need)
+            if wanted is None:
+                views.append((None, None, cs))
+                continue
+            count = int(np.count_nonzero(wanted))
+            if count == 0:
+                continue
+            if count * 4 < self.n:
+                rows = np.flatnonzero(wanted)
+                views.append((rows, None, cs.subset(rows)))
+            else:
+                views.append((None, wanted, cs))
+        return views
+
+    def _bytes_test(self, need: Mask | None, op: Callable[[CStrings], Mask]) -> Mask:
+        out = np.zeros(self.n, dtype=np.bool_)
+        for rows, mask, cs in self._views(need):
+            hit = op(cs)
+            if rows is not None:
+                out[rows] = hit
+            elif mask is not None:
+                out |= hit & mask
+            else:
+                out |= hit
+        return out
+
+    def _special_test(
+        self, node: Compare | InSet, plan: Plan, need: Mask | None, out: Mask
+    ) -> None:
+        if not self.special:
+            return
+        test, field = plan.matcher(node), node.field
+        for r, v in self.special.items():
+            if need is None or need[r]:
+                out[r] = bool(test({field: v}))
+
+    def _decoded_test(self, node: Compare | InSet, plan: Plan, need: Mask | None) -> Mask:
+        """Per row, on decoded values (for what bytes cannot answer)."""
+        rows = _rows_of(need, self.n)
+        return _per_row(plan.matcher(node), node.field, self.values(rows), rows, self.n)
+
+    def test(self, node: Compare | InSet, plan: Plan, need: Mask | None) -> Mask:
+        op = node.op if isinstance(node, Compare) else "in"
+        strings = plan.strings
+        if op in ("==", "!=", "in"):
+            wanted = plan.whole_bytes(node)
+            if wanted is None:
+                return self._decoded_test(node, plan, need)
+            out = self._bytes_test(need, lambda cs: cs.equals_any(wanted))
+            if op == "!=":
+                out = ~out if need is None else ~out & need
+        elif op == "glob":
+            return self._glob(node, plan, need)
+        else:
+            b = literal_bytes(str(node.value), strings, whole=False)  # type: ignore[union-attr]
+            if b is None:
+                return self._decoded_test(node, plan, need)
+            if b is False:
+                out = np.zeros(self.n, dtype=np.bool_)
+            else:
+                assert isinstance(b, bytes)
+                method = {
+                    "startswith": CStrings.startswith,
+                    "endswith": CStrings.endswith,
+                    "contains": CStrings.contains,
+                }[op]
+                out = self._bytes_test(need, lambda cs: method(cs, b))
+        self._special_test(node, plan, need, out)
+        return out
+
+    def _glob(self, node: Compare | InSet, plan: Plan, need: Mask | None) -> Mask:
+        assert isinstance(node, Compare)
+        pattern = str(node.value)
+        strings = plan.strings
+        stripped = pattern.strip("*")
+        lead, trail = pattern.startswith("*"), pattern.endswith("*")
+        if not _GLOB_SPECIAL.search(stripped):
+            # A plain pattern: a literal, a prefix, a suffix or a substring ('*' runs
+            # match anything, '/' included, as fnmatch's).
+            plain = literal_bytes(stripped, strings, whole=not (lead or trail))
+            if plain is not None:
+                if plain is False:
+                    out = np.zeros(self.n, dtype=np.bool_)
+                else:
+                    assert isinstance(plain, bytes)
+                    if lead and trail:
+                        op: Callable[[CStrings], Mask] = lambda cs: cs.contains(plain)  # noqa: E731
+                    elif lead:
+                        op = lambda cs: cs.endswith(plain)  # noqa: E731
+                    elif trail:
+                        op = lambda cs: cs.startswith(plain)  # noqa: E731
+                    else:
+                        op = lambda cs: cs.equals_any([plain])  # noqa: E731
+                    out = self._bytes_test(need, op)
+                self._special_test(node, plan, need, out)
+                return out
+        # Any other pattern: its literal prefix and suffix narrow the rows, then the
+        # row-wise matcher decides on the decoded values of those that are left.
+        first = _GLOB_SPECIAL.search(pattern)
+        prefix = pattern[: first.start()] if first else pattern
+        suffix = re.split(r"[*?\]]", pattern)[-1]
+        candidates = np.ones(self.n, dtype=np.bool_) if need is None else need.copy()
+        tests: list[tuple[str, Callable[[CStrings, bytes], Mask]]] = [
+            (prefix, CStrings.startswith),
+            (suffix, CStrings.endswith),
+        ]
+        for part, method in tests:
+            b = literal_bytes(part, strings, whole=False)
+            if isinstance(b, bytes) and b:
+                narrowed = self._bytes_test(candidates, functools.partial(_apply, method, b))
+                for r in self.special:  # special rows are decided below
+                    narrowed[r] = candidates[r]
+                candidates = narrowed
+        return self._decoded_test(node, plan, candidates)
+
+    @property
+    def glob_cost(self) -> int:
+        return 3
+
+
+def _apply(method: Callable[[CStrings, bytes], Mask], b: bytes, cs: CStrings) -> Mask:
+    return method(cs, b)
+
+
+class Plan:
+    """What evaluating the rules of one set needs besides the table: the set's compiler
+    (lists, row-wise matchers) and the string policy of the decoded values."""
+
+    def __init__(self, compiler: Compiler, strings: str) -> None:
+        self.compiler = compiler
+        self.strings = strings
+        self._members: dict[int, tuple[Node, list[Value]]] = {}
+        self._costs: dict[int, tuple[Node, int]] = {}
+        self._bytes: dict[int, tuple[Node, list[bytes] | None]] = {}
+
+    def matcher(self, node: Compare | InSet) -> Matcher:
+        return self.compiler.test(node)
+
+    def members(self, node: InSet) -> list[Value]:
+        """Every value ``node`` tests for: written ones and its lists', typed."""
+        found = self._members.get(id(node))
+        if found is None:
+            values: set[Value] = set(node.values)
+            for name in node.lists:
+                values |= self.compiler.members(name, node.field)
+            found = self._members[id(node)] = (node, list(values))
+        return found[1]
+
+    def whole_bytes(self, node: Compare | InSet) -> list[bytes] | None:
+        """The values an ``==``, ``!=`` or ``in`` test compares with, as the bytes of
+        whole C strings (``literal_bytes``; those no C string can hold left out); None
+        if one needs the decoded values."""
+        found = self._bytes.get(id(node))
+        if found is None:
+            texts = [str(node.value)] if isinstance(node, Compare) else self.members(node)
+            encoded = [literal_bytes(str(t), self.strings, whole=True) for t in texts]
+            wanted = (
+                None
+                if any(b is None for b in encoded)
+                else [b for b in encoded if isinstance(b, bytes)]
+            )
+            found = self._bytes[id(node)] = (node, wanted)
+        return found[1]
+
+    def supported(self, node: Node) -> bool:
+        """Whether the columns evaluate this tree (else its rule runs row-wise)."""
+        return self.compiler.depth(node) <= SHALLOW
+
+    def cost(self, node: Node) -> int:
+        """A rough rank of how much a tree costs on columns, to run cheap tests first."""
+        found = self._costs.get(id(node))
+        if found is None:
+            if isinstance(node, Compare | InSet):
+                ftype = self.compiler.fields.get(node.field)
+                op = node.op if isinstance(node, Compare) else "in"
+                if node.field == "event":
+                    cost = 0
+                elif ftype is str:
+                    cost = 3 if op in ("endswith", "contains", "glob") else 2
+                elif ftype is list:
+                    cost = 5
+                else:
+                    cost = 1
+            elif isinstance(node, Not):
+                cost = self.cost(node.item)
+            else:
+                cost = max(self.cost(item) for item in node.items)
+            found = self._costs[id(node)] = (node, cost)
+        return found[1]
+
+
+class Evaluator:
+    """Evaluates condition trees on one table; results of whole-batch tests are kept,
+    so a macro shared by several rules is tested once per batch."""
+
+    def __init__(self, table: Table, plan: Plan) -> None:
+        self.table = table
+        self.plan = plan
+        self.n = table.n
+        self._columns: dict[str, Column | None] = {}
+        self._done: dict[int, tuple[Node, Mask]] = {}
+
+    def column(self, field: str) -> Column | None:
+        if field not in self._columns:
+            self._columns[field] = self.table.column(field)
+        return self._columns[field]
+
+    def matches(self, node: Node) -> Rows:
+        """The rows the tree holds on, in order; ``Unsupported`` if the columns cannot
+        say (the caller then matches the rule row-wise)."""
+        if not self.plan.supported(node):
+            raise Unsupported("condition nested deeper than the columns evaluate")
+        return np.flatnonzero(self.eval(node, None))
+
+    def eval(self, node: Node, need: Mask | None) -> Mask:
+        """The tree's truth on the rows in ``need`` (every row if None); False elsewhere."""
+        if isinstance(node, Compare | InSet):
+            return self._leaf(node, need)
+        if isinstance(node, Not):
+            inner = self.eval(node.item, need)
+            return ~inner if need is None else need & ~inner
+        items = sorted(node.items, key=self.plan.cost)
+        if isinstance(node, And):
+            result = np.ones(self.n, dtype=np.bool_) if need is None else need.copy()
+            for item in items:
+                if not result.any():
+                    break
+                result &= self.eval(item, result)
+            return result
+        assert isinstance(node, Or)
+        result = np.zeros(self.n, dtype=np.bool_)
+        pending = np.ones(self.n, dtype=np.bool_) if need is None else need.copy()
+        for item in items:
+            if not pending.any():
+                break
+            hit = self.eval(item, pending)
+            result |= hit
+            pending &= ~hit
+        return result
+
+    def _leaf(self, node: Compare | InSet, need: Mask | None) -> Mask:
+        found = self._done.get(id(node))
+        if found is not None:
+            return found[1] if need is None else found[1] & need
+        column = self.column(node.field)
+        if column is None:
+            return np.zeros(self.n, dtype=np.bool_)  # a missing field never compares
+        if column.cost >= 4 or (isinstance(column, StrColumn) and self._per_row(node, column)):
+            return column.test(node, self.plan, need)  # per row: only on rows needed
+        result = column.test(node, self.plan, None)
+        self._done[id(node)] = (node, result)
+        return result if need is None else result & need
+
+    def _per_row(self, node: Compare | InSet, column: StrColumn) -> bool:
+        """Whether a str test does per-row work (then only needed rows are tested)."""
+        return bool(column.special) or (isinstance(node, Compare) and node.op == "glob")
