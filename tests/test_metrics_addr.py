@@ -128,3 +128,17 @@ def test_metrics_addr_in_use_is_one_error(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith(f"bpfloom: error: --metrics-addr 127.0.0.1:{port}: ")
     assert "Traceback" not in result.stderr
+
+
+def test_syscount_serves_its_counters(start_tool: Any) -> None:
+    """syscount builds its session apart from the other tools; --metrics-addr reaches
+    it too (it once took the option and served nothing)."""
+    port = free_port()
+    run = start_tool("syscount", "-i", "0.5", "--json", "--metrics-addr", str(port))
+    run.wait_output('"syscall"')
+    text = _fetch(port)
+    result = run.stop()
+    assert result.returncode == 0, result.stderr
+    promtool_check(text)
+    assert 'bpfloom_events_lost_total{tool="syscount",where="kernel"} 0' in text
+    assert f"bpfloom syscount: metrics at http://127.0.0.1:{port}/metrics" in result.stderr

@@ -7,10 +7,12 @@ object file or a traced process, so they go out escaped (``bpfloom._terminal``).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -140,14 +142,35 @@ def output_params(record_word: str = "record") -> list[click.Option]:
     return [click.Option(decls, **attrs) for decls, attrs in _output_specs(record_word)]
 
 
+@dataclass(frozen=True)
+class Output:
+    """What a command's output options say (``--json``, ``-o``, ``--duration``,
+    ``--stats``, ``--metrics-addr``): one value a command hands to the run loop."""
+
+    as_json: bool = False
+    output: str | None = None
+    duration: float | None = None
+    stats: bool = False
+    metrics_addr: tuple[str, int] | None = None
+
+    @classmethod
+    def take(cls, options: dict[str, Any]) -> Output:
+        """The output options removed from a command's ``options``."""
+        return cls(**{f.name: options.pop(f.name) for f in fields(cls)})
+
+
 def output_options(record_word: str = "record", nats: bool = True) -> Callable[[F], F]:
     """A decorator adding ``output_params`` to a command (``nats=False``: without the
-    NATS sink's)."""
+    NATS sink's); the command receives them as one ``out: Output`` keyword."""
 
     def add(func: F) -> F:
+        @functools.wraps(func)
+        def command(**options: Any) -> Any:
+            return func(out=Output.take(options), **options)
+
         for decls, attrs in reversed(_output_specs(record_word, nats)):
-            func = click.option(*decls, **attrs)(func)
-        return func
+            command = click.option(*decls, **attrs)(command)
+        return command  # type: ignore[return-value]
 
     return add
 

@@ -34,7 +34,7 @@ from ..sinks import Record, Sink, sink_errors
 from ..sinks.jsonl import JsonLinesSink
 from ..sinks.table import Column, TableSink
 from ..tools.tool import Tool
-from ._common import EXIT_USAGE, exit_output_blocked, fail, stderr
+from ._common import EXIT_USAGE, Output, exit_output_blocked, fail, stderr
 from ._nats import nats_sink
 
 if TYPE_CHECKING:
@@ -280,17 +280,10 @@ class Outputs:
         return None
 
 
-def run_session(
-    make: Callable[[], Session],
-    *,
-    as_json: bool = False,
-    output: str | None = None,
-    duration: float | None = None,
-    show_stats: bool = False,
-    metrics_addr: tuple[str, int] | None = None,
-) -> dict[str, Any]:
-    """Run a command's session from start to exit (see the module docstring); returns
-    the pipeline's final stats. Errors end it with one line (``fail``)."""
+def run_session(make: Callable[[], Session], out: Output) -> dict[str, Any]:
+    """Run a command's session from start to exit (see the module docstring), its
+    outputs as ``out`` says; returns the pipeline's final stats. Errors end it with one
+    line (``fail``)."""
     with StopSignals() as signals:
         try:
             session = make()
@@ -300,9 +293,9 @@ def run_session(
         try:
             outputs = Outputs.for_command(
                 session,
-                as_json=as_json,
-                output=output,
-                metrics_addr=metrics_addr,
+                as_json=out.as_json,
+                output=out.output,
+                metrics_addr=out.metrics_addr,
                 on_stop=signals.stop.set,
             )
             session.outputs = outputs
@@ -354,7 +347,7 @@ def run_session(
                         outputs.summary(part)
                         return part is not None and part.done
 
-                    wait_for_stop(signals.stop, pipeline, duration, tick, session.interval)
+                    wait_for_stop(signals.stop, pipeline, out.duration, tick, session.interval)
                 finally:
                     session.detach()
             finally:
@@ -370,8 +363,8 @@ def run_session(
             stderr(session.exit_line(stats) + _unwritten(outputs.errors))
             for line in outputs.reports():
                 stderr(f"bpfloom {session.name}: {line}")
-            if show_stats:
-                _print_stats(stats, to_stdout=as_json and output is None, outputs=outputs)
+            if out.stats:
+                _print_stats(stats, to_stdout=out.as_json and out.output is None, outputs=outputs)
             message = outputs.fatal_error()
             if message is not None:
                 fail(message)

@@ -27,7 +27,7 @@ from ..sinks import Record
 from ..sinks.fleetmetrics import FleetMetricsSink
 from ..sinks.table import Column
 from ._app import main
-from ._common import fail, output_options, stderr
+from ._common import Output, fail, output_options, stderr
 from ._nats import SERVER_URL, TOKEN, connection_options, nats_option_specs
 from ._session import Session, run_session
 
@@ -201,11 +201,7 @@ def collect_command(
     workers: int,
     stream: str,
     ack_wait: float,
-    as_json: bool,
-    duration: float | None,
-    output: str | None,
-    stats: bool,
-    metrics_addr: tuple[str, int] | None,
+    out: Output,
 ) -> None:
     """Consume the fleet's records from NATS JetStream (URL: nats://HOST:PORT; several
     for a cluster), published by agents run with --sink.
@@ -241,9 +237,5 @@ def collect_command(
 
     run_session(
         make,
-        as_json=as_json,
-        output=output,
-        duration=duration,
-        show_stats=stats,
-        metrics_addr=metrics_addr,
+        out=out,
     )

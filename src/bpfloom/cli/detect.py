@@ -16,7 +16,7 @@ from ..sinks import Record
 from ..sinks.table import Column
 from ..tools.detect import Detector, format_alert, rule_errors_line
 from ._app import main
-from ._common import fail, output_options
+from ._common import Output, fail, output_options
 from ._session import Session, run_session
 
 
@@ -109,11 +109,7 @@ def detect_command(
     rule_files: Sequence[Path],
     workers: int,
     list_rules: bool,
-    as_json: bool,
-    duration: float | None,
-    output: str | None,
-    stats: bool,
-    metrics_addr: tuple[str, int] | None,
+    out: Output,
 ) -> None:
     """Detect suspicious behaviour in real time with Falco-style rules.
 
@@ -135,9 +131,5 @@ def detect_command(
         return
     run_session(
         lambda: DetectSession(rules, workers),
-        as_json=as_json,
-        output=output,
-        duration=duration,
-        show_stats=stats,
-        metrics_addr=metrics_addr,
+        out=out,
     )

@@ -17,7 +17,7 @@ from ..sinks.table import format_table
 from ..tools.flows import DEFAULT_MAX_FLOWS, TC_MODES, Flows
 from ..tools.tool import Record
 from ._app import main
-from ._common import SECONDS, output_options
+from ._common import SECONDS, Output, output_options
 from ._session import Interval, ToolSession, run_session
 
 DEFAULT_INTERVAL = 2.0
@@ -146,11 +146,7 @@ def flows_command(
     interval: float,
     top: int,
     max_flows: int,
-    as_json: bool,
-    duration: float | None,
-    output: str | None,
-    stats: bool,
-    metrics_addr: tuple[str, int] | None,
+    out: Output,
 ) -> None:
     """Per-flow accounting on one interface: packets, bytes and TCP flags per 5-tuple.
 
@@ -178,7 +174,11 @@ def flows_command(
             idle_timeout=idle_timeout,
             max_flows=max_flows,
         )
-        table = TopTalkers(tool, interval, top or None) if not as_json and output is None else None
+        table = (
+            TopTalkers(tool, interval, top or None)
+            if not out.as_json and out.output is None
+            else None
+        )
 
         def tick(final: bool) -> Interval:
             records = tool.flush() if final else tool.poll()
@@ -189,9 +189,5 @@ def flows_command(
 
     run_session(
         session,
-        as_json=as_json,
-        output=output,
-        duration=duration,
-        show_stats=stats,
-        metrics_addr=metrics_addr,
+        out=out,
     )

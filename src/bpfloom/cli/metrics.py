@@ -19,7 +19,7 @@ from ..tools.hardirqs import HardIrqs
 from ..tools.runqlat import RunQLat
 from ..tools.softirqs import SoftIrqs
 from ._app import main
-from ._common import SECONDS, output_options
+from ._common import SECONDS, Output, output_options
 from ._session import Interval, ToolSession, run_session
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,11 +48,7 @@ def cpu_callback(ctx: click.Context, param: click.Parameter, value: int | None) 
 def run_intervals(
     make_tool: Callable[[], AggregateTool],
     *,
-    as_json: bool,
-    output: str | None,
-    duration: float | None,
-    stats: bool,
-    metrics_addr: tuple[str, int] | None,
+    out: Output,
     interval: float | None,
     count: int | None,
     timestamp: bool,
@@ -82,11 +78,7 @@ def run_intervals(
 
     run_session(
         session,
-        as_json=as_json,
-        output=output,
-        duration=duration,
-        show_stats=stats,
-        metrics_addr=metrics_addr,
+        out=out,
     )
 
 
@@ -105,11 +97,7 @@ def runqlat_command(
     timestamp: bool,
     interval: float | None,
     count: int | None,
-    as_json: bool,
-    duration: float | None,
-    output: str | None,
-    stats: bool,
-    metrics_addr: tuple[str, int] | None,
+    out: Output,
 ) -> None:
     """Summarize run-queue (scheduler) latency as histograms.
 
@@ -125,11 +113,7 @@ def runqlat_command(
             pid=pid or 0,
             milliseconds=milliseconds,
         ),
-        as_json=as_json,
-        output=output,
-        duration=duration,
-        stats=stats,
-        metrics_addr=metrics_addr,
+        out=out,
         interval=interval,
         count=count,
         timestamp=timestamp,
@@ -170,11 +154,7 @@ def biolatency_command(
     timestamp: bool,
     interval: float | None,
     count: int | None,
-    as_json: bool,
-    duration: float | None,
-    output: str | None,
-    stats: bool,
-    metrics_addr: tuple[str, int] | None,
+    out: Output,
 ) -> None:
     """Summarize block device I/O latency as histograms.
 
@@ -189,11 +169,7 @@ def biolatency_command(
             disk=disk,
             milliseconds=milliseconds,
         ),
-        as_json=as_json,
-        output=output,
-        duration=duration,
-        stats=stats,
-        metrics_addr=metrics_addr,
+        out=out,
         interval=interval,
         count=count,
         timestamp=timestamp,
@@ -215,11 +191,7 @@ def hardirqs_command(
     timestamp: bool,
     interval: float | None,
     count: int | None,
-    as_json: bool,
-    duration: float | None,
-    output: str | None,
-    stats: bool,
-    metrics_addr: tuple[str, int] | None,
+    out: Output,
 ) -> None:
     """Summarize hard interrupt handler time (or counts, or histograms).
 
@@ -235,11 +207,7 @@ def hardirqs_command(
             distributions=distributed,
             counts_only=counts_only,
         ),
-        as_json=as_json,
-        output=output,
-        duration=duration,
-        stats=stats,
-        metrics_addr=metrics_addr,
+        out=out,
         interval=interval,
         count=count,
         timestamp=timestamp,
@@ -261,11 +229,7 @@ def softirqs_command(
     timestamp: bool,
     interval: float | None,
     count: int | None,
-    as_json: bool,
-    duration: float | None,
-    output: str | None,
-    stats: bool,
-    metrics_addr: tuple[str, int] | None,
+    out: Output,
 ) -> None:
     """Summarize soft interrupt time per vector (or histograms).
 
@@ -279,11 +243,7 @@ def softirqs_command(
             distributions=distributed,
             with_counts=with_counts,
         ),
-        as_json=as_json,
-        output=output,
-        duration=duration,
-        stats=stats,
-        metrics_addr=metrics_addr,
+        out=out,
         interval=interval,
         count=count,
         timestamp=timestamp,

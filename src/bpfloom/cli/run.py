@@ -33,7 +33,16 @@ from ..targets import AttachTargets, plan
 from ..tracepipe import TraceLine, TracePipe, trace_pipe_path
 from ..types import Array, Enum, Float, Int, Type, strip
 from ._app import main
-from ._common import EXIT_ERROR, EXIT_USAGE, SECONDS, fail, output_params, stderr, usage_fail
+from ._common import (
+    EXIT_ERROR,
+    EXIT_USAGE,
+    SECONDS,
+    Output,
+    fail,
+    output_params,
+    stderr,
+    usage_fail,
+)
 from ._session import Interval, Session, run_session
 
 
@@ -486,11 +495,7 @@ def _run(obj: BpfObject, opts: dict[str, Any]) -> None:
     periodic = ctx.get_parameter_source("interval") == click.core.ParameterSource.COMMANDLINE
     run_session(
         lambda: RunSession(obj, opts, periodic),
-        as_json=bool(opts["as_json"]),
-        output=opts["output"],
-        duration=opts["duration"],
-        show_stats=bool(opts["stats"]),
-        metrics_addr=opts["metrics_addr"],
+        Output.take(opts),
     )
 
 

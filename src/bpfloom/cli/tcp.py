@@ -86,24 +86,14 @@ def family(ipv4: bool, ipv6: bool) -> int | None:
     return 4 if ipv4 else 6 if ipv6 else None
 
 
-OUTPUT_KEYS = ("as_json", "output", "duration", "stats", "metrics_addr")
-
-
 def run_tool(
     tool: Callable[..., TcpStateTool], ipv4: bool, ipv6: bool, options: dict[str, Any]
 ) -> None:
     """Run ``tool`` built from a command's options (each option's name is the tool's
-    keyword), but for the output options, which go to the run loop."""
-    output = {key: options.pop(key) for key in OUTPUT_KEYS}
+    keyword), but for ``out``, the output options, which go to the run loop."""
+    out = options.pop("out")
     fam = family(ipv4, ipv6)
-    run_session(
-        lambda: ToolSession(tool(family=fam, **options)),
-        as_json=output["as_json"],
-        output=output["output"],
-        duration=output["duration"],
-        show_stats=output["stats"],
-        metrics_addr=output["metrics_addr"],
-    )
+    run_session(lambda: ToolSession(tool(family=fam, **options)), out)
 
 
 @main.command("tcplife")

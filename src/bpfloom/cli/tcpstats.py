@@ -10,6 +10,7 @@ the last interval had.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,7 @@ from ..tools.tcpretrans import TcpRetrans, TcpRetransCounts
 from ..tools.tcprtt import TcpRtt, check_port
 from ..tools.tcptop import DEFAULT_ROWS, SORTS, TcpTop
 from ._app import main
-from ._common import SECONDS, output_options
+from ._common import SECONDS, Output, output_options
 from ._session import Interval, ToolSession, run_session
 from .metrics import interval_options, run_intervals
 
@@ -75,11 +76,7 @@ def tcpretrans_command(
     timestamp: bool,
     interval: float | None,
     count: int | None,
-    as_json: bool,
-    duration: float | None,
-    output: str | None,
-    stats: bool,
-    metrics_addr: tuple[str, int] | None,
+    out: Output,
 ) -> None:
     """Trace TCP retransmits and resets: TIME PID IP LADDR:LPORT T> RADDR:RPORT STATE.
 
@@ -91,19 +88,15 @@ def tcpretrans_command(
     family = _family(ipv4, ipv6)
     if not count_flows and (interval is not None or timestamp):
         raise click.UsageError("an interval and -T go with -c (events print as they happen)")
-    if count_flows and output is not None and output.endswith(".parquet"):
+    if count_flows and out.output is not None and out.output.endswith(".parquet"):
         raise click.UsageError(
-            f"-o {output}: -c prints counts, not events, and Parquet takes raw events; "
+            f"-o {out.output}: -c prints counts, not events, and Parquet takes raw events; "
             "write them as JSON lines (.jsonl)"
         )
     if count_flows:
         run_intervals(
             lambda: TcpRetransCounts(family=family, resets=not no_resets),
-            as_json=as_json,
-            output=output,
-            duration=duration,
-            stats=stats,
-            metrics_addr=metrics_addr,
+            out=out,
             interval=interval,
             count=count,
             timestamp=timestamp,
@@ -111,11 +104,7 @@ def tcpretrans_command(
         return
     run_session(
         lambda: ToolSession(TcpRetrans(family=family, resets=not no_resets, sequence=sequence)),
-        as_json=as_json,
-        output=output,
-        duration=duration,
-        show_stats=stats,
-        metrics_addr=metrics_addr,
+        out=out,
     )
 
 
@@ -166,11 +155,7 @@ def tcprtt_command(
     timestamp: bool,
     interval: float | None,
     count: int | None,
-    as_json: bool,
-    duration: float | None,
-    output: str | None,
-    stats: bool,
-    metrics_addr: tuple[str, int] | None,
+    out: Output,
 ) -> None:
     """Summarize TCP sockets' smoothed round-trip time as histograms.
 
@@ -186,9 +171,9 @@ def tcprtt_command(
             raise click.UsageError("give the interval once: -i INTERVAL or INTERVAL")
         interval = interval_option
     if total_duration is not None:
-        if duration is not None:
+        if out.duration is not None:
             raise click.UsageError("give the duration once: -d or --duration")
-        duration = total_duration
+        out = dataclasses.replace(out, duration=total_duration)
     run_intervals(
         lambda: TcpRtt(
             by="laddr" if byladdr else "raddr" if byraddr else None,
@@ -200,11 +185,7 @@ def tcprtt_command(
             milliseconds=milliseconds,
             extended=extension,
         ),
-        as_json=as_json,
-        output=output,
-        duration=duration,
-        stats=stats,
-        metrics_addr=metrics_addr,
+        out=out,
         interval=interval,
         count=count,
         timestamp=timestamp,
@@ -255,11 +236,7 @@ def tcptop_command(
     ipv6: bool,
     interval: float,
     count: int | None,
-    as_json: bool,
-    duration: float | None,
-    output: str | None,
-    stats: bool,
-    metrics_addr: tuple[str, int] | None,
+    out: Output,
 ) -> None:
     """TCP top: PID COMM LADDR RADDR RX_KB TX_KB, the kilobytes each process received
     and sent on each connection, refreshed every INTERVAL seconds (default 1), COUNT
@@ -303,9 +280,5 @@ def tcptop_command(
 
     run_session(
         make,
-        as_json=as_json,
-        output=output,
-        duration=duration,
-        show_stats=stats,
-        metrics_addr=metrics_addr,
+        out=out,
     )

@@ -19,7 +19,7 @@ from ..tools.opensnoop import ANY_UID, OpenSnoop
 from ..tools.syscalls import syscall_table
 from ..tools.syscount import DEFAULT_TOP, SysCount, parse_errno
 from ._app import main
-from ._common import SECONDS, output_options
+from ._common import SECONDS, Output, output_options
 from ._session import Interval, ToolSession, run_session
 
 
@@ -70,11 +70,7 @@ def execsnoop_command(
     cgroup: str | None,
     quote: bool,
     max_args: int,
-    as_json: bool,
-    duration: float | None,
-    output: str | None,
-    stats: bool,
-    metrics_addr: tuple[str, int] | None,
+    out: Output,
 ) -> None:
     """Trace exec() calls: [TIME] [UID] PCOMM PID PPID RET ARGS.
 
@@ -100,11 +96,7 @@ def execsnoop_command(
                 quote=quote,
             )
         ),
-        as_json=as_json,
-        output=output,
-        duration=duration,
-        show_stats=stats,
-        metrics_addr=metrics_addr,
+        out=out,
     )
 
 
@@ -156,11 +148,7 @@ def opensnoop_command(
     name: str,
     full_path: bool,
     extended_fields: bool,
-    as_json: bool,
-    duration: float | None,
-    output: str | None,
-    stats: bool,
-    metrics_addr: tuple[str, int] | None,
+    out: Output,
 ) -> None:
     """Trace open(), openat() and openat2(): [TIME] [UID] PID COMM FD ERR [FLAGS] PATH.
 
@@ -186,11 +174,7 @@ def opensnoop_command(
                 full_path=full_path,
             )
         ),
-        as_json=as_json,
-        output=output,
-        duration=duration,
-        show_stats=stats,
-        metrics_addr=metrics_addr,
+        out=out,
     )
 
 
@@ -207,11 +191,7 @@ def exitsnoop_command(
     failed: bool,
     threads: bool,
     timestamp: bool,
-    as_json: bool,
-    duration: float | None,
-    output: str | None,
-    stats: bool,
-    metrics_addr: tuple[str, int] | None,
+    out: Output,
 ) -> None:
     """Trace process exits: PCOMM PID PPID TID AGE(s) EXIT_CODE.
 
@@ -225,11 +205,7 @@ def exitsnoop_command(
                 pid=pid or 0, comm=comm, failed_only=failed, threads=threads, timestamps=timestamp
             )
         ),
-        as_json=as_json,
-        output=output,
-        duration=duration,
-        show_stats=stats,
-        metrics_addr=metrics_addr,
+        out=out,
     )
 
 
@@ -262,11 +238,7 @@ def goroutines_command(
     binary: str | None,
     pid: int | None,
     goid_offset: int | None,
-    as_json: bool,
-    duration: float | None,
-    output: str | None,
-    stats: bool,
-    metrics_addr: tuple[str, int] | None,
+    out: Output,
 ) -> None:
     """Trace goroutine state changes of a Go binary: TIME STATE GOID PID TGID.
 
@@ -279,11 +251,7 @@ def goroutines_command(
         raise click.UsageError("give --binary PATH, --pid N, or both")
     run_session(
         lambda: ToolSession(GoroutineTracer(binary, pid=pid or 0, goid_offset=goid_offset)),
-        as_json=as_json,
-        output=output,
-        duration=duration,
-        show_stats=stats,
-        metrics_addr=metrics_addr,
+        out=out,
     )
 
 
@@ -393,11 +361,7 @@ def syscount_command(
     milliseconds: bool,
     histogram: bool,
     list_only: bool,
-    as_json: bool,
-    duration: float | None,
-    output: str | None,
-    stats: bool,
-    metrics_addr: tuple[str, int] | None,
+    out: Output,
 ) -> None:
     """Count system calls in the kernel: SYSCALL COUNT (or PID COMM COUNT with -P).
 
@@ -436,4 +400,4 @@ def syscount_command(
         )
         return ToolSession(tool, tick=lambda final: tick(tool, final), interval=interval)
 
-    run_session(session, as_json=as_json, output=output, duration=duration, show_stats=stats)
+    run_session(session, out)
