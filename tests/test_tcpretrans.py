@@ -54,10 +54,13 @@ def flow(records: list[dict[str, Any]], laddr: str, lport: int) -> list[dict[str
     return [r for r in records if (r["laddr"], r["lport"]) == (laddr, lport)]
 
 
-def assert_records(records: list[dict[str, Any]], version: int) -> None:
+def assert_records(records: list[dict[str, Any]], version: int, ours: set[str]) -> None:
+    """Every record has the keys; ours (local address in ``ours``) are of ``version``.
+    The tool sees the whole machine: other programs' retransmits may be of either."""
     for r in records:
         assert set(r) == RECORD_KEYS, r
-        assert r["ip"] == version
+        if r["laddr"] in ours:
+            assert r["ip"] == version, r
 
 
 @pytest.mark.kernel
@@ -97,7 +100,7 @@ def test_retransmits_counted_exactly(start_tool: Any, ends: tuple[int, str, str,
     result = traced.stop()
     assert result.returncode == 0, result.stderr
     records = result.json_lines()
-    assert_records(records, version)
+    assert_records(records, version, {local, peer})
     mine = flow(records, peer, cport)
     assert len(mine) == retransmitted >= 2, (retransmitted, mine)
     assert {(r["type"], r["raddr"], r["rport"], r["state"]) for r in mine} == {
@@ -163,7 +166,7 @@ def test_resets_sent_and_received(start_tool: Any, ends: tuple[int, str, str, st
     server.close()
 
     records = traced.stop().json_lines()
-    assert_records(records, version)
+    assert_records(records, version, {local, peer})
     pid = os.getpid()
     (no_socket,) = flow(records, local, closed_port)
     assert no_socket | {"time": 0} == {
