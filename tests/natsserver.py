@@ -35,10 +35,13 @@ def nats_server_binary() -> str:
 class NatsServer:
     """One nats-server process at a time on ``port``, storing JetStream in ``store``."""
 
-    def __init__(self, store: Path, token: str | None = None) -> None:
+    def __init__(
+        self, store: Path, token: str | None = None, tls: tuple[Path, Path] | None = None
+    ) -> None:
         self.store = store
         self.port = free_port()
         self.token = token
+        self.tls = tls  # (certificate, key): clients must speak TLS
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = store / "server.log"
 
@@ -61,6 +64,8 @@ class NatsServer:
         ]
         if self.token is not None:
             args += ["--auth", self.token]
+        if self.tls is not None:
+            args += ["--tls", "--tlscert", str(self.tls[0]), "--tlskey", str(self.tls[1])]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + STARTUP
         while time.monotonic() < deadline:
@@ -82,6 +87,18 @@ class NatsServer:
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
+
+
+def self_signed_certificate(where: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that signs itself (its own CA), and its key."""
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import bpfloom
 from bpfloom.fleet.connection import NatsOptions
 from bpfloom.rules import DEFAULT_RULES
 from bpfloom.sinks.nats import NatsSink
-from natsserver import NatsServer
+from natsserver import NatsServer, self_signed_certificate
 from toolrun import BPFLOOM, TIMEOUT, Result, one_error_line, run_tool_cli
 
 pytestmark = pytest.mark.kernel
@@ -280,6 +280,33 @@ def test_wrong_credentials_are_one_error_line(tmp_path: Path) -> None:
         )
         assert ok.returncode == 0, ok.stderr
     finally:
+        server.kill()
+
+
+def test_tls_with_the_servers_ca_and_without(tmp_path: Path) -> None:
+    """A server that requires TLS: an agent given the CA (--nats-tls-ca) publishes
+    everything; an agent or a collector without it stops with one line naming the
+    certificate problem, instead of spooling for a server that will never be trusted."""
+    (tmp_path / "nats").mkdir()
+    cert, key = self_signed_certificate(tmp_path)
+    server = NatsServer(tmp_path / "nats", tls=(cert, key)).start()
+    url = f"tls://127.0.0.1:{server.port}"
+    exits = subprocess.Popen(["sh", "-c", "while :; do /bin/true; sleep 0.05; done"])
+    try:
+        ok = run_tool_cli(
+            "exitsnoop", "--duration", "2", "--stats", "--sink", url, "--nats-tls-ca", str(cert)
+        )
+        assert ok.returncode == 0, ok.stderr
+        stats = stats_of(ok)
+        assert stats["published"] == stats["handled"] > 0 and stats["dropped_sink"] == 0
+        assert "eof_received" not in ok.stderr  # asyncio's notice stays off the terminal
+        result = run_tool_cli("exitsnoop", "--duration", "1", "--sink", url)
+        one_error_line(result, "TLS certificate was not accepted")
+        result = run_tool_cli("collect", url, "--duration", "1")
+        one_error_line(result, "TLS certificate was not accepted")
+    finally:
+        exits.kill()
+        exits.wait()
         server.kill()
 
 

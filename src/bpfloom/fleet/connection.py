@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import ssl
 import threading
 import urllib.parse
@@ -121,12 +122,34 @@ def is_auth_error(exc: BaseException) -> bool:
     return "authorization" in text or "authentication" in text or "permissions" in text
 
 
+def refusal(exc: BaseException) -> str | None:
+    """Why we and the server cannot work together, when trying again cannot help: it
+    refused our credentials, or we refused its TLS certificate. None for other errors
+    (an unreachable server is waited for)."""
+    text = str(exc).lower()
+    if type(exc).__name__ == "SSLCertVerificationError" or "certificate verify failed" in text:
+        return (
+            f"its TLS certificate was not accepted ({describe(exc)}); "
+            "give the CA that signed it (--nats-tls-ca)"
+        )
+    if is_auth_error(exc):
+        return f"the server refused our credentials ({describe(exc)})"
+    return None
+
+
 def describe(exc: BaseException) -> str:
     """One line for an error of nats-py (whose messages are sometimes empty)."""
     text = str(exc).strip() or type(exc).__name__
     if text.startswith("nats: "):
         text = text[6:]
     return " ".join(text.split())
+
+
+def _not_the_tls_eof_notice(record: logging.LogRecord) -> bool:
+    """asyncio logs 'returning true from eof_received() has no effect when using ssl'
+    when nats-py's protocol, upgraded to TLS, asks to stay open at EOF: harmless, and
+    it would reach the user's terminal as a stray line."""
+    return "eof_received() has no effect when using ssl" not in record.getMessage()
 
 
 class LoopThread:
@@ -139,6 +162,7 @@ class LoopThread:
     """
 
     def __init__(self, name: str) -> None:
+        logging.getLogger("asyncio").addFilter(_not_the_tls_eof_notice)  # added once
         self.loop = asyncio.new_event_loop()
         self._background: set[asyncio.Future[Any]] = set()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)

@@ -45,7 +45,7 @@ from ..batch import Batch
 from ..decode import Decoder
 from ..types import Int
 from . import wire
-from .connection import LoopThread, NatsOptions, describe, is_auth_error, parse_server
+from .connection import LoopThread, NatsOptions, describe, is_auth_error, parse_server, refusal
 from .defaults import DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES, DEFAULT_STREAM
 from .streams import ensure_stream
 
@@ -351,16 +351,14 @@ class FleetSource:
         )
         give_up = time.monotonic() + self.options.connect_timeout
         while not connecting.done() and time.monotonic() < give_up:
-            if self._last_error is not None and is_auth_error(self._last_error):
+            if self._last_error is not None and refusal(self._last_error):
                 break
             await asyncio.sleep(0.02)
         last = self._last_error
         if not connecting.done():
-            if last is not None and is_auth_error(last):
+            if last is not None and refusal(last):
                 connecting.cancel()
-                raise BpfloomError(
-                    f"{self.options.where}: the server refused our credentials ({describe(last)})"
-                )
+                raise BpfloomError(f"{self.options.where}: {refusal(last)}")
             self._say(
                 f"{self.options.where}: cannot connect "
                 f"({describe(last) if last else 'no answer'}); trying again until it answers"
@@ -369,10 +367,8 @@ class FleetSource:
             return
         exc = connecting.exception()
         if exc is not None:
-            if is_auth_error(exc):
-                raise BpfloomError(
-                    f"{self.options.where}: the server refused our credentials ({describe(exc)})"
-                )
+            if refusal(exc):
+                raise BpfloomError(f"{self.options.where}: {refusal(exc)}")
             raise BpfloomError(f"{self.options.where}: {describe(exc)}")
         self._nc = connecting.result()
         await self._subscribe()

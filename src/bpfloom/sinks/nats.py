@@ -48,7 +48,7 @@ import numpy as np
 from .._exceptions import BpfloomError
 from .._terminal import json_line
 from ..fleet import wire
-from ..fleet.connection import LoopThread, NatsOptions, describe, is_auth_error
+from ..fleet.connection import LoopThread, NatsOptions, describe, is_auth_error, refusal
 from ..fleet.defaults import (
     DEFAULT_BATCH_RECORDS,
     DEFAULT_FLUSH_INTERVAL,
@@ -382,16 +382,14 @@ class NatsSink(Sink):
         self._connecting = asyncio.ensure_future(self._connect())
         give_up = time.monotonic() + self.options.connect_timeout
         while not self._connecting.done() and time.monotonic() < give_up:
-            if self._last_error is not None and is_auth_error(self._last_error):
+            if self._last_error is not None and refusal(self._last_error):
                 break
             await asyncio.sleep(0.02)
         last = self._last_error
         if not self._connecting.done():
-            if last is not None and is_auth_error(last):
+            if last is not None and refusal(last):
                 self._connecting.cancel()
-                raise BpfloomError(
-                    f"{self.options.where}: the server refused our credentials ({describe(last)})"
-                )
+                raise BpfloomError(f"{self.options.where}: {refusal(last)}")
             self._connecting.add_done_callback(self._connected_late)
             return describe(last) if last is not None else "no answer"
         exc = self._connecting.exception()
@@ -399,10 +397,8 @@ class NatsSink(Sink):
             return ""
         if isinstance(exc, BpfloomError):
             raise exc
-        if is_auth_error(exc):
-            raise BpfloomError(
-                f"{self.options.where}: the server refused our credentials ({describe(exc)})"
-            )
+        if refusal(exc):
+            raise BpfloomError(f"{self.options.where}: {refusal(exc)}")
         return describe(exc)
 
     def _connected_late(self, task: asyncio.Future[None]) -> None:
