@@ -173,6 +173,7 @@ class _ThresholdState:
             except TypeError:
                 return None
         reached: list[int] = []
+        listed = times.tolist()
         start = 0
         while start < n:
             # The next match that sweeps (the sweep compares as ``sweep`` does).
@@ -183,7 +184,7 @@ class _ThresholdState:
                 for key, positions in groups.items():
                     mine = positions if whole else [p for p in positions if start <= p < stop]
                     if mine:
-                        reached.extend(self._count(key, mine, times))
+                        reached.extend(self._count(key, mine, times, listed))
             if stop < n:
                 key = keys[stop] if keys is not None else None
                 if self.reached_key(key, float(times[stop])):
@@ -193,18 +194,25 @@ class _ThresholdState:
         return reached
 
     def _count(
-        self, key: object, positions: list[int], times: npt.NDArray[np.float64]
+        self,
+        key: object,
+        positions: list[int],
+        times: npt.NDArray[np.float64],
+        listed: list[float],
     ) -> list[int]:
         """``reached_key(key, ...)`` on the matches at ``positions``, none of which
-        sweeps: the positions that reach the threshold."""
-        count, within = self.count, self.within
+        sweeps: the positions that reach the threshold (``listed``: ``times`` as a list)."""
+        count = self.count
         window = self.windows.get(key)
         if (len(window) if window is not None else 0) + len(positions) < count:
             # Too few to reach it: only kept (the common case of many keys).
+            kept = [listed[p] for p in positions]
             if window is None:
-                window = self.windows[key] = deque(maxlen=count)
-            window.extend(times[positions].tolist())
+                self.windows[key] = deque(kept, maxlen=count)
+            else:
+                window.extend(kept)
             return []
+        within = self.within
         old = list(window) if window is not None else []
         held = len(old)
         series = np.concatenate([np.array(old, dtype=np.float64), times[positions]])
@@ -254,6 +262,25 @@ class _RateLimitState:
         self.sent.append(now)
         return True
 
+    def admit_all(self, times: npt.NDArray[np.float64]) -> list[int]:
+        """``admit`` on each of ``times`` in turn: the positions admitted. While the
+        window is full, a run of suppressed times is skipped in one numpy test."""
+        admitted: list[int] = []
+        sent, count, period = self.sent, self.count, self.period
+        i, n = 0, len(times)
+        while i < n:
+            if len(sent) == count:
+                due = np.flatnonzero(~(times[i:] - sent[0] < period))
+                j = i + int(due[0]) if due.size else n
+                self.suppressed += j - i
+                if j == n:
+                    break
+                i = j
+            sent.append(float(times[i]))
+            admitted.append(i)
+            i += 1
+        return admitted
+
 
 class _Entry:
     """A compiled rule with its mutable state; the state is guarded by the set's lock."""
@@ -296,13 +323,11 @@ class _Entry:
         threshold, limit = self.threshold, self.limit
         reached = threshold.reached_rows(keys, times) if threshold is not None else None
         if threshold is None or reached is not None:
-            candidates = reached if reached is not None else range(len(times))
             if limit is None:
-                return list(candidates), failed
-            for pos in candidates:
-                if limit.admit(float(times[pos])):
-                    admitted.append(pos)
-            return admitted, failed
+                return (reached if reached is not None else list(range(len(times)))), failed
+            if reached is None:
+                return limit.admit_all(times), failed
+            return [reached[p] for p in limit.admit_all(times[reached])], failed
         for pos, now in enumerate(times.tolist()):
             try:
                 if threshold is not None and not threshold.reached_key(
