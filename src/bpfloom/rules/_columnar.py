@@ -54,15 +54,19 @@ _ORDER: dict[str, Callable[[Any, Any], Any]] = {
     ">=": operator.ge,
 }
 _GLOB_SPECIAL = re.compile(r"[*?\[]")
-_SMALL_SET = 4  # up to this many literals, `in` compares each; beyond, a binary search
-_COLS = np.arange(4096)
 _HEAD = 64  # C strings: where lengths() looks for the NUL first
 
 
 @functools.lru_cache(maxsize=256)
-def _sorted_keys(literals: tuple[bytes, ...], width: int) -> npt.NDArray[Any]:
-    """``literals`` (none longer than ``width``) as a sorted ``S<width>`` array."""
-    return np.array(sorted(literals), dtype=f"S{max(width, 1)}")
+def _fitting_keys(literals: tuple[bytes, ...], width: int) -> tuple[npt.NDArray[Any], int] | None:
+    """Of ``literals``, those a C string of ``width`` bytes can hold, as a sorted
+    ``S<k>`` array and ``k``: one more than the longest of them, at most ``width``
+    (None: none fits)."""
+    fitting = sorted({b for b in literals if len(b) <= width})
+    if not fitting:
+        return None
+    k = min(max(map(len, fitting)) + 1, width)
+    return np.array(fitting, dtype=f"S{max(k, 1)}"), k
 
 
 class Unsupported(Exception):
@@ -183,34 +187,25 @@ class CStrings:
         ]
 
     def equals_any(self, literals: Sequence[bytes]) -> Mask:
-        """Rows whose value is one of ``literals`` (bytes without NUL)."""
-        n, width, mat = self.n, self.width, self.mat
-        out = np.zeros(n, dtype=np.bool_)
-        fitting = sorted({b for b in literals if len(b) <= width})
-        if not fitting or n == 0:
-            return out
-        if len(fitting) <= _SMALL_SET:
-            for b in fitting:
-                m = len(b)
-                # The value is b when its first m bytes are b and byte m ends it.
-                want = np.frombuffer(b if m == width else b + b"\0", dtype=np.uint8)
-                out |= (mat[:, : len(want)] == want).all(axis=1)
-            return out
-        # One binary search over the values zeroed past their ends: numpy's S<k>
-        # comparison ignores trailing NULs, and neither values nor literals hold one.
-        lengths = self.lengths()
-        longest = int(lengths.max())
-        keys = _sorted_keys(tuple(b for b in fitting if len(b) <= longest), longest)
-        if keys.size == 0:
-            return out
-        if longest == 0:  # every value is empty
-            out[:] = keys[0] == b""
-            return out
-        cols = _COLS[:longest] if longest <= _COLS.size else np.arange(longest)
-        clean = np.where(cols < lengths[:, None], mat[:, :longest], np.uint8(0)).astype(np.uint8)
-        values = clean.view(f"S{longest}").ravel()
-        at = np.searchsorted(keys, values)
-        at[at == len(keys)] = 0
+        """Rows whose value is one of ``literals`` (bytes without NUL).
+
+        One binary search over the first ``k`` bytes of each value (``k``: one more
+        than the longest literal that fits), zeroed from the first NUL on: a value
+        longer than every literal keeps a byte at ``k - 1`` and equals none of them,
+        any other is exactly its bytes, and numpy's ``S<k>`` comparison ignores the
+        trailing NULs, which neither values nor literals hold. No lengths needed."""
+        n = self.n
+        found = _fitting_keys(tuple(literals), self.width)
+        if found is None or n == 0:
+            return np.zeros(n, dtype=np.bool_)
+        keys, k = found
+        if k == 0:  # every value is empty
+            return np.full(n, keys[0] == b"", dtype=np.bool_)
+        head = self.mat[:, :k]
+        clean = head * np.logical_and.accumulate(head != 0, axis=1)
+        values = clean.view(f"S{k}").ravel()
+        at = keys.searchsorted(values)
+        np.minimum(at, keys.size - 1, out=at)
         return keys[at] == values  # type: ignore[no-any-return]
 
     def startswith(self, b: bytes) -> Mask:

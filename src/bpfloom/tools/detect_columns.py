@@ -125,8 +125,13 @@ class EventTable:
         walked = (cut == 0) & (fs.mat[:, 0] != 0)
         from_fs = walked & (kind == FS_PATH_FILE)
         from_dir = walked & (kind == FS_PATH_DIR) & (path.mat[:, 0] != _SLASH)
-        rest = ~(from_fs | from_dir)
-        plain = rest & _plain_absolute(path)
+        rest = np.flatnonzero(~(from_fs | from_dir))
+        if rest.size == self.n:
+            plain = _plain_absolute(path)
+        else:  # only the rows left need the test (none, often)
+            plain = np.zeros(self.n, dtype=np.bool_)
+            if rest.size:
+                plain[rest] = _plain_absolute(path.subset(rest))
         special: dict[int, str] = {}
         odd = np.flatnonzero(~(from_fs | plain))
         if odd.size:
