@@ -146,34 +146,40 @@ class _ThresholdState:
         return True
 
     def reached_rows(
-        self, keys: Sequence[object] | None, times: npt.NDArray[np.float64]
+        self, keys: Sequence[object] | npt.NDArray[Any] | None, times: npt.NDArray[np.float64]
     ) -> list[int] | None:
-        """``reached_key`` on each match in turn (``keys``: their ``by`` values, or None
-        for no ``by``): the positions that reach the threshold, with the same state
-        after; None, having changed nothing, if a key is unhashable (the caller then
-        goes row by row and counts each failure).
+        """``reached_key`` on each match in turn (``keys``: their ``by`` values, an
+        integer numpy array or None for no ``by``): the positions that reach the
+        threshold, with the same state after; None, having changed nothing, if a key
+        is unhashable (the caller then goes row by row and counts each failure).
 
         Between sweeps keys do not interact, so each key's matches are counted on its
         times at once: a match reaches the threshold where it and the ``count - 1``
         times before it in the key's window fit in ``within``, and the window restarts
         after it. A match that sweeps is taken on its own, by ``reached_key``."""
         n = len(times)
+        keyed: Sequence[object] | None = None
         if keys is None:
             groups: dict[object, list[int]] = {None: list(range(n))}
+        elif isinstance(keys, np.ndarray) and n >= _SORT_KEYS:
+            groups = _int_groups(keys)
+            keyed = keys.tolist()
         else:
+            keyed = keys.tolist() if isinstance(keys, np.ndarray) else keys
             try:
-                first = keys[0] if n else None
-                if n and keys.count(first) == n:
+                first = keyed[0] if n else None
+                if n and keyed.count(first) == n:
                     hash(first)
                     groups = {first: list(range(n))}
                 else:
                     groups = {}
-                    for pos, key in enumerate(keys):
+                    for pos, key in enumerate(keyed):
                         groups.setdefault(key, []).append(pos)
             except TypeError:
                 return None
         reached: list[int] = []
         listed = times.tolist()
+        windows, count = self.windows, self.count
         start = 0
         while start < n:
             # The next match that sweeps (the sweep compares as ``sweep`` does).
@@ -183,10 +189,15 @@ class _ThresholdState:
                 whole = start == 0 and stop == n
                 for key, positions in groups.items():
                     mine = positions if whole else [p for p in positions if start <= p < stop]
-                    if mine:
+                    if not mine:
+                        continue
+                    if len(mine) < count and key not in windows:
+                        # Too few to reach it: only kept (the common case of many keys).
+                        windows[key] = deque([listed[p] for p in mine], maxlen=count)
+                    else:
                         reached.extend(self._count(key, mine, times, listed))
             if stop < n:
-                key = keys[stop] if keys is not None else None
+                key = keyed[stop] if keyed is not None else None
                 if self.reached_key(key, float(times[stop])):
                     reached.append(stop)
             start = stop + 1
@@ -242,6 +253,21 @@ class _ThresholdState:
         stale = [key for key, w in self.windows.items() if now - w[-1] > self.within]
         for key in stale:
             del self.windows[key]
+
+
+_SORT_KEYS = 128  # from this many matches, group integer keys by sorting them
+
+
+def _int_groups(keys: npt.NDArray[Any]) -> dict[object, list[int]]:
+    """The positions of each value of an integer array, in order, keyed by the value
+    as a Python int (as records hold it); grouped by a stable sort, not row by row."""
+    order = np.argsort(keys, kind="stable")
+    ranked = keys[order]
+    cuts = (np.flatnonzero(ranked[1:] != ranked[:-1]) + 1).tolist()
+    positions = order.tolist()
+    bounds = [0, *cuts, len(positions)]
+    values = ranked[bounds[:-1]].tolist() if positions else []
+    return {v: positions[bounds[i] : bounds[i + 1]] for i, v in enumerate(values)}
 
 
 class _RateLimitState:
@@ -314,7 +340,7 @@ class _Entry:
         return self.limit is None or self.limit.admit(now)
 
     def admit_rows(
-        self, keys: Sequence[object] | None, times: npt.NDArray[np.float64]
+        self, keys: Sequence[object] | npt.NDArray[Any] | None, times: npt.NDArray[np.float64]
     ) -> tuple[list[int], list[tuple[int, Exception]]]:
         """``admit`` for matches in order (``keys``: their ``by`` values): the positions
         admitted, and those whose admission raised (an unhashable key), with why."""
@@ -564,7 +590,7 @@ class RuleSet:
         field: str,
         rows: list[int],
         everything: list[dict[str, Any]] | None,
-    ) -> list[object]:
+    ) -> list[object] | npt.NDArray[Any]:
         """The values of ``field`` (a threshold's ``by``) on ``rows``, as in the records."""
         if everything is not None:
             return [everything[row].get(field) for row in rows]
@@ -573,7 +599,10 @@ class RuleSet:
             column = table.column(field)
         if column is None:
             return [None] * len(rows)
-        return column.values(np.asarray(rows, dtype=np.intp))
+        at = np.asarray(rows, dtype=np.intp)
+        if isinstance(column, _columnar.NumColumn) and column.array.dtype.kind in "iu":
+            return column.array[at]
+        return column.values(at)
 
     def _failed(self, entry: _Entry, exc: Exception) -> None:
         with self._lock:
