@@ -176,6 +176,8 @@ class CStrings:
 
     def decode(self, rows: Rows | None = None) -> list[str]:
         """The decoded values of ``rows`` (all if None), as the decoder makes them."""
+        if rows is not None and self._lengths is None:
+            return self.subset(rows).decode()  # lengths of those rows only
         mat = self.mat if rows is None else self.mat[rows]
         lengths = self.lengths() if rows is None else self.lengths()[rows]
         width = self.width
