@@ -55,6 +55,7 @@ _ORDER: dict[str, Callable[[Any, Any], Any]] = {
 }
 _GLOB_SPECIAL = re.compile(r"[*?\[]")
 _HEAD = 64  # C strings: where lengths() looks for the NUL first
+_RANGE = np.arange(256)
 
 
 @functools.lru_cache(maxsize=256)
@@ -67,6 +68,18 @@ def _fitting_keys(literals: tuple[bytes, ...], width: int) -> tuple[npt.NDArray[
         return None
     k = min(max(map(len, fitting)) + 1, width)
     return np.array(fitting, dtype=f"S{max(k, 1)}"), k
+
+
+def _zeroed_from_nul(head: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """A contiguous copy of ``head`` (rows of bytes) with each row's bytes from its
+    first NUL on set to 0. (Numpy's accumulate along rows is several times slower on
+    short rows than this argmax.)"""
+    out = np.array(head, dtype=np.uint8, order="C")  # a copy: records stay as they are
+    k = out.shape[1]
+    first = (out == 0).argmax(axis=1)  # 0 for a row without NUL too
+    first[(first == 0) & (out[:, 0] != 0)] = k
+    out *= _RANGE[:k] < first[:, None] if k <= _RANGE.size else np.arange(k) < first[:, None]
+    return out
 
 
 class Unsupported(Exception):
@@ -203,9 +216,7 @@ class CStrings:
         keys, k = found
         if k == 0:  # every value is empty
             return np.full(n, keys[0] == b"", dtype=np.bool_)
-        head = self.mat[:, :k]
-        clean = head * np.logical_and.accumulate(head != 0, axis=1)
-        values = clean.view(f"S{k}").ravel()
+        values = _zeroed_from_nul(self.mat[:, :k]).view(f"S{k}").ravel()
         at = keys.searchsorted(values)
         np.minimum(at, keys.size - 1, out=at)
         return keys[at] == values  # type: ignore[no-any-return]
