@@ -158,12 +158,15 @@ class _ThresholdState:
         times before it in the key's window fit in ``within``, and the window restarts
         after it. A match that sweeps is taken on its own, by ``reached_key``."""
         n = len(times)
+        if (
+            isinstance(keys, np.ndarray)
+            and n >= _SORT_KEYS
+            and not (~(times - self.last_sweep < self.within)).any()  # no match sweeps
+        ):
+            return self._reached_sorted(keys, times)
         keyed: Sequence[object] | None = None
         if keys is None:
             groups: dict[object, list[int]] = {None: list(range(n))}
-        elif isinstance(keys, np.ndarray) and n >= _SORT_KEYS:
-            groups = _int_groups(keys)
-            keyed = keys.tolist()
         else:
             keyed = keys.tolist() if isinstance(keys, np.ndarray) else keys
             try:
@@ -179,7 +182,6 @@ class _ThresholdState:
                 return None
         reached: list[int] = []
         listed = times.tolist()
-        windows, count = self.windows, self.count
         start = 0
         while start < n:
             # The next match that sweeps (the sweep compares as ``sweep`` does).
@@ -189,13 +191,8 @@ class _ThresholdState:
                 whole = start == 0 and stop == n
                 for key, positions in groups.items():
                     mine = positions if whole else [p for p in positions if start <= p < stop]
-                    if not mine:
-                        continue
-                    if len(mine) < count and key not in windows:
-                        # Too few to reach it: only kept (the common case of many keys).
-                        windows[key] = deque([listed[p] for p in mine], maxlen=count)
-                    else:
-                        reached.extend(self._count(key, mine, times, listed))
+                    if mine and not self._keep(key, [listed[p] for p in mine]):
+                        reached.extend(self._count(key, mine, times))
             if stop < n:
                 key = keyed[stop] if keyed is not None else None
                 if self.reached_key(key, float(times[stop])):
@@ -204,26 +201,46 @@ class _ThresholdState:
         reached.sort()
         return reached
 
+    def _keep(self, key: object, stamps: list[float]) -> bool:
+        """Keeps ``stamps`` in ``key``'s window if they cannot reach the threshold (the
+        common case of many keys); False, having changed nothing, if they may."""
+        window = self.windows.get(key)
+        if window is None:
+            if len(stamps) >= self.count:
+                return False
+            self.windows[key] = deque(stamps, maxlen=self.count)
+        elif len(window) + len(stamps) < self.count:
+            window.extend(stamps)
+        else:
+            return False
+        return True
+
+    def _reached_sorted(self, keys: npt.NDArray[Any], times: npt.NDArray[np.float64]) -> list[int]:
+        """``reached_rows`` of integer keys when no match sweeps: the matches grouped
+        by a stable sort of their keys (in order within a key), not row by row."""
+        order = np.argsort(keys, kind="stable")
+        ranked = keys[order]
+        bounds = [0, *(np.flatnonzero(ranked[1:] != ranked[:-1]) + 1).tolist(), len(order)]
+        values = ranked[bounds[:-1]].tolist() if len(order) else []
+        positions = order.tolist()
+        stamps = times[order].tolist()
+        reached: list[int] = []
+        for key, a, b in zip(values, bounds, bounds[1:], strict=False):
+            if not self._keep(key, stamps[a:b]):
+                reached.extend(self._count(key, positions[a:b], times))
+        reached.sort()
+        return reached
+
     def _count(
         self,
         key: object,
         positions: list[int],
         times: npt.NDArray[np.float64],
-        listed: list[float],
     ) -> list[int]:
         """``reached_key(key, ...)`` on the matches at ``positions``, none of which
-        sweeps: the positions that reach the threshold (``listed``: ``times`` as a list)."""
-        count = self.count
+        sweeps and which may reach the threshold: the positions that do."""
+        count, within = self.count, self.within
         window = self.windows.get(key)
-        if (len(window) if window is not None else 0) + len(positions) < count:
-            # Too few to reach it: only kept (the common case of many keys).
-            kept = [listed[p] for p in positions]
-            if window is None:
-                self.windows[key] = deque(kept, maxlen=count)
-            else:
-                window.extend(kept)
-            return []
-        within = self.within
         old = list(window) if window is not None else []
         held = len(old)
         series = np.concatenate([np.array(old, dtype=np.float64), times[positions]])
@@ -256,18 +273,6 @@ class _ThresholdState:
 
 
 _SORT_KEYS = 128  # from this many matches, group integer keys by sorting them
-
-
-def _int_groups(keys: npt.NDArray[Any]) -> dict[object, list[int]]:
-    """The positions of each value of an integer array, in order, keyed by the value
-    as a Python int (as records hold it); grouped by a stable sort, not row by row."""
-    order = np.argsort(keys, kind="stable")
-    ranked = keys[order]
-    cuts = (np.flatnonzero(ranked[1:] != ranked[:-1]) + 1).tolist()
-    positions = order.tolist()
-    bounds = [0, *cuts, len(positions)]
-    values = ranked[bounds[:-1]].tolist() if positions else []
-    return {v: positions[bounds[i] : bounds[i + 1]] for i, v in enumerate(values)}
 
 
 class _RateLimitState:
