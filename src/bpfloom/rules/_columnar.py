@@ -74,12 +74,21 @@ def _zeroed_from_nul(head: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     """A contiguous copy of ``head`` (rows of bytes) with each row's bytes from its
     first NUL on set to 0. (Numpy's accumulate along rows is several times slower on
     short rows than this argmax.)"""
+    return nul_split(head)[0]
+
+
+def nul_split(
+    head: npt.NDArray[np.uint8],
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.intp]]:
+    """``_zeroed_from_nul(head)`` and where each row's first NUL is (the row's width
+    if it has none)."""
     out = np.array(head, dtype=np.uint8, order="C")  # a copy: records stay as they are
     k = out.shape[1]
     first = (out == 0).argmax(axis=1)  # 0 for a row without NUL too
-    first[(first == 0) & (out[:, 0] != 0)] = k
+    if k:
+        first[(first == 0) & (out[:, 0] != 0)] = k
     out *= _RANGE[:k] < first[:, None] if k <= _RANGE.size else np.arange(k) < first[:, None]
-    return out
+    return out, first
 
 
 class Unsupported(Exception):
