@@ -77,6 +77,16 @@ def _zeroed_from_nul(head: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return nul_split(head)[0]
 
 
+def _first_nul(head: npt.NDArray[np.uint8]) -> npt.NDArray[np.intp]:
+    """Where each row's first NUL is (the row's width if it has none)."""
+    if head.shape[1] == 0:
+        return np.zeros(head.shape[0], dtype=np.intp)
+    nul = head == 0
+    first: npt.NDArray[np.intp] = nul.argmax(axis=1)  # 0 for a row without NUL too
+    first[(first == 0) & ~nul[:, 0]] = head.shape[1]
+    return first
+
+
 def nul_split(
     head: npt.NDArray[np.uint8],
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.intp]]:
@@ -84,9 +94,7 @@ def nul_split(
     if it has none)."""
     out = np.array(head, dtype=np.uint8, order="C")  # a copy: records stay as they are
     k = out.shape[1]
-    first = (out == 0).argmax(axis=1)  # 0 for a row without NUL too
-    if k:
-        first[(first == 0) & (out[:, 0] != 0)] = k
+    first = _first_nul(out)
     out *= _RANGE[:k] < first[:, None] if k <= _RANGE.size else np.arange(k) < first[:, None]
     return out, first
 
@@ -172,22 +180,17 @@ class CStrings:
 
     def lengths(self) -> npt.NDArray[np.intp]:
         if self._lengths is None:
-            mat, n = self.mat, self.n
             if self.width == 0:
-                self._lengths = np.zeros(n, dtype=np.intp)
+                self._lengths = np.zeros(self.n, dtype=np.intp)
             else:
-                # The first minimum of a row is its first NUL, if it has one; most
-                # values are short, so look in the first bytes first.
-                rows = np.arange(n)
-                head = min(self.width, _HEAD)
-                first = mat[:, :head].argmin(axis=1)
-                ended = mat[rows, first] == 0
-                if head < self.width and not ended.all():
-                    longer = np.flatnonzero(~ended)
-                    whole = mat[longer]
-                    first[longer] = found = whole.argmin(axis=1)
-                    ended[longer] = whole[np.arange(longer.size), found] == 0
-                self._lengths = np.where(ended, first, self.width).astype(np.intp)
+                # Most values are short: look in the first bytes first.
+                k = min(self.width, _HEAD)
+                found = _first_nul(self.mat[:, :k])
+                if k < self.width:
+                    longer = np.flatnonzero(found == k)
+                    if longer.size:
+                        found[longer] = _first_nul(self.mat[longer])
+                self._lengths = found
         return self._lengths
 
     def subset(self, rows: Rows) -> CStrings:
