@@ -4,7 +4,7 @@
 runs a rule's condition tree once per *batch*, on columns: numpy arrays of numbers,
 and C strings kept as the rows of a byte matrix (``CStrings``), straight from the
 records the BPF programs wrote. A comparison becomes one numpy operation over the
-batch (``==`` and ``in`` as byte comparisons or a binary search in the sorted literals,
+batch (``==`` and ``in`` as a binary search of the values' first bytes in the literals,
 ``startswith``/``endswith``/``contains`` on the bytes, ``<``... on numbers), ``and``/
 ``or``/``not`` become boolean arrays, and only the rows a rule matches ever become
 Python records (``RuleSet.evaluate_table`` does the rest: thresholds, rate limits,
