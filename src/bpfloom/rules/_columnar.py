@@ -56,6 +56,7 @@ _ORDER: dict[str, Callable[[Any, Any], Any]] = {
 _GLOB_SPECIAL = re.compile(r"[*?\[]")
 _HEAD = 64  # C strings: where lengths() looks for the NUL first
 _RANGE = np.arange(256)
+_FEW_ROWS = 8  # up to this many rows, decode() reads each row's bytes on its own
 
 
 @functools.lru_cache(maxsize=256)
@@ -202,6 +203,12 @@ class CStrings:
     def decode(self, rows: Rows | None = None) -> list[str]:
         """The decoded values of ``rows`` (all if None), as the decoder makes them."""
         if rows is not None and self._lengths is None:
+            if len(rows) <= _FEW_ROWS:  # fewer numpy calls, row by row
+                mat, errors = self.mat, self.strings
+                return [
+                    mat[r].tobytes().partition(b"\0")[0].decode("utf-8", errors)
+                    for r in rows.tolist()
+                ]
             return self.subset(rows).decode()  # lengths of those rows only
         mat = self.mat if rows is None else self.mat[rows]
         lengths = self.lengths() if rows is None else self.lengths()[rows]
