@@ -8,6 +8,8 @@ Two sections, one run:
   suspicious), against two baselines measured in the same process: a rule set of one
   trivial rule, and the bare loop that only hands each record to a no-op. Events/s
   per core = records evaluated per second of CPU time of this (single) thread.
+  Column-wise (``evaluate_table``) in batches of ``--batch-size`` and of detect's
+  ``MERGE_EVENTS`` (the most a busy worker joins).
 - ``latency``: ``bpfloom detect --json`` with a one-rule file (fires on an open of a
   marker path, no rate limit) runs as a subprocess; this script opens the marker and
   times until the alert line arrives on the pipe. The baseline is
@@ -43,7 +45,7 @@ from bpfloom.bpf import object_path
 from bpfloom.decode import Decoder
 from bpfloom.object import BpfObject
 from bpfloom.rules import RuleSet, load_rules
-from bpfloom.tools.detect import Detector
+from bpfloom.tools.detect import MERGE_EVENTS, Detector
 from bpfloom.tools.detect_columns import TABLES, EventTable, ExecTable
 from bpfloom.tools.execsnoop import ExecSnoop
 from bpfloom.tools.exitsnoop import ExitSnoop
@@ -247,6 +249,8 @@ def throughput(n: int, rounds: int, batch_size: int) -> dict[str, Any]:
     bare_rate = _cpu_rate(lambda ev: None, events, rounds)
     batches = raw_batches(events, batch_size)
     table_rate = _table_rate(load_rules(), batches, rounds)
+    # Under load detect's worker joins queued batches up to MERGE_EVENTS events.
+    merged_rate = _table_rate(load_rules(), raw_batches(events, MERGE_EVENTS), rounds)
     probe = load_rules()
     makers = _record_makers()
     table_alerts = sum(len(probe.evaluate_table(makers[k](b))) for k, b in batches)
@@ -261,6 +265,8 @@ def throughput(n: int, rounds: int, batch_size: int) -> dict[str, Any]:
         "batch_size": batch_size,
         "rules_events_per_s_per_core": round(table_rate),
         "columns_vs_records": round(table_rate / default_rate, 3),
+        "merged_batch_size": MERGE_EVENTS,
+        "rules_events_per_s_per_core_merged": round(merged_rate),
         "alerts_in_sample_columns": table_alerts,
         "alerts_in_sample": alerts,
         "suppressed_in_sample": sum(probe.suppressed.values()),

@@ -4,7 +4,7 @@
 runs a rule's condition tree once per *batch*, on columns: numpy arrays of numbers,
 and C strings kept as the rows of a byte matrix (``CStrings``), straight from the
 records the BPF programs wrote. A comparison becomes one numpy operation over the
-batch (``==`` and ``in`` as byte comparisons or a binary search in the sorted literals,
+batch (``==`` and ``in`` as a binary search of the values' first bytes in the literals,
 ``startswith``/``endswith``/``contains`` on the bytes, ``<``... on numbers), ``and``/
 ``or``/``not`` become boolean arrays, and only the rows a rule matches ever become
 Python records (``RuleSet.evaluate_table`` does the rest: thresholds, rate limits,
@@ -54,15 +54,50 @@ _ORDER: dict[str, Callable[[Any, Any], Any]] = {
     ">=": operator.ge,
 }
 _GLOB_SPECIAL = re.compile(r"[*?\[]")
-_SMALL_SET = 4  # up to this many literals, `in` compares each; beyond, a binary search
-_COLS = np.arange(4096)
 _HEAD = 64  # C strings: where lengths() looks for the NUL first
+_RANGE = np.arange(256)
+_FEW_ROWS = 8  # up to this many rows, decode() reads each row's bytes on its own
 
 
 @functools.lru_cache(maxsize=256)
-def _sorted_keys(literals: tuple[bytes, ...], width: int) -> npt.NDArray[Any]:
-    """``literals`` (none longer than ``width``) as a sorted ``S<width>`` array."""
-    return np.array(sorted(literals), dtype=f"S{max(width, 1)}")
+def _fitting_keys(literals: tuple[bytes, ...], width: int) -> tuple[npt.NDArray[Any], int] | None:
+    """Of ``literals``, those a C string of ``width`` bytes can hold, as a sorted
+    ``S<k>`` array and ``k``: one more than the longest of them, at most ``width``
+    (None: none fits)."""
+    fitting = sorted({b for b in literals if len(b) <= width})
+    if not fitting:
+        return None
+    k = min(max(map(len, fitting)) + 1, width)
+    return np.array(fitting, dtype=f"S{max(k, 1)}"), k
+
+
+def _zeroed_from_nul(head: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """A contiguous copy of ``head`` (rows of bytes) with each row's bytes from its
+    first NUL on set to 0. (Numpy's accumulate along rows is several times slower on
+    short rows than this argmax.)"""
+    return nul_split(head)[0]
+
+
+def _first_nul(head: npt.NDArray[np.uint8]) -> npt.NDArray[np.intp]:
+    """Where each row's first NUL is (the row's width if it has none)."""
+    if head.shape[1] == 0:
+        return np.zeros(head.shape[0], dtype=np.intp)
+    nul = head == 0
+    first: npt.NDArray[np.intp] = nul.argmax(axis=1)  # 0 for a row without NUL too
+    first[(first == 0) & ~nul[:, 0]] = head.shape[1]
+    return first
+
+
+def nul_split(
+    head: npt.NDArray[np.uint8],
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.intp]]:
+    """``_zeroed_from_nul(head)`` and where each row's first NUL is (the row's width
+    if it has none)."""
+    out = np.array(head, dtype=np.uint8, order="C")  # a copy: records stay as they are
+    k = out.shape[1]
+    first = _first_nul(out)
+    out *= _RANGE[:k] < first[:, None] if k <= _RANGE.size else np.arange(k) < first[:, None]
+    return out, first
 
 
 class Unsupported(Exception):
@@ -146,22 +181,17 @@ class CStrings:
 
     def lengths(self) -> npt.NDArray[np.intp]:
         if self._lengths is None:
-            mat, n = self.mat, self.n
             if self.width == 0:
-                self._lengths = np.zeros(n, dtype=np.intp)
+                self._lengths = np.zeros(self.n, dtype=np.intp)
             else:
-                # The first minimum of a row is its first NUL, if it has one; most
-                # values are short, so look in the first bytes first.
-                rows = np.arange(n)
-                head = min(self.width, _HEAD)
-                first = mat[:, :head].argmin(axis=1)
-                ended = mat[rows, first] == 0
-                if head < self.width and not ended.all():
-                    longer = np.flatnonzero(~ended)
-                    whole = mat[longer]
-                    first[longer] = found = whole.argmin(axis=1)
-                    ended[longer] = whole[np.arange(longer.size), found] == 0
-                self._lengths = np.where(ended, first, self.width).astype(np.intp)
+                # Most values are short: look in the first bytes first.
+                k = min(self.width, _HEAD)
+                found = _first_nul(self.mat[:, :k])
+                if k < self.width:
+                    longer = np.flatnonzero(found == k)
+                    if longer.size:
+                        found[longer] = _first_nul(self.mat[longer])
+                self._lengths = found
         return self._lengths
 
     def subset(self, rows: Rows) -> CStrings:
@@ -172,6 +202,14 @@ class CStrings:
 
     def decode(self, rows: Rows | None = None) -> list[str]:
         """The decoded values of ``rows`` (all if None), as the decoder makes them."""
+        if rows is not None and self._lengths is None:
+            if len(rows) <= _FEW_ROWS:  # fewer numpy calls, row by row
+                mat, errors = self.mat, self.strings
+                return [
+                    mat[r].tobytes().partition(b"\0")[0].decode("utf-8", errors)
+                    for r in rows.tolist()
+                ]
+            return self.subset(rows).decode()  # lengths of those rows only
         mat = self.mat if rows is None else self.mat[rows]
         lengths = self.lengths() if rows is None else self.lengths()[rows]
         width = self.width
@@ -183,34 +221,23 @@ class CStrings:
         ]
 
     def equals_any(self, literals: Sequence[bytes]) -> Mask:
-        """Rows whose value is one of ``literals`` (bytes without NUL)."""
-        n, width, mat = self.n, self.width, self.mat
-        out = np.zeros(n, dtype=np.bool_)
-        fitting = sorted({b for b in literals if len(b) <= width})
-        if not fitting or n == 0:
-            return out
-        if len(fitting) <= _SMALL_SET:
-            for b in fitting:
-                m = len(b)
-                # The value is b when its first m bytes are b and byte m ends it.
-                want = np.frombuffer(b if m == width else b + b"\0", dtype=np.uint8)
-                out |= (mat[:, : len(want)] == want).all(axis=1)
-            return out
-        # One binary search over the values zeroed past their ends: numpy's S<k>
-        # comparison ignores trailing NULs, and neither values nor literals hold one.
-        lengths = self.lengths()
-        longest = int(lengths.max())
-        keys = _sorted_keys(tuple(b for b in fitting if len(b) <= longest), longest)
-        if keys.size == 0:
-            return out
-        if longest == 0:  # every value is empty
-            out[:] = keys[0] == b""
-            return out
-        cols = _COLS[:longest] if longest <= _COLS.size else np.arange(longest)
-        clean = np.where(cols < lengths[:, None], mat[:, :longest], np.uint8(0)).astype(np.uint8)
-        values = clean.view(f"S{longest}").ravel()
-        at = np.searchsorted(keys, values)
-        at[at == len(keys)] = 0
+        """Rows whose value is one of ``literals`` (bytes without NUL).
+
+        One binary search over the first ``k`` bytes of each value (``k``: one more
+        than the longest literal that fits), zeroed from the first NUL on: a value
+        longer than every literal keeps a byte at ``k - 1`` and equals none of them,
+        any other is exactly its bytes, and numpy's ``S<k>`` comparison ignores the
+        trailing NULs, which neither values nor literals hold. No lengths needed."""
+        n = self.n
+        found = _fitting_keys(tuple(literals), self.width)
+        if found is None or n == 0:
+            return np.zeros(n, dtype=np.bool_)
+        keys, k = found
+        if k == 0:  # every value is empty
+            return np.full(n, keys[0] == b"", dtype=np.bool_)
+        values = _zeroed_from_nul(self.mat[:, :k]).view(f"S{k}").ravel()
+        at = keys.searchsorted(values)
+        np.minimum(at, keys.size - 1, out=at)
         return keys[at] == values  # type: ignore[no-any-return]
 
     def startswith(self, b: bytes) -> Mask:

@@ -146,33 +146,42 @@ class _ThresholdState:
         return True
 
     def reached_rows(
-        self, keys: Sequence[object] | None, times: npt.NDArray[np.float64]
+        self, keys: Sequence[object] | npt.NDArray[Any] | None, times: npt.NDArray[np.float64]
     ) -> list[int] | None:
-        """``reached_key`` on each match in turn (``keys``: their ``by`` values, or None
-        for no ``by``): the positions that reach the threshold, with the same state
-        after; None, having changed nothing, if a key is unhashable (the caller then
-        goes row by row and counts each failure).
+        """``reached_key`` on each match in turn (``keys``: their ``by`` values, an
+        integer numpy array or None for no ``by``): the positions that reach the
+        threshold, with the same state after; None, having changed nothing, if a key
+        is unhashable (the caller then goes row by row and counts each failure).
 
         Between sweeps keys do not interact, so each key's matches are counted on its
         times at once: a match reaches the threshold where it and the ``count - 1``
         times before it in the key's window fit in ``within``, and the window restarts
         after it. A match that sweeps is taken on its own, by ``reached_key``."""
         n = len(times)
+        if (
+            isinstance(keys, np.ndarray)
+            and n >= _SORT_KEYS
+            and not (~(times - self.last_sweep < self.within)).any()  # no match sweeps
+        ):
+            return self._reached_sorted(keys, times)
+        keyed: Sequence[object] | None = None
         if keys is None:
             groups: dict[object, list[int]] = {None: list(range(n))}
         else:
+            keyed = keys.tolist() if isinstance(keys, np.ndarray) else keys
             try:
-                first = keys[0] if n else None
-                if n and keys.count(first) == n:
+                first = keyed[0] if n else None
+                if n and keyed.count(first) == n:
                     hash(first)
                     groups = {first: list(range(n))}
                 else:
                     groups = {}
-                    for pos, key in enumerate(keys):
+                    for pos, key in enumerate(keyed):
                         groups.setdefault(key, []).append(pos)
             except TypeError:
                 return None
         reached: list[int] = []
+        listed = times.tolist()
         start = 0
         while start < n:
             # The next match that sweeps (the sweep compares as ``sweep`` does).
@@ -182,29 +191,56 @@ class _ThresholdState:
                 whole = start == 0 and stop == n
                 for key, positions in groups.items():
                     mine = positions if whole else [p for p in positions if start <= p < stop]
-                    if mine:
+                    if mine and not self._keep(key, [listed[p] for p in mine]):
                         reached.extend(self._count(key, mine, times))
             if stop < n:
-                key = keys[stop] if keys is not None else None
+                key = keyed[stop] if keyed is not None else None
                 if self.reached_key(key, float(times[stop])):
                     reached.append(stop)
             start = stop + 1
         reached.sort()
         return reached
 
+    def _keep(self, key: object, stamps: list[float]) -> bool:
+        """Keeps ``stamps`` in ``key``'s window if they cannot reach the threshold (the
+        common case of many keys); False, having changed nothing, if they may."""
+        window = self.windows.get(key)
+        if window is None:
+            if len(stamps) >= self.count:
+                return False
+            self.windows[key] = deque(stamps, maxlen=self.count)
+        elif len(window) + len(stamps) < self.count:
+            window.extend(stamps)
+        else:
+            return False
+        return True
+
+    def _reached_sorted(self, keys: npt.NDArray[Any], times: npt.NDArray[np.float64]) -> list[int]:
+        """``reached_rows`` of integer keys when no match sweeps: the matches grouped
+        by a stable sort of their keys (in order within a key), not row by row."""
+        order = np.argsort(keys, kind="stable")
+        ranked = keys[order]
+        bounds = [0, *(np.flatnonzero(ranked[1:] != ranked[:-1]) + 1).tolist(), len(order)]
+        values = ranked[bounds[:-1]].tolist() if len(order) else []
+        positions = order.tolist()
+        stamps = times[order].tolist()
+        reached: list[int] = []
+        for key, a, b in zip(values, bounds, bounds[1:], strict=False):
+            if not self._keep(key, stamps[a:b]):
+                reached.extend(self._count(key, positions[a:b], times))
+        reached.sort()
+        return reached
+
     def _count(
-        self, key: object, positions: list[int], times: npt.NDArray[np.float64]
+        self,
+        key: object,
+        positions: list[int],
+        times: npt.NDArray[np.float64],
     ) -> list[int]:
         """``reached_key(key, ...)`` on the matches at ``positions``, none of which
-        sweeps: the positions that reach the threshold."""
+        sweeps and which may reach the threshold: the positions that do."""
         count, within = self.count, self.within
         window = self.windows.get(key)
-        if (len(window) if window is not None else 0) + len(positions) < count:
-            # Too few to reach it: only kept (the common case of many keys).
-            if window is None:
-                window = self.windows[key] = deque(maxlen=count)
-            window.extend(times[positions].tolist())
-            return []
         old = list(window) if window is not None else []
         held = len(old)
         series = np.concatenate([np.array(old, dtype=np.float64), times[positions]])
@@ -236,6 +272,9 @@ class _ThresholdState:
             del self.windows[key]
 
 
+_SORT_KEYS = 128  # from this many matches, group integer keys by sorting them
+
+
 class _RateLimitState:
     """Times of the last ``count`` alerts: a new one passes if fewer than ``count``
     fall within the last ``period`` seconds (a sliding window, so never more than
@@ -253,6 +292,25 @@ class _RateLimitState:
             return False
         self.sent.append(now)
         return True
+
+    def admit_all(self, times: npt.NDArray[np.float64]) -> list[int]:
+        """``admit`` on each of ``times`` in turn: the positions admitted. While the
+        window is full, a run of suppressed times is skipped in one numpy test."""
+        admitted: list[int] = []
+        sent, count, period = self.sent, self.count, self.period
+        i, n = 0, len(times)
+        while i < n:
+            if len(sent) == count:
+                due = np.flatnonzero(~(times[i:] - sent[0] < period))
+                j = i + int(due[0]) if due.size else n
+                self.suppressed += j - i
+                if j == n:
+                    break
+                i = j
+            sent.append(float(times[i]))
+            admitted.append(i)
+            i += 1
+        return admitted
 
 
 class _Entry:
@@ -287,7 +345,7 @@ class _Entry:
         return self.limit is None or self.limit.admit(now)
 
     def admit_rows(
-        self, keys: Sequence[object] | None, times: npt.NDArray[np.float64]
+        self, keys: Sequence[object] | npt.NDArray[Any] | None, times: npt.NDArray[np.float64]
     ) -> tuple[list[int], list[tuple[int, Exception]]]:
         """``admit`` for matches in order (``keys``: their ``by`` values): the positions
         admitted, and those whose admission raised (an unhashable key), with why."""
@@ -296,13 +354,11 @@ class _Entry:
         threshold, limit = self.threshold, self.limit
         reached = threshold.reached_rows(keys, times) if threshold is not None else None
         if threshold is None or reached is not None:
-            candidates = reached if reached is not None else range(len(times))
             if limit is None:
-                return list(candidates), failed
-            for pos in candidates:
-                if limit.admit(float(times[pos])):
-                    admitted.append(pos)
-            return admitted, failed
+                return (reached if reached is not None else list(range(len(times)))), failed
+            if reached is None:
+                return limit.admit_all(times), failed
+            return [reached[p] for p in limit.admit_all(times[reached])], failed
         for pos, now in enumerate(times.tolist()):
             try:
                 if threshold is not None and not threshold.reached_key(
@@ -539,7 +595,7 @@ class RuleSet:
         field: str,
         rows: list[int],
         everything: list[dict[str, Any]] | None,
-    ) -> list[object]:
+    ) -> list[object] | npt.NDArray[Any]:
         """The values of ``field`` (a threshold's ``by``) on ``rows``, as in the records."""
         if everything is not None:
             return [everything[row].get(field) for row in rows]
@@ -548,7 +604,10 @@ class RuleSet:
             column = table.column(field)
         if column is None:
             return [None] * len(rows)
-        return column.values(np.asarray(rows, dtype=np.intp))
+        at = np.asarray(rows, dtype=np.intp)
+        if isinstance(column, _columnar.NumColumn) and column.array.dtype.kind in "iu":
+            return column.array[at]
+        return column.values(at)
 
     def _failed(self, entry: _Entry, exc: Exception) -> None:
         with self._lock:

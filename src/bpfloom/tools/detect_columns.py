@@ -23,12 +23,22 @@ import numpy as np
 import numpy.typing as npt
 
 from ..batch import Batch
-from ..rules._columnar import Column, ConstColumn, CStrings, Mask, NumColumn, PyColumn, StrColumn
+from ..rules._columnar import (
+    Column,
+    ConstColumn,
+    CStrings,
+    Mask,
+    NumColumn,
+    PyColumn,
+    StrColumn,
+    nul_split,
+)
 from .paths import FS_PATH_DIR, FS_PATH_FILE, norm_path
 from .tool import Record, wall_times
 
 RecordOf = Callable[[Any], Record | None]
 _SLASH, _DOT = ord("/"), ord(".")
+_HEAD = 64  # _plain_absolute: values up to this long are tested on their first bytes
 _INT64_MIN = np.iinfo(np.int64).min
 
 
@@ -125,8 +135,13 @@ class EventTable:
         walked = (cut == 0) & (fs.mat[:, 0] != 0)
         from_fs = walked & (kind == FS_PATH_FILE)
         from_dir = walked & (kind == FS_PATH_DIR) & (path.mat[:, 0] != _SLASH)
-        rest = ~(from_fs | from_dir)
-        plain = rest & _plain_absolute(path)
+        rest = np.flatnonzero(~(from_fs | from_dir))
+        if rest.size == self.n:
+            plain = _plain_absolute(path)
+        else:  # only the rows left need the test (none, often)
+            plain = np.zeros(self.n, dtype=np.bool_)
+            if rest.size:
+                plain[rest] = _plain_absolute(path.subset(rest))
         special: dict[int, str] = {}
         odd = np.flatnonzero(~(from_fs | plain))
         if odd.size:
@@ -140,20 +155,31 @@ class EventTable:
 def _plain_absolute(path: CStrings) -> Mask:
     """Rows whose C string ``lexical`` leaves as it is: absolute, without ``//`` or
     ``/.`` (which also rules out ``/./`` and ``/../``), not ending in ``/`` unless it is
-    ``/``. Conservative (``/.hidden`` is left to ``lexical``), never wrong."""
-    lengths = path.lengths()
-    out: Mask = (lengths > 0) & (path.mat[:, 0] == _SLASH)
-    if not out.any():
-        return out
-    longest = int(lengths.max())
-    head = path.mat[:, :longest]
+    ``/``. Conservative (``/.hidden`` is left to ``lexical``), never wrong.
+
+    Tested on the first ``_HEAD`` bytes; the values that may be longer, again on the
+    whole width."""
+    if path.n == 0 or path.width == 0:
+        return np.zeros(path.n, dtype=np.bool_)
+    k = min(path.width, _HEAD)
+    head, lengths = nul_split(path.mat[:, :k])
+    out = _plain(head, lengths)
+    if k < path.width:
+        longer = np.flatnonzero(lengths == k)
+        if longer.size:
+            out[longer] = _plain(*nul_split(path.mat[longer]))
+    return out
+
+
+def _plain(head: npt.NDArray[np.uint8], lengths: npt.NDArray[np.intp]) -> Mask:
+    """``_plain_absolute`` of values given as bytes zeroed from their ends on (a zero
+    is neither ``/`` nor ``.``, so no test looks past an end) and their lengths."""
+    head = head[:, : max(int(lengths.max()), 1)]
     slash = head == _SLASH
-    after = slash[:, 1:] | (head[:, 1:] == _DOT)
-    inside = np.arange(1, longest) < lengths[:, None]
-    bad = (slash[:, :-1] & after & inside).any(axis=1)
-    last = head[np.arange(path.n), lengths - 1]  # (a wrong byte where lengths is 0)
+    bad: Mask = (slash[:, :-1] & (slash[:, 1:] | (head[:, 1:] == _DOT))).any(axis=1)
+    last = head[np.arange(head.shape[0]), np.maximum(lengths, 1) - 1]
     bad |= (lengths > 1) & (last == _SLASH)
-    out &= ~bad
+    out: Mask = (lengths > 0) & (head[:, 0] == _SLASH) & ~bad
     return out
 
 
