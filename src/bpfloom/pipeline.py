@@ -162,6 +162,7 @@ class Pipeline:
         read_timeout: float = 0.1,
         timestamp_field: str | None = None,
         merge_batches: int = 0,
+        coalesce: float = 0.0,
     ) -> None:
         if executor not in EXECUTORS:
             raise ValueError(f"unknown executor {executor!r}; choose one of {EXECUTORS}")
@@ -195,6 +196,11 @@ class Pipeline:
         #: up to this many events (0: never). Under load the handler then sees few large
         #: batches instead of many small ones; order and accounting are unchanged.
         self.merge_batches = merge_batches if batch and self._settle is None else 0
+        #: Seconds a reader waits after a read that brought at least ``COALESCE_MIN``
+        #: events, before reading again (0: never): a busy stream then arrives in fewer,
+        #: larger batches — fewer wakeups and per-batch costs — for at most this much
+        #: added latency, and only while it is busy (a lone event is read at once).
+        self.coalesce = coalesce
         self.fatal_errors = fatal_errors
         self.sample_every = sample_every
         self.shutdown_timeout = shutdown_timeout
@@ -427,9 +433,12 @@ class Pipeline:
         runner = self._runner
         assert runner is not None
         try:
+            coalesce = self.coalesce
             while not self._stop_reading.is_set():
                 batch = reader.read(timeout=self.read_timeout)
                 self._take(reader, batch, runner)
+                if coalesce and len(batch) >= COALESCE_MIN:
+                    self._stop_reading.wait(coalesce)
             # Stopping: drain what is already in the buffer (all of it, when the caller
             # detached the programs first), then stop.
             # After a fatal error, or past the deadline, what is drained is counted as
@@ -879,6 +888,7 @@ class _Inline(_Executor):
             self.p.call_each(batch)
 
 
+COALESCE_MIN = 8  # events in one read that make it a busy stream (``coalesce``)
 _MERGE_ITEMS = 256  # batches a worker takes at once when it merges them
 
 
