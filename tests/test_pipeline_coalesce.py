@@ -12,6 +12,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from bpfloom import Batch, Pipeline
 from bpfloom.pipeline import COALESCE_MIN
@@ -67,3 +68,9 @@ def test_stop_does_not_wait_out_a_long_coalescing_wait() -> None:
     with time_limit(30.0):
         stats = p.stop()
     assert_exact(stats, COALESCE_MIN + 3)
+
+
+@pytest.mark.parametrize("seconds", [-0.001, float("nan"), float("inf")])
+def test_coalesce_must_be_seconds(seconds: float) -> None:
+    with pytest.raises(ValueError, match="coalesce must be a number of seconds"):
+        Pipeline(FakeReader(), lambda batch: None, coalesce=seconds)

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import operator
 import os
 import select
@@ -174,6 +175,8 @@ class Pipeline:
             raise ValueError("key= orders events; the async executor cannot order batches")
         if workers < 1 or max_inflight < 1 or queue_size < 1:
             raise ValueError("workers, max_inflight and queue_size must be at least 1")
+        if not 0 <= coalesce < math.inf:
+            raise ValueError(f"coalesce must be a number of seconds >= 0, not {coalesce!r}")
         self.readers = _readers(sources)
         if not self.readers:
             raise ValueError("the pipeline has no event buffers to read")
