@@ -183,15 +183,11 @@ if __name__ == "__main__":
 '''
 
 
-@pytest.mark.kernel
-@pytest.mark.parametrize("executor", EXECUTORS)
-def test_a_handler_that_never_returns_does_not_keep_the_interpreter_alive(
-    tmp_path: Path, executor: str
-) -> None:
-    script = tmp_path / "stuck_handler.py"
-    script.write_text(STUCK_SCRIPT)
+def _python_exits(args: list[str], hang: str) -> str:
+    """Run ``python ARGS``; its stdout once it exited with status 0, else the test fails
+    (``hang`` says what not exiting within WAIT means)."""
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(DRAIN), executor],
+        [sys.executable, *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -202,8 +198,19 @@ def test_a_handler_that_never_returns_does_not_keep_the_interpreter_alive(
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        pytest.fail(f"the process did not exit after stop() returned:\n{out}\n{err}")
+        pytest.fail(f"the process {hang}:\n{out}\n{err}")
     assert proc.returncode == 0, err
+    return out
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_handler_that_never_returns_does_not_keep_the_interpreter_alive(
+    tmp_path: Path, executor: str
+) -> None:
+    script = tmp_path / "stuck_handler.py"
+    script.write_text(STUCK_SCRIPT)
+    out = _python_exits([str(script), str(DRAIN), executor], "did not exit after stop() returned")
     stats = json.loads(out.strip().splitlines()[-1])
     assert_exact(stats, 10)
     assert stats["handled"] < 10  # the stuck one (at least) was dropped at the deadline
@@ -374,20 +381,9 @@ print("stopped", flush=True)
 
 
 def test_a_signal_while_the_main_thread_holds_the_stop_lock_does_not_deadlock() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(LOCKED_EVENT_SCRIPT)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    out = _python_exits(
+        ["-c", textwrap.dedent(LOCKED_EVENT_SCRIPT)], "deadlocked in the signal handler"
     )
-    try:
-        out, err = proc.communicate(timeout=WAIT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"the signal handler deadlocked the main thread:\n{out}\n{err}")
-    assert proc.returncode == 0, err
     assert out.split() == ["handler", "returned", "stopped"]
 
 
