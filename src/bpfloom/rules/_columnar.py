@@ -35,7 +35,8 @@ import functools
 import operator
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol
+from operator import methodcaller
+from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -55,7 +56,6 @@ _ORDER: dict[str, Callable[[Any, Any], Any]] = {
 }
 _GLOB_SPECIAL = re.compile(r"[*?\[]")
 _HEAD = 64  # C strings: where lengths() looks for the NUL first
-_RANGE = np.arange(256)
 _FEW_ROWS = 8  # up to this many rows, decode() reads each row's bytes on its own
 
 
@@ -96,8 +96,23 @@ def nul_split(
     out = np.array(head, dtype=np.uint8, order="C")  # a copy: records stay as they are
     k = out.shape[1]
     first = _first_nul(out)
-    out *= _RANGE[:k] < first[:, None] if k <= _RANGE.size else np.arange(k) < first[:, None]
+    if k <= _KEEP_TABLE_MAX:
+        # A row of a precomputed table per row: several times faster on short rows
+        # than comparing a broadcast range with ``first``.
+        np.bitwise_and(out, _keep_table(k).take(first, axis=0), out=out)
+    else:
+        out *= np.arange(k) < first[:, None]
     return out, first
+
+
+_KEEP_TABLE_MAX = 256
+
+
+@functools.lru_cache(maxsize=32)
+def _keep_table(k: int) -> npt.NDArray[np.uint8]:
+    """Row ``j`` (0..k): 0xFF in the first ``j`` of ``k`` columns, 0 after."""
+    table: npt.NDArray[np.uint8] = np.where(np.arange(k) < np.arange(k + 1)[:, None], 0xFF, 0)
+    return table.astype(np.uint8)
 
 
 class Unsupported(Exception):
@@ -280,6 +295,100 @@ class CStrings:
         return out
 
 
+class HeadStrings(CStrings):
+    """The first bytes of C strings, ready for tests: an ``(n, k + 1)`` contiguous
+    matrix, each row zeroed from its first NUL on and ending in a NUL of padding, with
+    the lengths (``k`` where no NUL came within ``k`` bytes). Exact for every value of
+    at most ``k`` bytes; ``Heads`` tests the longer ones on their whole bytes."""
+
+    def __init__(self, mat: npt.NDArray[np.uint8], lengths: npt.NDArray[np.intp], strings: str):
+        super().__init__(mat, strings)
+        self._lengths = lengths
+
+    def equals_any(self, literals: Sequence[bytes]) -> Mask:
+        """As ``CStrings.equals_any`` for values of at most ``k`` bytes: one binary
+        search of the rows as ``S<k + 1>`` strings, whose zero bytes after the value
+        numpy ignores, as it does the literals' padding."""
+        keys = _head_keys(tuple(literals), self.width)
+        if keys is None:
+            return np.zeros(self.n, dtype=np.bool_)
+        values = self.mat.view(f"S{self.width}").ravel()
+        at = keys.searchsorted(values)
+        np.minimum(at, keys.size - 1, out=at)
+        return keys[at] == values  # type: ignore[no-any-return]
+
+
+@functools.lru_cache(maxsize=256)
+def _head_keys(literals: tuple[bytes, ...], width: int) -> npt.NDArray[Any] | None:
+    """Of ``literals``, those a head of ``width - 1`` bytes holds whole, sorted, as
+    ``S<width>`` (None: none)."""
+    fitting = sorted({b for b in literals if len(b) < width})
+    return np.array(fitting, dtype=f"S{width}") if fitting else None
+
+
+class Heads:
+    """C strings of a batch as tests take them: every row's first ``_HEAD`` bytes
+    (``head``), and the rows that may be longer (``long``) with their whole bytes
+    (``full``, in the order of ``long``). Most values are short, so most tests run once
+    on the small head matrix."""
+
+    def __init__(self, head: HeadStrings, long: Rows, full: CStrings | None) -> None:
+        self.head = head
+        self.long = long
+        self.full = full
+
+    @classmethod
+    def of(cls, cs: CStrings, other: CStrings | None = None, mask: Mask | None = None) -> Heads:
+        """The heads of ``cs``'s strings; with ``other`` and ``mask``, of ``cs``'s
+        where ``mask`` holds and ``other``'s elsewhere (two fields of one width), made
+        in one pass."""
+        n, width = cs.n, cs.width
+        k = min(width, _HEAD)
+        buf = np.empty((n, k + 1), dtype=np.uint8)
+        if other is None or mask is None or mask.all():
+            buf[:, :k] = cs.mat[:, :k]
+            other = mask = None
+        elif not mask.any():
+            buf[:, :k] = other.mat[:, :k]
+            cs, other, mask = other, None, None
+        else:
+            if other.width != width:
+                raise ValueError("Heads.of: two C string fields of different widths")
+            mine, theirs = np.flatnonzero(mask), np.flatnonzero(~mask)
+            buf[mine, :k] = cs.mat[mine, :k]
+            buf[theirs, :k] = other.mat[theirs, :k]
+        buf[:, k] = 0  # every row has a NUL: argmax finds the first one
+        first: npt.NDArray[np.intp] = (buf == 0).argmax(axis=1)
+        np.bitwise_and(buf, _keep_table(k + 1).take(first, axis=0), out=buf)
+        long = np.flatnonzero(first == k) if k < width else np.zeros(0, dtype=np.intp)
+        full = None
+        if long.size:
+            if other is None or mask is None:
+                full = cs.subset(long)
+            else:
+                whole = np.where(mask[long][:, None], cs.mat[long], other.mat[long])
+                full = CStrings(whole, cs.strings)
+        return cls(HeadStrings(buf, first, cs.strings), long, full)
+
+    def test(self, op: Callable[[CStrings], Mask]) -> Mask:
+        """``op`` (a byte test of ``CStrings``) on every row."""
+        out = op(self.head)
+        if self.full is not None:
+            out[self.long] = op(self.full)
+        return out
+
+    def decode(self, rows: Rows) -> list[str]:
+        """The decoded values of ``rows``."""
+        out = self.head.decode(rows)
+        if self.full is not None:
+            at = {r: i for i, r in enumerate(self.long.tolist())}
+            for i, r in enumerate(rows.tolist()):
+                j = at.get(r)
+                if j is not None:
+                    out[i] = self.full.decode(np.array([j], dtype=np.intp))[0]
+        return out
+
+
 class Column:
     """One field of a table; ``test`` answers a comparison for the rows in ``need``
     (all if None) and leaves the others False."""
@@ -415,65 +524,31 @@ def _int_range(dtype: np.dtype[Any]) -> tuple[int, int]:
 
 
 class StrColumn(Column):
-    """A str field: C strings in one or more byte matrices (``parts``: each with the
-    mask of the rows it holds, None for all), plus ``special`` rows given as Python
-    values (a path cut and marked ``...``, a ``norm_path`` computed per row). The
-    parts and the special rows together hold every row exactly once."""
+    """A str field: C strings (``heads``) for every row but the ``special`` ones, given
+    as Python values (a path cut and marked ``...``, a ``norm_path`` computed per
+    row)."""
 
     cost = 2
 
-    def __init__(
-        self,
-        n: int,
-        parts: Sequence[tuple[Mask | None, CStrings]],
-        special: dict[int, str] | None = None,
-    ) -> None:
+    def __init__(self, n: int, heads: Heads, special: dict[int, str] | None = None) -> None:
         self.n = n
-        self.parts = [(mask, cs) for mask, cs in parts if mask is None or mask.any()]
+        self.heads = heads
         self.special = special or {}
 
     def values(self, rows: Rows) -> list[Any]:
-        out: list[Any] = [None] * len(rows)
-        where = {r: i for i, r in enumerate(rows.tolist())}
-        for mask, cs in self.parts:
-            mine = rows if mask is None else rows[mask[rows]]
-            for r, v in zip(mine.tolist(), cs.decode(mine), strict=True):
-                out[where[r]] = v
-        for r, v in self.special.items():
-            i = where.get(r)
-            if i is not None:
-                out[i] = v
+        out: list[Any] = self.heads.decode(rows)
+        if self.special:
+            for i, r in enumerate(rows.tolist()):
+                if r in self.special:
+                    out[i] = self.special[r]
         return out
 
-    def _views(self, need: Mask | None) -> list[tuple[Rows | None, Mask | None, CStrings]]:
-        """Each part as (rows, mask, strings): with ``rows`` the part was cut down to
-        those rows (few of them), else ``mask`` (None: every row) applies."""
-        views: list[tuple[Rows | None, Mask | None, CStrings]] = []
-        for mask, cs in self.parts:
-            wanted = mask if need is None else (need if mask is None else mask & need)
-            if wanted is None:
-                views.append((None, None, cs))
-                continue
-            count = int(np.count_nonzero(wanted))
-            if count == 0:
-                continue
-            if count * 4 < self.n:
-                rows = np.flatnonzero(wanted)
-                views.append((rows, None, cs.subset(rows)))
-            else:
-                views.append((None, wanted, cs))
-        return views
-
     def _bytes_test(self, need: Mask | None, op: Callable[[CStrings], Mask]) -> Mask:
-        out = np.zeros(self.n, dtype=np.bool_)
-        for rows, mask, cs in self._views(need):
-            hit = op(cs)
-            if rows is not None:
-                out[rows] = hit
-            elif mask is not None:
-                out |= hit & mask
-            else:
-                out |= hit
+        """``op`` on every row's bytes (cheap: the heads), then only ``need`` kept; the
+        special rows are the caller's (``_special_test``)."""
+        out = self.heads.test(op)
+        if need is not None:
+            out &= need
         return out
 
     def _special_test(
@@ -492,86 +567,82 @@ class StrColumn(Column):
         return _per_row(plan.matcher(node), node.field, self.values(rows), rows, self.n)
 
     def test(self, node: Compare | InSet, plan: Plan, need: Mask | None) -> Mask:
-        op = node.op if isinstance(node, Compare) else "in"
-        strings = plan.strings
-        if op in ("==", "!=", "in"):
-            wanted = plan.whole_bytes(node)
-            if wanted is None:
-                return self._decoded_test(node, plan, need)
-            out = self._bytes_test(need, lambda cs: cs.equals_any(wanted))
-            if op == "!=":
-                out = ~out if need is None else ~out & need
-        elif op == "glob":
-            return self._glob(node, plan, need)
-        else:
-            b = literal_bytes(str(node.value), strings, whole=False)  # type: ignore[union-attr]
-            if b is None:
-                return self._decoded_test(node, plan, need)
-            if b is False:
-                out = np.zeros(self.n, dtype=np.bool_)
-            else:
-                assert isinstance(b, bytes)
-                method = {
-                    "startswith": CStrings.startswith,
-                    "endswith": CStrings.endswith,
-                    "contains": CStrings.contains,
-                }[op]
-                out = self._bytes_test(need, lambda cs: method(cs, b))
-        self._special_test(node, plan, need, out)
-        return out
-
-    def _glob(self, node: Compare | InSet, plan: Plan, need: Mask | None) -> Mask:
-        assert isinstance(node, Compare)
-        pattern = str(node.value)
-        strings = plan.strings
-        stripped = pattern.strip("*")
-        lead, trail = pattern.startswith("*"), pattern.endswith("*")
-        if not _GLOB_SPECIAL.search(stripped):
-            # A plain pattern: a literal, a prefix, a suffix or a substring ('*' runs
-            # match anything, '/' included, as fnmatch's).
-            plain = literal_bytes(stripped, strings, whole=not (lead or trail))
-            if plain is not None:
-                if plain is False:
-                    out = np.zeros(self.n, dtype=np.bool_)
-                else:
-                    assert isinstance(plain, bytes)
-                    if lead and trail:
-                        op: Callable[[CStrings], Mask] = lambda cs: cs.contains(plain)  # noqa: E731
-                    elif lead:
-                        op = lambda cs: cs.endswith(plain)  # noqa: E731
-                    elif trail:
-                        op = lambda cs: cs.startswith(plain)  # noqa: E731
-                    else:
-                        op = lambda cs: cs.equals_any([plain])  # noqa: E731
-                    out = self._bytes_test(need, op)
-                self._special_test(node, plan, need, out)
-                return out
-        # Any other pattern: its literal prefix and suffix narrow the rows, then the
-        # row-wise matcher decides on the decoded values of those that are left.
-        first = _GLOB_SPECIAL.search(pattern)
-        prefix = pattern[: first.start()] if first else pattern
-        suffix = re.split(r"[*?\]]", pattern)[-1]
-        candidates = np.ones(self.n, dtype=np.bool_) if need is None else need.copy()
-        tests: list[tuple[str, Callable[[CStrings, bytes], Mask]]] = [
-            (prefix, CStrings.startswith),
-            (suffix, CStrings.endswith),
-        ]
-        for part, method in tests:
-            b = literal_bytes(part, strings, whole=False)
-            if isinstance(b, bytes) and b:
-                narrowed = self._bytes_test(candidates, functools.partial(_apply, method, b))
+        how = plan.str_test(node)
+        if how.kind == "decoded":
+            return self._decoded_test(node, plan, need)
+        if how.kind == "narrow":
+            candidates = np.ones(self.n, dtype=np.bool_) if need is None else need.copy()
+            for op in how.ops:
+                narrowed = self._bytes_test(candidates, op)
                 for r in self.special:  # special rows are decided below
                     narrowed[r] = candidates[r]
                 candidates = narrowed
-        return self._decoded_test(node, plan, candidates)
+            return self._decoded_test(node, plan, candidates)
+        if how.kind == "none":
+            out = np.zeros(self.n, dtype=np.bool_)
+        else:
+            out = self._bytes_test(need, how.ops[0])
+            if how.negate:
+                out = ~out if need is None else ~out & need
+        self._special_test(node, plan, need, out)
+        return out
 
-    @property
-    def glob_cost(self) -> int:
-        return 3
+
+class StrTest(NamedTuple):
+    """How a str comparison runs on C strings (``Plan.str_test``): ``kind`` "bytes"
+    (``ops[0]``, a byte test, answers it; ``negate``: its opposite), "none" (no value
+    passes), "decoded" (only decoded values tell: per row) or "narrow" (``ops`` narrow
+    the rows, then decoded values tell). Special rows are always tested per row."""
+
+    kind: Literal["bytes", "none", "decoded", "narrow"]
+    ops: tuple[Callable[[CStrings], Mask], ...] = ()
+    negate: bool = False
 
 
-def _apply(method: Callable[[CStrings, bytes], Mask], b: bytes, cs: CStrings) -> Mask:
-    return method(cs, b)
+def _str_test(node: Compare | InSet, plan: Plan) -> StrTest:
+    """``Plan.str_test`` worked out."""
+    op = node.op if isinstance(node, Compare) else "in"
+    strings = plan.strings
+    if op in ("==", "!=", "in"):
+        wanted = plan.whole_bytes(node)
+        if wanted is None:
+            return StrTest("decoded")
+        return StrTest("bytes", (methodcaller("equals_any", wanted),), op == "!=")
+    assert isinstance(node, Compare)
+    text = str(node.value)
+    if op != "glob":
+        b = literal_bytes(text, strings, whole=False)
+        if b is None:
+            return StrTest("decoded")
+        return StrTest("none") if b is False else StrTest("bytes", (methodcaller(op, b),))
+    stripped = text.strip("*")
+    lead, trail = text.startswith("*"), text.endswith("*")
+    if not _GLOB_SPECIAL.search(stripped):
+        # A plain pattern: a literal, a prefix, a suffix or a substring ('*' runs
+        # match anything, '/' included, as fnmatch's).
+        plain = literal_bytes(stripped, strings, whole=not (lead or trail))
+        if plain is False:
+            return StrTest("none")
+        if plain is not None:
+            assert isinstance(plain, bytes)
+            if lead and trail:
+                return StrTest("bytes", (methodcaller("contains", plain),))
+            if lead:
+                return StrTest("bytes", (methodcaller("endswith", plain),))
+            if trail:
+                return StrTest("bytes", (methodcaller("startswith", plain),))
+            return StrTest("bytes", (methodcaller("equals_any", [plain]),))
+    # Any other pattern: its literal prefix and suffix narrow the rows, then the
+    # row-wise matcher decides on the decoded values of those that are left.
+    first = _GLOB_SPECIAL.search(text)
+    prefix = text[: first.start()] if first else text
+    suffix = re.split(r"[*?\]]", text)[-1]
+    ops: list[Callable[[CStrings], Mask]] = []
+    for part, method in ((prefix, "startswith"), (suffix, "endswith")):
+        b = literal_bytes(part, strings, whole=False)
+        if isinstance(b, bytes) and b:
+            ops.append(methodcaller(method, b))
+    return StrTest("narrow", tuple(ops))
 
 
 class Plan:
@@ -584,6 +655,8 @@ class Plan:
         self._members: dict[int, tuple[Node, list[Value]]] = {}
         self._costs: dict[int, tuple[Node, int]] = {}
         self._bytes: dict[int, tuple[Node, list[bytes] | None]] = {}
+        self._str_tests: dict[int, tuple[Node, StrTest]] = {}
+        self._ordered: dict[int, tuple[Node, list[Node]]] = {}
 
     def matcher(self, node: Compare | InSet) -> Matcher:
         return self.compiler.test(node)
@@ -612,6 +685,20 @@ class Plan:
                 else [b for b in encoded if isinstance(b, bytes)]
             )
             found = self._bytes[id(node)] = (node, wanted)
+        return found[1]
+
+    def str_test(self, node: Compare | InSet) -> StrTest:
+        """How ``node`` runs on C strings (worked out once per set and policy)."""
+        found = self._str_tests.get(id(node))
+        if found is None:
+            found = self._str_tests[id(node)] = (node, _str_test(node, self))
+        return found[1]
+
+    def ordered(self, node: And | Or) -> list[Node]:
+        """``node``'s items, cheapest first (see ``cost``)."""
+        found = self._ordered.get(id(node))
+        if found is None:
+            found = self._ordered[id(node)] = (node, sorted(node.items, key=self.cost))
         return found[1]
 
     def supported(self, node: Node) -> bool:
@@ -671,7 +758,7 @@ class Evaluator:
         if isinstance(node, Not):
             inner = self.eval(node.item, need)
             return ~inner if need is None else need & ~inner
-        items = sorted(node.items, key=self.plan.cost)
+        items = self.plan.ordered(node)
         if isinstance(node, And):
             result = np.ones(self.n, dtype=np.bool_) if need is None else need.copy()
             for item in items:

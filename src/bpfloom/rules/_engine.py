@@ -117,7 +117,7 @@ class Alert:
 class _ThresholdState:
     """Recent match times per ``by`` key; fires on the count-th match within the window.
 
-    Each key keeps only its last ``count`` times (a bounded deque), so the oldest
+    Each key keeps only its last ``count`` times (a list, oldest first), so the oldest
     kept time tells whether ``count`` matches fit in ``within`` seconds. After firing,
     the key's window restarts. Keys whose newest match is older than the window are
     dropped, at most once per window, so keys (pids) do not accumulate forever.
@@ -127,7 +127,7 @@ class _ThresholdState:
         self.count = threshold.count
         self.within = threshold.within
         self.by = threshold.by
-        self.windows: dict[object, deque[float]] = {}
+        self.windows: dict[object, list[float]] = {}
         self.last_sweep = float("-inf")
 
     def reached(self, event: Event, now: float) -> bool:
@@ -137,8 +137,10 @@ class _ThresholdState:
         """``reached`` for a match whose ``by`` field holds ``key``."""
         window = self.windows.get(key)
         if window is None:
-            window = self.windows[key] = deque(maxlen=self.count)
+            window = self.windows[key] = []
         window.append(now)
+        if len(window) > self.count:
+            del window[0]
         self.sweep(now)
         if len(window) < self.count or now - window[0] > self.within:
             return False
@@ -148,88 +150,85 @@ class _ThresholdState:
     def reached_rows(
         self, keys: Sequence[object] | npt.NDArray[Any] | None, times: npt.NDArray[np.float64]
     ) -> list[int] | None:
-        """``reached_key`` on each match in turn (``keys``: their ``by`` values, an
-        integer numpy array or None for no ``by``): the positions that reach the
-        threshold, with the same state after; None, having changed nothing, if a key
-        is unhashable (the caller then goes row by row and counts each failure).
+        """``reached_key`` on each match in turn (``keys``: their ``by`` values, a
+        numpy array or None for no ``by``): the positions that reach the threshold,
+        with the same state after; None, having changed nothing, if a key is
+        unhashable (the caller then goes row by row and counts each failure).
 
-        Between sweeps keys do not interact, so each key's matches are counted on its
-        times at once: a match reaches the threshold where it and the ``count - 1``
-        times before it in the key's window fit in ``within``, and the window restarts
-        after it. A match that sweeps is taken on its own, by ``reached_key``."""
+        Between sweeps keys do not interact, so each key's matches in such a stretch
+        are taken at once (``_stretch``); a match that sweeps is taken on its own, by
+        ``reached_key``."""
         n = len(times)
-        if (
-            isinstance(keys, np.ndarray)
-            and n >= _SORT_KEYS
-            and not (~(times - self.last_sweep < self.within)).any()  # no match sweeps
-        ):
-            return self._reached_sorted(keys, times)
-        keyed: Sequence[object] | None = None
-        if keys is None:
-            groups: dict[object, list[int]] = {None: list(range(n))}
-        else:
-            keyed = keys.tolist() if isinstance(keys, np.ndarray) else keys
+        listed: Sequence[object] | None = None
+        if isinstance(keys, np.ndarray):
+            listed = keys.tolist()
+        elif keys is not None:
+            listed = keys
             try:
-                first = keyed[0] if n else None
-                if n and keyed.count(first) == n:
-                    hash(first)
-                    groups = {first: list(range(n))}
-                else:
-                    groups = {}
-                    for pos, key in enumerate(keyed):
-                        groups.setdefault(key, []).append(pos)
+                set(listed)
             except TypeError:
                 return None
+        if n and float(times.max()) - self.last_sweep < self.within:
+            return sorted(self._stretch(keys, listed, times, 0, n))  # no match sweeps
         reached: list[int] = []
-        listed = times.tolist()
         start = 0
         while start < n:
             # The next match that sweeps (the sweep compares as ``sweep`` does).
             due = np.flatnonzero(~(times[start:] - self.last_sweep < self.within))
             stop = start + int(due[0]) if due.size else n
             if stop > start:
-                whole = start == 0 and stop == n
-                for key, positions in groups.items():
-                    mine = positions if whole else [p for p in positions if start <= p < stop]
-                    if mine and not self._keep(key, [listed[p] for p in mine]):
-                        reached.extend(self._count(key, mine, times))
+                reached.extend(self._stretch(keys, listed, times, start, stop))
             if stop < n:
-                key = keyed[stop] if keyed is not None else None
+                key = listed[stop] if listed is not None else None
                 if self.reached_key(key, float(times[stop])):
                     reached.append(stop)
             start = stop + 1
         reached.sort()
         return reached
 
-    def _keep(self, key: object, stamps: list[float]) -> bool:
-        """Keeps ``stamps`` in ``key``'s window if they cannot reach the threshold (the
-        common case of many keys); False, having changed nothing, if they may."""
-        window = self.windows.get(key)
-        if window is None:
-            if len(stamps) >= self.count:
-                return False
-            self.windows[key] = deque(stamps, maxlen=self.count)
-        elif len(window) + len(stamps) < self.count:
-            window.extend(stamps)
+    def _stretch(
+        self,
+        keys: Sequence[object] | npt.NDArray[Any] | None,
+        listed: Sequence[object] | None,
+        times: npt.NDArray[np.float64],
+        start: int,
+        stop: int,
+    ) -> list[int]:
+        """``reached_key`` on the matches ``start:stop``, none of which sweeps: each
+        key's times appended at once where they cannot reach the threshold (the
+        common case of many keys), counted by ``_count`` where they may."""
+        part = times[start:stop]
+        if isinstance(keys, np.ndarray):
+            # Group by a stable sort of the keys: in order within a key.
+            order = np.argsort(keys[start:stop], kind="stable")
+            ranked = keys[start:stop][order]
+            cuts = np.flatnonzero(ranked[1:] != ranked[:-1]) + 1
+            bounds = [0, *cuts.tolist(), stop - start]
+            values: list[object] = ranked[bounds[:-1]].tolist()
+            positions: list[int] = (order + start).tolist()
+            stamps: list[float] = part[order].tolist()
         else:
-            return False
-        return True
-
-    def _reached_sorted(self, keys: npt.NDArray[Any], times: npt.NDArray[np.float64]) -> list[int]:
-        """``reached_rows`` of integer keys when no match sweeps: the matches grouped
-        by a stable sort of their keys (in order within a key), not row by row."""
-        order = np.argsort(keys, kind="stable")
-        ranked = keys[order]
-        bounds = [0, *(np.flatnonzero(ranked[1:] != ranked[:-1]) + 1).tolist(), len(order)]
-        values = ranked[bounds[:-1]].tolist() if len(order) else []
-        positions = order.tolist()
-        stamps = times[order].tolist()
-        reached: list[int] = []
+            groups: dict[object, list[int]] = {}
+            for pos in range(start, stop):
+                groups.setdefault(listed[pos] if listed is not None else None, []).append(pos)
+            values, positions, bounds = list(groups), [], [0]
+            for mine in groups.values():
+                positions.extend(mine)
+                bounds.append(len(positions))
+            stamps = times[positions].tolist()
+        fired: list[int] = []
+        windows, count = self.windows, self.count
         for key, a, b in zip(values, bounds, bounds[1:], strict=False):
-            if not self._keep(key, stamps[a:b]):
-                reached.extend(self._count(key, positions[a:b], times))
-        reached.sort()
-        return reached
+            window = windows.get(key)
+            if window is None:
+                if b - a < count:
+                    windows[key] = stamps[a:b]
+                    continue
+            elif len(window) + b - a < count:
+                window.extend(stamps[a:b])
+                continue
+            fired.extend(self._count(key, positions[a:b], times))
+        return fired
 
     def _count(
         self,
@@ -240,8 +239,7 @@ class _ThresholdState:
         """``reached_key(key, ...)`` on the matches at ``positions``, none of which
         sweeps and which may reach the threshold: the positions that do."""
         count, within = self.count, self.within
-        window = self.windows.get(key)
-        old = list(window) if window is not None else []
+        old = self.windows.get(key, [])
         held = len(old)
         series = np.concatenate([np.array(old, dtype=np.float64), times[positions]])
         fired: list[int] = []
@@ -258,7 +256,7 @@ class _ThresholdState:
                 at = int(np.searchsorted(ends, begin + count - 1))
         left = series[begin:][-count:]
         if left.size:
-            self.windows[key] = deque(left.tolist(), maxlen=count)
+            self.windows[key] = left.tolist()
         else:
             self.windows.pop(key, None)
         return fired
@@ -270,9 +268,6 @@ class _ThresholdState:
         stale = [key for key, w in self.windows.items() if now - w[-1] > self.within]
         for key in stale:
             del self.windows[key]
-
-
-_SORT_KEYS = 128  # from this many matches, group integer keys by sorting them
 
 
 class _RateLimitState:

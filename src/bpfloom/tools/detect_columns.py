@@ -27,6 +27,7 @@ from ..rules._columnar import (
     Column,
     ConstColumn,
     CStrings,
+    Heads,
     Mask,
     NumColumn,
     PyColumn,
@@ -38,7 +39,6 @@ from .tool import Record, wall_times
 
 RecordOf = Callable[[Any], Record | None]
 _SLASH, _DOT = ord("/"), ord(".")
-_HEAD = 64  # _plain_absolute: values up to this long are tested on their first bytes
 _INT64_MIN = np.iinfo(np.int64).min
 
 
@@ -58,6 +58,7 @@ class EventTable:
         self._rows = batch.records
         self._fields: dict[str, Any] = dict(batch.decoder.dtype.fields or {})
         self._columns: dict[str, Column | None] = {}
+        self._heads: dict[str, Heads] = {}
         self._decoded: list[Record] | None = None
 
     # Raw fields.
@@ -72,6 +73,13 @@ class EventTable:
         """``char[]`` member ``name`` of every record, as C strings."""
         dtype, offset = self._fields[name][:2]
         return CStrings(self._rows[:, offset : offset + dtype.itemsize], self.strings)
+
+    def heads(self, name: str) -> Heads:
+        """``char[]`` member ``name`` as tests take it (made once per table)."""
+        found = self._heads.get(name)
+        if found is None:
+            found = self._heads[name] = Heads.of(self.chars(name))
+        return found
 
     # The Table protocol.
 
@@ -119,7 +127,7 @@ class EventTable:
         return NumColumn(np.ascontiguousarray(self.number(name)))
 
     def _str(self, name: str) -> StrColumn:
-        return StrColumn(self.n, [(None, self.chars(name))])
+        return StrColumn(self.n, self.heads(name))
 
     def _norm_path(self) -> StrColumn:
         """``norm_path(path, fs_path, fs_path_kind, fs_path_cut)`` of every row.
@@ -135,13 +143,8 @@ class EventTable:
         walked = (cut == 0) & (fs.mat[:, 0] != 0)
         from_fs = walked & (kind == FS_PATH_FILE)
         from_dir = walked & (kind == FS_PATH_DIR) & (path.mat[:, 0] != _SLASH)
-        rest = np.flatnonzero(~(from_fs | from_dir))
-        if rest.size == self.n:
-            plain = _plain_absolute(path)
-        else:  # only the rows left need the test (none, often)
-            plain = np.zeros(self.n, dtype=np.bool_)
-            if rest.size:
-                plain[rest] = _plain_absolute(path.subset(rest))
+        merged = Heads.of(fs, path, from_fs)
+        plain = ~from_fs & ~from_dir & _plain_absolute(merged)  # the path's rows
         special: dict[int, str] = {}
         odd = np.flatnonzero(~(from_fs | plain))
         if odd.size:
@@ -149,37 +152,46 @@ class EventTable:
             kinds, cuts = kind[odd].tolist(), cut[odd].tolist()
             for row, p, f, k, c in zip(odd.tolist(), given, found, kinds, cuts, strict=True):
                 special[row] = norm_path(p, f, k, c)
-        return StrColumn(self.n, [(from_fs, fs), (plain, path)], special)
+        return StrColumn(self.n, merged, special)
 
 
-def _plain_absolute(path: CStrings) -> Mask:
-    """Rows whose C string ``lexical`` leaves as it is: absolute, without ``//`` or
-    ``/.`` (which also rules out ``/./`` and ``/../``), not ending in ``/`` unless it is
-    ``/``. Conservative (``/.hidden`` is left to ``lexical``), never wrong.
+def _plain_absolute(path: Heads) -> Mask:
+    """Rows whose C string ``lexical`` leaves as it is: absolute, without an empty,
+    ``.`` or ``..`` component (``//``, ``/./``, ``/..`` at the end...) and not ending
+    in ``/`` unless it is ``/``. Exact: ``/`` and ``.`` are bytes no invalid UTF-8
+    decodes to.
 
-    Tested on the first ``_HEAD`` bytes; the values that may be longer, again on the
-    whole width."""
-    if path.n == 0 or path.width == 0:
-        return np.zeros(path.n, dtype=np.bool_)
-    k = min(path.width, _HEAD)
-    head, lengths = nul_split(path.mat[:, :k])
-    out = _plain(head, lengths)
-    if k < path.width:
-        longer = np.flatnonzero(lengths == k)
-        if longer.size:
-            out[longer] = _plain(*nul_split(path.mat[longer]))
+    Tested on the heads; the values that may be longer, again on their whole bytes."""
+    out = _plain(path.head.mat)
+    if path.full is not None:
+        whole = nul_split(path.full.mat)[0]
+        padded = np.zeros((whole.shape[0], whole.shape[1] + 1), dtype=np.uint8)
+        padded[:, :-1] = whole
+        out[path.long] = _plain(padded)
     return out
 
 
-def _plain(head: npt.NDArray[np.uint8], lengths: npt.NDArray[np.intp]) -> Mask:
-    """``_plain_absolute`` of values given as bytes zeroed from their ends on (a zero
-    is neither ``/`` nor ``.``, so no test looks past an end) and their lengths."""
-    head = head[:, : max(int(lengths.max()), 1)]
-    slash = head == _SLASH
-    bad: Mask = (slash[:, :-1] & (slash[:, 1:] | (head[:, 1:] == _DOT))).any(axis=1)
-    last = head[np.arange(head.shape[0]), np.maximum(lengths, 1) - 1]
-    bad |= (lengths > 1) & (last == _SLASH)
-    out: Mask = (lengths > 0) & (head[:, 0] == _SLASH) & ~bad
+def _plain(mat: npt.NDArray[np.uint8]) -> Mask:
+    """``_plain_absolute`` of C strings whose rows are zeroed after the value and end
+    in a zero byte. Tested on the matrix as one run of bytes: a row's last byte is 0,
+    so no pair of bytes tested spans two rows."""
+    width = mat.shape[1]
+    out: Mask = mat[:, 0] == _SLASH
+    flat = mat.ravel()
+    slash = flat == _SLASH
+    after = flat[1:]
+    # Each '/' followed by '/', '.' or the end: an empty component, a trailing slash,
+    # or a component that starts with a dot (checked further below).
+    hits = np.flatnonzero(slash[:-1] & (slash[1:] | (after == _DOT) | (after == 0)))
+    if hits.size == 0:
+        return out
+    # A row's last byte is 0, so the two bytes after a '/' and '.' are in its row.
+    nxt, then, last = flat[hits + 1], flat[hits + 2], flat[np.minimum(hits + 3, flat.size - 1)]
+    ends = (then == _SLASH) | (then == 0)  # "/." is a whole component
+    dotdot = (then == _DOT) & ((last == _SLASH) | (last == 0))  # "/.." is
+    root = (nxt == 0) & (hits % width == 0)  # the value "/"
+    bad = (nxt == _SLASH) | ((nxt == 0) & ~root) | ((nxt == _DOT) & (ends | dotdot))
+    out[hits[bad] // width] = False
     return out
 
 
@@ -201,11 +213,10 @@ class OpenTable(EventTable):
         if field == "comm":
             return self._str("comm")
         if field == "path":
-            cut = self.number("path_truncated") != 0
-            chars = self.chars("path")
-            rows = np.flatnonzero(cut)
-            special = {r: v + "..." for r, v in zip(rows.tolist(), chars.decode(rows), strict=True)}
-            return StrColumn(self.n, [(~cut, chars)], special)
+            rows = np.flatnonzero(self.number("path_truncated"))
+            given = self.chars("path").decode(rows)
+            special = {r: v + "..." for r, v in zip(rows.tolist(), given, strict=True)}
+            return StrColumn(self.n, self.heads("path"), special)
         if field == "norm_path":
             return self._norm_path()
         return super()._make(field)
