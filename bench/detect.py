@@ -289,7 +289,15 @@ def live(opens: int) -> dict[str, Any]:
     rules on one worker thread) under a burst of ``opens`` failed opens from a child:
     events handled per CPU-second of this process, and what was dropped."""
     alerts = []
+    sizes: list[int] = []  # the batches the rules evaluated (list.append: thread-safe)
     with Detector(load_rules(), alerts.append, workers=1) as detector:
+        evaluate = detector.alerts_of
+
+        def counted(batch: Batch) -> list[Any]:
+            sizes.append(len(batch))
+            return evaluate(batch)
+
+        detector.alerts_of = counted  # type: ignore[method-assign]
         detector.start()
         cpu0, wall0 = time.process_time(), time.monotonic()
         subprocess.run([sys.executable, "-c", FAILED_OPENS, str(opens)], check=True)
@@ -312,6 +320,11 @@ def live(opens: int) -> dict[str, Any]:
         "dropped_queue": stats["dropped_queue"],
         "live_events_per_cpu_s": round(stats["handled"] / cpu),
         "live_events_per_wall_s": round(stats["handled"] / wall),
+        "live_batches": len(sizes),
+        "live_mean_batch": round(sum(sizes) / len(sizes)) if sizes else 0,
+        "live_events_in_merged_batches": round(
+            sum(n for n in sizes if n >= MERGE_EVENTS // 2) / max(sum(sizes), 1), 3
+        ),
         "alerts": len(alerts),
     }
 

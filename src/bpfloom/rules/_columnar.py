@@ -59,6 +59,18 @@ _HEAD = 64  # C strings: where lengths() looks for the NUL first
 _FEW_ROWS = 8  # up to this many rows, decode() reads each row's bytes on its own
 
 
+def nonzero(values: npt.NDArray[Any]) -> Rows:
+    """The positions of the non-zero items of a 1-D array: ``np.flatnonzero`` without
+    its Python wrappers, which cost more than the work on a batch's rows."""
+    rows: Rows = values.nonzero()[0]
+    return rows
+
+
+def any_true(mask: Mask) -> bool:
+    """``mask.any()`` without its Python wrappers."""
+    return bool(np.count_nonzero(mask))
+
+
 @functools.lru_cache(maxsize=256)
 def _fitting_keys(literals: tuple[bytes, ...], width: int) -> tuple[npt.NDArray[Any], int] | None:
     """Of ``literals``, those a C string of ``width`` bytes can hold, as a sorted
@@ -203,7 +215,7 @@ class CStrings:
                 k = min(self.width, _HEAD)
                 found = _first_nul(self.mat[:, :k])
                 if k < self.width:
-                    longer = np.flatnonzero(found == k)
+                    longer = nonzero(found == k)
                     if longer.size:
                         found[longer] = _first_nul(self.mat[longer])
                 self._lengths = found
@@ -272,7 +284,7 @@ class CStrings:
             out[:] = True
             return out, np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
         lengths = self.lengths()
-        return out, np.flatnonzero(lengths >= m), lengths
+        return out, nonzero(lengths >= m), lengths
 
     def endswith(self, b: bytes) -> Mask:
         m = len(b)
@@ -345,22 +357,27 @@ class Heads:
         n, width = cs.n, cs.width
         k = min(width, _HEAD)
         buf = np.empty((n, k + 1), dtype=np.uint8)
-        if other is None or mask is None or mask.all():
+        if other is None or mask is None or np.count_nonzero(mask) == mask.size:
             buf[:, :k] = cs.mat[:, :k]
             other = mask = None
-        elif not mask.any():
+        elif not any_true(mask):
             buf[:, :k] = other.mat[:, :k]
             cs, other, mask = other, None, None
         else:
             if other.width != width:
                 raise ValueError("Heads.of: two C string fields of different widths")
-            mine, theirs = np.flatnonzero(mask), np.flatnonzero(~mask)
-            buf[mine, :k] = cs.mat[mine, :k]
-            buf[theirs, :k] = other.mat[theirs, :k]
+            # The field of most rows copied whole (a strided copy), the others' rows
+            # over it (a gather: costlier per row).
+            most, rest, few = (
+                (cs, other, ~mask) if 2 * np.count_nonzero(mask) >= n else (other, cs, mask)
+            )
+            buf[:, :k] = most.mat[:, :k]
+            rows = nonzero(few)
+            buf[rows, :k] = rest.mat[rows, :k]
         buf[:, k] = 0  # every row has a NUL: argmax finds the first one
         first: npt.NDArray[np.intp] = (buf == 0).argmax(axis=1)
         np.bitwise_and(buf, _keep_table(k + 1).take(first, axis=0), out=buf)
-        long = np.flatnonzero(first == k) if k < width else np.zeros(0, dtype=np.intp)
+        long = nonzero(first == k) if k < width else np.zeros(0, dtype=np.intp)
         full = None
         if long.size:
             if other is None or mask is None:
@@ -406,7 +423,7 @@ class Column:
 
 
 def _rows_of(need: Mask | None, n: int) -> Rows:
-    return np.arange(n, dtype=np.intp) if need is None else np.flatnonzero(need)
+    return np.arange(n, dtype=np.intp) if need is None else nonzero(need)
 
 
 def _per_row(test: Matcher, field: str, values: Sequence[Any], rows: Rows, n: int) -> Mask:
@@ -427,8 +444,7 @@ class ConstColumn(Column):
         self.n = n
 
     def test(self, node: Compare | InSet, plan: Plan, need: Mask | None) -> Mask:
-        hit = bool(plan.matcher(node)({node.field: self.value}))
-        return np.full(self.n, hit, dtype=np.bool_)
+        return np.full(self.n, plan.holds(node, self.value), dtype=np.bool_)
 
     def values(self, rows: Rows) -> list[Any]:
         return [self.value] * len(rows)
@@ -657,6 +673,7 @@ class Plan:
         self._bytes: dict[int, tuple[Node, list[bytes] | None]] = {}
         self._str_tests: dict[int, tuple[Node, StrTest]] = {}
         self._ordered: dict[int, tuple[Node, list[Node]]] = {}
+        self._holds: dict[tuple[int, Any], tuple[Node, bool]] = {}
 
     def matcher(self, node: Compare | InSet) -> Matcher:
         return self.compiler.test(node)
@@ -685,6 +702,18 @@ class Plan:
                 else [b for b in encoded if isinstance(b, bytes)]
             )
             found = self._bytes[id(node)] = (node, wanted)
+        return found[1]
+
+    def holds(self, node: Compare | InSet, value: Any) -> bool:
+        """The row-wise matcher on a record whose ``node.field`` is ``value`` (kept
+        per node and value: for a column of one value, like the event kind)."""
+        key = (id(node), value)
+        try:
+            found = self._holds.get(key)
+        except TypeError:  # an unhashable value: not kept
+            return bool(self.matcher(node)({node.field: value}))
+        if found is None:
+            found = self._holds[key] = (node, bool(self.matcher(node)({node.field: value})))
         return found[1]
 
     def str_test(self, node: Compare | InSet) -> StrTest:
@@ -728,6 +757,9 @@ class Plan:
         return found[1]
 
 
+_MISSING = object()
+
+
 class Evaluator:
     """Evaluates condition trees on one table; results of whole-batch tests are kept,
     so a macro shared by several rules is tested once per batch."""
@@ -740,16 +772,17 @@ class Evaluator:
         self._done: dict[int, tuple[Node, Mask]] = {}
 
     def column(self, field: str) -> Column | None:
-        if field not in self._columns:
-            self._columns[field] = self.table.column(field)
-        return self._columns[field]
+        found = self._columns.get(field, _MISSING)
+        if found is _MISSING:
+            found = self._columns[field] = self.table.column(field)
+        return found  # type: ignore[return-value]
 
     def matches(self, node: Node) -> Rows:
         """The rows the tree holds on, in order; ``Unsupported`` if the columns cannot
         say (the caller then matches the rule row-wise)."""
         if not self.plan.supported(node):
             raise Unsupported("condition nested deeper than the columns evaluate")
-        return np.flatnonzero(self.eval(node, None))
+        return nonzero(self.eval(node, None))
 
     def eval(self, node: Node, need: Mask | None) -> Mask:
         """The tree's truth on the rows in ``need`` (every row if None); False elsewhere."""
@@ -760,22 +793,25 @@ class Evaluator:
             return ~inner if need is None else need & ~inner
         items = self.plan.ordered(node)
         if isinstance(node, And):
-            result = np.ones(self.n, dtype=np.bool_) if need is None else need.copy()
+            # Each item is False outside the rows it is asked about, so the rows
+            # still holding are just the last item's result (never changed in place:
+            # it may be a kept whole-batch result).
+            held = need
             for item in items:
-                if not result.any():
+                if held is not None and not any_true(held):
                     break
-                result &= self.eval(item, result)
-            return result
+                held = self.eval(item, held)
+            return np.ones(self.n, dtype=np.bool_) if held is None else held
         assert isinstance(node, Or)
-        result = np.zeros(self.n, dtype=np.bool_)
-        pending = np.ones(self.n, dtype=np.bool_) if need is None else need.copy()
+        result: Mask | None = None
+        pending = need
         for item in items:
-            if not pending.any():
+            if pending is not None and not any_true(pending):
                 break
             hit = self.eval(item, pending)
-            result |= hit
-            pending &= ~hit
-        return result
+            result = hit if result is None else result | hit
+            pending = ~hit if pending is None else pending & ~hit
+        return np.zeros(self.n, dtype=np.bool_) if result is None else result
 
     def _leaf(self, node: Compare | InSet, need: Mask | None) -> Mask:
         found = self._done.get(id(node))

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _columnar
+from ._columnar import nonzero
 from ._expr import Compiler, Event
 from ._loader import (
     CompiledRule,
@@ -174,7 +175,7 @@ class _ThresholdState:
         start = 0
         while start < n:
             # The next match that sweeps (the sweep compares as ``sweep`` does).
-            due = np.flatnonzero(~(times[start:] - self.last_sweep < self.within))
+            due = nonzero(~(times[start:] - self.last_sweep < self.within))
             stop = start + int(due[0]) if due.size else n
             if stop > start:
                 reached.extend(self._stretch(keys, listed, times, start, stop))
@@ -202,7 +203,7 @@ class _ThresholdState:
             # Group by a stable sort of the keys: in order within a key.
             order = np.argsort(keys[start:stop], kind="stable")
             ranked = keys[start:stop][order]
-            cuts = np.flatnonzero(ranked[1:] != ranked[:-1]) + 1
+            cuts = nonzero(ranked[1:] != ranked[:-1]) + 1
             bounds = [0, *cuts.tolist(), stop - start]
             values: list[object] = ranked[bounds[:-1]].tolist()
             positions: list[int] = (order + start).tolist()
@@ -247,7 +248,7 @@ class _ThresholdState:
         if len(series) >= count:
             # fits[j]: the count times ending at j + count - 1 fit in the window.
             fits = ~(series[count - 1 :] - series[: len(series) - count + 1] > within)
-            ends = np.flatnonzero(fits) + (count - 1)
+            ends = nonzero(fits) + (count - 1)
             at = int(np.searchsorted(ends, max(held, count - 1)))
             while at < len(ends):
                 end = int(ends[at])
@@ -296,7 +297,7 @@ class _RateLimitState:
         i, n = 0, len(times)
         while i < n:
             if len(sent) == count:
-                due = np.flatnonzero(~(times[i:] - sent[0] < period))
+                due = nonzero(~(times[i:] - sent[0] < period))
                 j = i + int(due[0]) if due.size else n
                 self.suppressed += j - i
                 if j == n:

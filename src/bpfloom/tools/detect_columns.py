@@ -32,6 +32,8 @@ from ..rules._columnar import (
     NumColumn,
     PyColumn,
     StrColumn,
+    any_true,
+    nonzero,
     nul_split,
 )
 from .paths import FS_PATH_DIR, FS_PATH_FILE, norm_path
@@ -144,9 +146,9 @@ class EventTable:
         from_fs = walked & (kind == FS_PATH_FILE)
         from_dir = walked & (kind == FS_PATH_DIR) & (path.mat[:, 0] != _SLASH)
         merged = Heads.of(fs, path, from_fs)
-        plain = ~from_fs & ~from_dir & _plain_absolute(merged)  # the path's rows
+        plain = _plain_absolute(merged, ~from_fs & ~from_dir)  # of the path's rows
         special: dict[int, str] = {}
-        odd = np.flatnonzero(~(from_fs | plain))
+        odd = nonzero(~(from_fs | plain))
         if odd.size:
             given, found = path.decode(odd), fs.decode(odd)
             kinds, cuts = kind[odd].tolist(), cut[odd].tolist()
@@ -155,19 +157,29 @@ class EventTable:
         return StrColumn(self.n, merged, special)
 
 
-def _plain_absolute(path: Heads) -> Mask:
-    """Rows whose C string ``lexical`` leaves as it is: absolute, without an empty,
-    ``.`` or ``..`` component (``//``, ``/./``, ``/..`` at the end...) and not ending
-    in ``/`` unless it is ``/``. Exact: ``/`` and ``.`` are bytes no invalid UTF-8
-    decodes to.
+def _plain_absolute(path: Heads, rows: Mask) -> Mask:
+    """Of ``rows``, those whose C string ``lexical`` leaves as it is: absolute, without
+    an empty, ``.`` or ``..`` component (``//``, ``/./``, ``/..`` at the end...) and
+    not ending in ``/`` unless it is ``/``. Exact: ``/`` and ``.`` are bytes no
+    invalid UTF-8 decodes to.
 
     Tested on the heads; the values that may be longer, again on their whole bytes."""
-    out = _plain(path.head.mat)
+    head = path.head.mat
+    wanted = np.count_nonzero(rows)
+    if 2 * wanted >= len(head):
+        out = rows & _plain(head)
+    else:  # few rows: tested on their own (a gather, then less to test)
+        out = np.zeros(len(head), dtype=np.bool_)
+        if wanted:
+            at = nonzero(rows)
+            out[at] = _plain(head[at])
     if path.full is not None:
-        whole = nul_split(path.full.mat)[0]
-        padded = np.zeros((whole.shape[0], whole.shape[1] + 1), dtype=np.uint8)
-        padded[:, :-1] = whole
-        out[path.long] = _plain(padded)
+        long = path.long[rows[path.long]]
+        if long.size:
+            whole = nul_split(path.full.mat[rows[path.long]])[0]
+            padded = np.zeros((whole.shape[0], whole.shape[1] + 1), dtype=np.uint8)
+            padded[:, :-1] = whole
+            out[long] = _plain(padded)
     return out
 
 
@@ -182,7 +194,7 @@ def _plain(mat: npt.NDArray[np.uint8]) -> Mask:
     after = flat[1:]
     # Each '/' followed by '/', '.' or the end: an empty component, a trailing slash,
     # or a component that starts with a dot (checked further below).
-    hits = np.flatnonzero(slash[:-1] & (slash[1:] | (after == _DOT) | (after == 0)))
+    hits = nonzero(slash[:-1] & (slash[1:] | (after == _DOT) | (after == 0)))
     if hits.size == 0:
         return out
     # A row's last byte is 0, so the two bytes after a '/' and '.' are in its row.
@@ -207,13 +219,13 @@ class OpenTable(EventTable):
             ret = self.number("ret").astype(np.int64)
             if field == "fd":
                 return NumColumn(np.where(ret >= 0, ret, -1))
-            if (ret == _INT64_MIN).any():
+            if any_true(ret == _INT64_MIN):
                 return None  # -ret leaves int64: from the records
             return NumColumn(np.where(ret < 0, -ret, 0))
         if field == "comm":
             return self._str("comm")
         if field == "path":
-            rows = np.flatnonzero(self.number("path_truncated"))
+            rows = nonzero(self.number("path_truncated"))
             given = self.chars("path").decode(rows)
             special = {r: v + "..." for r, v in zip(rows.tolist(), given, strict=True)}
             return StrColumn(self.n, self.heads("path"), special)
