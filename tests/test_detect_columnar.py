@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from bpfloom.batch import Batch
 from bpfloom.rules import RuleError, RuleSet, load_rules
-from bpfloom.rules._columnar import CStrings, literal_bytes
+from bpfloom.rules._columnar import CStrings, Heads, literal_bytes
 from bpfloom.tools.tool import _MONO_TO_WALL_NS
 from detect_events import (
     BASE_TIME,
@@ -170,3 +170,48 @@ def test_byte_tests_agree_with_decoded_text(value: bytes, garbage: bytes, text: 
             elif part is not None:
                 assert isinstance(part, bytes)
                 assert bool(method(cs, part)[0]) == expected
+
+
+# Values around the heads' width (64 bytes): short, exactly 64, longer, filling 70.
+LONG_VALUES = st.builds(
+    lambda unit, n: (unit * 80)[:n],
+    st.sampled_from([b"a", b"/", b"ab/", b"\xc3\xa9", b"\xff/", b"/tmp/x"]),
+    st.sampled_from([0, 1, 5, 7, 8, 9, 63, 64, 65, 69, 70]),
+)
+
+
+@given(
+    rows=st.lists(st.tuples(LONG_VALUES, LONG_VALUES, st.booleans()), min_size=1, max_size=6),
+    text=st.sampled_from(["", "a", "ab/", "/tmp/", "é", "a" * 64, "a" * 65, "/" * 9, "\udcff"]),
+)
+@FUZZ
+def test_heads_agree_with_c_strings(rows: list[tuple[bytes, bytes, bool]], text: str) -> None:
+    """The heads (first 64 bytes, the longer values on their whole bytes) answer every
+    byte test as the C strings do, for one field and for two fields chosen per row."""
+    width = 70
+
+    def matrix(values: list[bytes]) -> CStrings:
+        mat = np.full((len(values), width), 0x41, dtype=np.uint8)  # garbage after NULs
+        for i, v in enumerate(values):
+            mat[i, : len(v)] = np.frombuffer(v, dtype=np.uint8)
+            if len(v) < width:
+                mat[i, len(v)] = 0
+        return CStrings(mat, "surrogateescape")
+
+    a, b = matrix([r[0] for r in rows]), matrix([r[1] for r in rows])
+    mask = np.array([r[2] for r in rows])
+    chosen = matrix([r[0] if r[2] else r[1] for r in rows])
+    whole = literal_bytes(text, "surrogateescape", whole=True)
+    part = literal_bytes(text, "surrogateescape", whole=False)
+    tests = []
+    if isinstance(whole, bytes):
+        tests.append(lambda cs: cs.equals_any([whole, b"zz"]))
+    if isinstance(part, bytes):
+        tests += [
+            lambda cs, m=m: getattr(cs, m)(part) for m in ("startswith", "endswith", "contains")
+        ]
+    everything = np.arange(len(rows))
+    for heads, reference in ((Heads.of(a), a), (Heads.of(a, b, mask), chosen)):
+        assert heads.decode(everything) == reference.decode()
+        for test in tests:
+            assert heads.test(test).tolist() == test(reference).tolist()
