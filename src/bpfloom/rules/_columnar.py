@@ -572,19 +572,39 @@ def _int_range(dtype: np.dtype[Any]) -> tuple[int, int]:
 
 
 class StrColumn(Column):
-    """A str field: C strings (``heads``) for every row but the ``special`` ones, given
-    as Python values (a path cut and marked ``...``, a ``norm_path`` computed per
-    row)."""
+    """A str field: C strings for every row but the ``special`` ones, given as Python
+    values (a path cut and marked ``...``, a ``norm_path`` computed per row). Given as
+    ``CStrings``, the heads are made when a test first needs every row; a test of a
+    few rows (``sparse``) reads only theirs."""
 
     cost = 2
 
-    def __init__(self, n: int, heads: Heads, special: dict[int, str] | None = None) -> None:
+    def __init__(
+        self, n: int, strings: Heads | CStrings, special: dict[int, str] | None = None
+    ) -> None:
         self.n = n
-        self.heads = heads
+        self._heads = strings if isinstance(strings, Heads) else None
+        self._source = strings if isinstance(strings, CStrings) else None
         self.special = special or {}
 
+    @property
+    def heads(self) -> Heads:
+        if self._heads is None:
+            assert self._source is not None
+            self._heads = Heads.of(self._source)
+        return self._heads
+
+    def sparse(self, need: Mask | None) -> bool:
+        """Whether a test on ``need`` reads only those rows (few, heads not made)."""
+        if self._heads is not None or need is None:
+            return False
+        return int(np.count_nonzero(need)) * 4 < self.n
+
     def values(self, rows: Rows) -> list[Any]:
-        out: list[Any] = self.heads.decode(rows)
+        if self._source is not None and self._heads is None:
+            out: list[Any] = self._source.decode(rows)
+        else:
+            out = self.heads.decode(rows)
         if self.special:
             for i, r in enumerate(rows.tolist()):
                 if r in self.special:
@@ -594,6 +614,13 @@ class StrColumn(Column):
     def _bytes_test(self, need: Mask | None, op: Callable[[CStrings], Mask]) -> Mask:
         """``op`` on every row's bytes (cheap: the heads), then only ``need`` kept; the
         special rows are the caller's (``_special_test``)."""
+        if self._source is not None and self.sparse(need):
+            assert need is not None
+            out = np.zeros(self.n, dtype=np.bool_)
+            rows = nonzero(need)
+            if rows.size:
+                out[rows] = Heads.of(self._source.subset(rows)).test(op)
+            return out
         out = self.heads.test(op)
         if need is not None:
             out &= need
@@ -852,12 +879,19 @@ class Evaluator:
         column = self.column(node.field)
         if column is None:
             return np.zeros(self.n, dtype=np.bool_)  # a missing field never compares
-        if column.cost >= 4 or (isinstance(column, StrColumn) and self._per_row(node, column)):
+        if column.cost >= 4 or (
+            isinstance(column, StrColumn) and self._per_row(node, column, need)
+        ):
             return column.test(node, self.plan, need)  # per row: only on rows needed
         result = column.test(node, self.plan, None)
         self._done[id(node)] = (node, result)
         return result if need is None else result & need
 
-    def _per_row(self, node: Compare | InSet, column: StrColumn) -> bool:
-        """Whether a str test does per-row work (then only needed rows are tested)."""
-        return bool(column.special) or (isinstance(node, Compare) and node.op == "glob")
+    def _per_row(self, node: Compare | InSet, column: StrColumn, need: Mask | None) -> bool:
+        """Whether a str test does per-row work or reads only a few rows (then only
+        needed rows are tested, and the result is not kept)."""
+        return (
+            bool(column.special)
+            or (isinstance(node, Compare) and node.op == "glob")
+            or column.sparse(need)
+        )

@@ -52,10 +52,12 @@ MERGE_EVENTS = 2048
 #: while busy (a lone event is read at once). bench/detect.py: live CPU per event
 #: about a quarter of what it was without it.
 COALESCE_S = 0.002
-#: Below this many events a batch is cheaper record by record (the same alerts: the
-#: equivalence tests of tests/test_detect_columnar.py): at 1 event, ~17 µs against
-#: ~140 µs column-wise, the same at about 32 (default rules, measured 2026-11-30).
-ROWWISE_BELOW = 32
+#: Below this many events of a kind a batch is cheaper record by record (the same
+#: alerts: the equivalence tests of tests/test_detect_columnar.py). Default rules,
+#: measured 2026-11-30: an open record costs ~3 µs, a batch of opens ~110 µs column-wise
+#: (the same at about 32); an exec record ~15 µs to make (argv, cgroup path), so
+#: columns win from about 8.
+ROWWISE_BELOW = {"open": 32, "exec": 8, "exit": 32}
 
 
 class Detector:
@@ -125,7 +127,7 @@ class Detector:
         only the rows that raise an alert become records; a small batch goes record
         by record (``ROWWISE_BELOW``)."""
         table = self._table_of[batch.decoder.type.name](batch)
-        if table.n < ROWWISE_BELOW:
+        if table.n < ROWWISE_BELOW.get(table.kind, 32):
             found = [
                 a for record in table.records(range(table.n)) for a in self.rules.evaluate(record)
             ]

@@ -60,7 +60,6 @@ class EventTable:
         self._rows = batch.records
         self._fields: dict[str, Any] = dict(batch.decoder.dtype.fields or {})
         self._columns: dict[str, Column | None] = {}
-        self._heads: dict[str, Heads] = {}
         self._decoded: list[Record] | None = None
 
     # Raw fields.
@@ -75,13 +74,6 @@ class EventTable:
         """``char[]`` member ``name`` of every record, as C strings."""
         dtype, offset = self._fields[name][:2]
         return CStrings(self._rows[:, offset : offset + dtype.itemsize], self.strings)
-
-    def heads(self, name: str) -> Heads:
-        """``char[]`` member ``name`` as tests take it (made once per table)."""
-        found = self._heads.get(name)
-        if found is None:
-            found = self._heads[name] = Heads.of(self.chars(name))
-        return found
 
     # The Table protocol.
 
@@ -129,7 +121,7 @@ class EventTable:
         return NumColumn(np.ascontiguousarray(self.number(name)))
 
     def _str(self, name: str) -> StrColumn:
-        return StrColumn(self.n, self.heads(name))
+        return StrColumn(self.n, self.chars(name))
 
     def _norm_path(self) -> StrColumn:
         """``norm_path(path, fs_path, fs_path_kind, fs_path_cut)`` of every row.
@@ -228,7 +220,7 @@ class OpenTable(EventTable):
             rows = nonzero(self.number("path_truncated"))
             given = self.chars("path").decode(rows)
             special = {r: v + "..." for r, v in zip(rows.tolist(), given, strict=True)}
-            return StrColumn(self.n, self.heads("path"), special)
+            return StrColumn(self.n, self.chars("path"), special)
         if field == "norm_path":
             return self._norm_path()
         return super()._make(field)
