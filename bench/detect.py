@@ -1,15 +1,21 @@
 """Detection benchmark: rule-evaluation throughput and syscall-to-alert latency.
 
-Two sections, one run:
+Three sections, one run:
 
+- ``live``: the whole detector in this process (default rules, readers, decoding,
+  rules on one worker thread) under a child failing ``--opens`` opens as fast as it
+  can: events handled per CPU-second of this process, drops, and the sizes of the
+  batches the rules evaluated (``live_mean_batch``: what the reader's 2 ms wait and
+  the worker's joining of queued batches make of this flood).
 - ``throughput``: the default rules (``bpfloom/rules/default.yaml``) evaluated on one
   core over a fixed mix of records shaped like the tools' (60% open, 25% exec, 15%
   exit; paths, commands and parents drawn from realistic lists, a few of them
   suspicious), against two baselines measured in the same process: a rule set of one
   trivial rule, and the bare loop that only hands each record to a no-op. Events/s
   per core = records evaluated per second of CPU time of this (single) thread.
-  Column-wise (``evaluate_table``) in batches of ``--batch-size`` and of detect's
-  ``MERGE_EVENTS`` (the most a busy worker joins).
+  Column-wise (``evaluate_table``): ``rules_events_per_s_per_core`` in batches of the
+  live section's mean size (``--batch-size`` to choose another), beside it in batches
+  of 256 and of detect's ``MERGE_EVENTS`` (the most a busy worker joins).
 - ``latency``: ``bpfloom detect --json`` with a one-rule file (fires on an open of a
   marker path, no rate limit) runs as a subprocess; this script opens the marker and
   times until the alert line arrives on the pipe. The baseline is
@@ -53,6 +59,7 @@ from bpfloom.tools.opensnoop import OpenSnoop
 from bpfloom.tools.tool import _MONO_TO_WALL_NS
 
 BPFLOOM = [sys.executable, "-m", "bpfloom"]
+SMALL_BATCH = 256  # a fixed small batch, beside the live one
 TRIVIAL_RULE = """
 - rule: never
   condition: event == exec and comm == nothing-runs-under-this-name
@@ -249,6 +256,7 @@ def throughput(n: int, rounds: int, batch_size: int) -> dict[str, Any]:
     bare_rate = _cpu_rate(lambda ev: None, events, rounds)
     batches = raw_batches(events, batch_size)
     table_rate = _table_rate(load_rules(), batches, rounds)
+    small_rate = _table_rate(load_rules(), raw_batches(events, SMALL_BATCH), rounds)
     # Under load detect's worker joins queued batches up to MERGE_EVENTS events.
     merged_rate = _table_rate(load_rules(), raw_batches(events, MERGE_EVENTS), rounds)
     probe = load_rules()
@@ -265,6 +273,7 @@ def throughput(n: int, rounds: int, batch_size: int) -> dict[str, Any]:
         "batch_size": batch_size,
         "rules_events_per_s_per_core": round(table_rate),
         "columns_vs_records": round(table_rate / default_rate, 3),
+        f"rules_events_per_s_per_core_{SMALL_BATCH}": round(small_rate),
         "merged_batch_size": MERGE_EVENTS,
         "rules_events_per_s_per_core_merged": round(merged_rate),
         "alerts_in_sample_columns": table_alerts,
@@ -417,15 +426,21 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="JSON lines only")
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="batch size of rules_events_per_s_per_core (default: the live section's mean)",
+    )
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--opens", type=int, default=300_000)
     args = parser.parse_args()
     load_before = os.getloadavg()
-    results = [throughput(args.records, args.rounds, args.batch_size)]
+    live_run = live(args.opens)
+    batch_size = args.batch_size or max(live_run["live_mean_batch"], 1)
+    results = [throughput(args.records, args.rounds, batch_size), live_run]
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"bpfloom-bench-{os.getpid()}"
     tmp.mkdir(exist_ok=True)
-    results.append(live(args.opens))
     results.append(latency(args.samples, tmp))
     summary: dict[str, Any] = {"section": "summary"}
     for r in results:

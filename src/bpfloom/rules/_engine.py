@@ -169,7 +169,7 @@ class _ThresholdState:
                 set(listed)
             except TypeError:
                 return None
-        if n and float(times.max()) - self.last_sweep < self.within:
+        if n and float(np.maximum.reduce(times)) - self.last_sweep < self.within:
             return sorted(self._stretch(keys, listed, times, 0, n))  # no match sweeps
         reached: list[int] = []
         start = 0

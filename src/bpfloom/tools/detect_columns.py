@@ -16,7 +16,7 @@ alert, normally.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,7 +58,7 @@ class EventTable:
         self.strings = batch.decoder.strings
         self._record = record
         self._rows = batch.records
-        self._fields: dict[str, Any] = dict(batch.decoder.dtype.fields or {})
+        self._fields: Mapping[str, Any] = batch.decoder.dtype.fields or {}
         self._columns: dict[str, Column | None] = {}
         self._decoded: list[Record] | None = None
 

@@ -53,7 +53,7 @@ def wall_times(ktime_ns: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.float64
     """``wall_time`` of each timestamp of an array, with the same floats: numpy's int64
     to float64 conversion rounds to nearest as Python's int to float does; timestamps
     whose sum with the offset would leave int64 are converted one by one."""
-    if ktime_ns.size and int(ktime_ns.max()) > (1 << 62):
+    if ktime_ns.size and int(np.maximum.reduce(ktime_ns)) > (1 << 62):
         return np.array([wall_time(t) for t in ktime_ns.tolist()], dtype=np.float64)
     return (ktime_ns.astype(np.int64) + _MONO_TO_WALL_NS) / 1e9
 
