@@ -320,8 +320,8 @@ class HeadStrings(CStrings):
 
     def equals_any(self, literals: Sequence[bytes]) -> Mask:
         """As ``CStrings.equals_any`` for values of at most ``k`` bytes: one binary
-        search of the rows as ``S<k + 1>`` strings, whose zero bytes after the value
-        numpy ignores, as it does the literals' padding."""
+        search of the rows as fixed-width ``S`` strings (the row's width), whose zero
+        bytes after the value numpy ignores, as it does the literals' padding."""
         keys = _head_keys(tuple(literals), self.width)
         if keys is None:
             return np.zeros(self.n, dtype=np.bool_)
@@ -345,11 +345,11 @@ class HeadStrings(CStrings):
         return np.ones(self.n, dtype=np.bool_) if out is None else out
 
 
-_ALL_BYTES = (1 << 64) - 1
+_ALL_BYTES = np.uint64((1 << 64) - 1)
 
 
 @functools.lru_cache(maxsize=256)
-def _prefix_words(b: bytes) -> tuple[tuple[int, int], ...]:
+def _prefix_words(b: bytes) -> tuple[tuple[np.uint64, np.uint64], ...]:
     """``b`` cut in 8-byte pieces, each as (its value, the mask of its bytes) in a
     little-endian 64-bit word."""
     out = []
@@ -357,14 +357,14 @@ def _prefix_words(b: bytes) -> tuple[tuple[int, int], ...]:
         piece = b[i : i + 8]
         value = int.from_bytes(piece.ljust(8, b"\0"), "little")
         mask = int.from_bytes(b"\xff" * len(piece) + b"\0" * (8 - len(piece)), "little")
-        out.append((value, mask))
+        out.append((np.uint64(value), np.uint64(mask)))
     return tuple(out)
 
 
 @functools.lru_cache(maxsize=256)
 def _head_keys(literals: tuple[bytes, ...], width: int) -> npt.NDArray[Any] | None:
-    """Of ``literals``, those a head of ``width - 1`` bytes holds whole, sorted, as
-    ``S<width>`` (None: none)."""
+    """Of ``literals``, those shorter than a head's ``width`` (the others equal no
+    head), sorted, as ``S<width>`` (None: none)."""
     fitting = sorted({b for b in literals if len(b) < width})
     return np.array(fitting, dtype=f"S{width}") if fitting else None
 
