@@ -74,7 +74,10 @@ COMMS = [b"sh", b"bash", b"python3", b"cat", b"sshd", b"a", b"ab", b"", b"caf\xc
 PATHS = [b"/etc/shadow", b"//etc/shadow", b"/etc/./shadow", b"shadow", b"/etc/shadow/",
          b"/tmp/x", b"/tmp/go-build1/b", b"/tmp", b"/", b"", b"/a/../etc/shadow",
          b"/.hidden", b"/dev/shm/a", b"a/b", b"/tmp/\xff\xfe", b"/caf\xc3\xa9",
-         b"/" + b"p" * 254, b"/" + b"q" * 255, b"/var/tmp/y", b"..", b"/etc/gshadow-"]  # fmt: skip
+         b"/" + b"p" * 254, b"/" + b"q" * 255, b"/var/tmp/y", b"..", b"/etc/gshadow-",
+         # the whole buffer, ending in what lexical removes
+         b"/" + b"r" * 254 + b"/", b"/" * 256, b"/" + b"s" * 253 + b"/.",
+         b"/" + b"t" * 252 + b"/.."]  # fmt: skip
 ARGS = [b"-c", b"ls", b"", b"shadow", b"x" * 127, b"y" * 128, b"\xff"]
 RETS = [0, 3, -2, -13, 1, (1 << 63) - 1, -(1 << 63)]
 INTS = [0, 1, 2, 100, 4242, (1 << 32) - 1]

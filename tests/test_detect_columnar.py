@@ -14,6 +14,7 @@ record types (``tests/detect_events.py``). Every run is derandomized.
 
 from __future__ import annotations
 
+import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from detect_events import (
     OBJECTS,
     RECORD,
     ROW,
+    random_row,
     raw_batch,
     rule_file,
     sample_batches,
@@ -132,6 +134,31 @@ def test_load_rules_default_is_the_reference_set() -> None:
     assert [r.name for r in load_rules().rules] == [r.name for r in RuleSet.from_text(
         Path(sys.modules["bpfloom.rules"].__file__ or "").with_name("default.yaml").read_text()
     ).rules]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "path",
+    [b"/" + b"r" * 254 + b"/", b"/" * 256, b"/" + b"s" * 253 + b"/.", b"/" + b"t" * 252 + b"/.."],
+)
+def test_paths_filling_the_buffer(path: bytes) -> None:
+    """A path as long as its buffer, ending in a slash or dots, in the last row of a
+    batch of failed opens (its norm_path is worked out from the path alone): the same
+    alerts as row by row, and no read past the rows (a traced process chooses it)."""
+    text = """
+- rule: r
+  condition: event == open and norm_path startswith "/r"
+  output: "%norm_path"
+  priority: INFORMATIONAL
+"""
+    clock = [int(BASE_TIME * 1e9) - _MONO_TO_WALL_NS]
+    rows = [
+        {**random_row(random.Random(1)), "path": p, "fs": b"", "fs_kind": 0, "fs_cut": 0, "truncated": 0,
+         "ret": -2}
+        for p in (b"/etc/shadow", path)
+    ]  # fmt: skip
+    assert compare("open", text, [raw_batch("open", rows, clock, seed=3)]) == (
+        1 if path.startswith(b"/r") else 0
+    )
 
 
 # The byte-level building blocks.

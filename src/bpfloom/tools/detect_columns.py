@@ -189,8 +189,12 @@ def _plain(mat: npt.NDArray[np.uint8]) -> Mask:
     hits = nonzero(slash[:-1] & (slash[1:] | (after == _DOT) | (after == 0)))
     if hits.size == 0:
         return out
-    # A row's last byte is 0, so the two bytes after a '/' and '.' are in its row.
-    nxt, then, last = flat[hits + 1], flat[hits + 2], flat[np.minimum(hits + 3, flat.size - 1)]
+    # A row's last byte is 0, so the two bytes after a "/." are in its row; after a
+    # "/" and the row's last byte they are not (they are not used then), and may lie
+    # past the matrix: those reads are clamped to it.
+    top = flat.size - 1
+    nxt = flat[hits + 1]
+    then, last = flat[np.minimum(hits + 2, top)], flat[np.minimum(hits + 3, top)]
     ends = (then == _SLASH) | (then == 0)  # "/." is a whole component
     dotdot = (then == _DOT) & ((last == _SLASH) | (last == 0))  # "/.." is
     root = (nxt == 0) & (hits % width == 0)  # the value "/"
