@@ -151,11 +151,8 @@ def test_paths_filling_the_buffer(path: bytes) -> None:
   priority: INFORMATIONAL
 """
     clock = [int(BASE_TIME * 1e9) - _MONO_TO_WALL_NS]
-    rows = [
-        {**random_row(random.Random(1)), "path": p, "fs": b"", "fs_kind": 0, "fs_cut": 0, "truncated": 0,
-         "ret": -2}
-        for p in (b"/etc/shadow", path)
-    ]  # fmt: skip
+    failed = {"fs": b"", "fs_kind": 0, "fs_cut": 0, "truncated": 0, "ret": -2}
+    rows = [{**random_row(random.Random(1)), **failed, "path": p} for p in (b"/etc/shadow", path)]
     assert compare("open", text, [raw_batch("open", rows, clock, seed=3)]) == (
         1 if path.startswith(b"/r") else 0
     )
