@@ -36,7 +36,7 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from operator import methodcaller
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -739,29 +739,28 @@ class Plan:
 
     def members(self, node: InSet) -> list[Value]:
         """Every value ``node`` tests for: written ones and its lists', typed."""
-        found = self._members.get(id(node))
-        if found is None:
+
+        def make() -> list[Value]:
             values: set[Value] = set(node.values)
             for name in node.lists:
                 values |= self.compiler.members(name, node.field)
-            found = self._members[id(node)] = (node, list(values))
-        return found[1]
+            return list(values)
+
+        return _kept(self._members, node, make)
 
     def whole_bytes(self, node: Compare | InSet) -> list[bytes] | None:
         """The values an ``==``, ``!=`` or ``in`` test compares with, as the bytes of
         whole C strings (``literal_bytes``; those no C string can hold left out); None
         if one needs the decoded values."""
-        found = self._bytes.get(id(node))
-        if found is None:
+
+        def make() -> list[bytes] | None:
             texts = [str(node.value)] if isinstance(node, Compare) else self.members(node)
             encoded = [literal_bytes(str(t), self.strings, whole=True) for t in texts]
-            wanted = (
-                None
-                if any(b is None for b in encoded)
-                else [b for b in encoded if isinstance(b, bytes)]
-            )
-            found = self._bytes[id(node)] = (node, wanted)
-        return found[1]
+            if any(b is None for b in encoded):
+                return None
+            return [b for b in encoded if isinstance(b, bytes)]
+
+        return _kept(self._bytes, node, make)
 
     def holds(self, node: Compare | InSet, value: Any) -> bool:
         """The row-wise matcher on a record whose ``node.field`` is ``value`` (kept
@@ -777,17 +776,11 @@ class Plan:
 
     def str_test(self, node: Compare | InSet) -> StrTest:
         """How ``node`` runs on C strings (worked out once per set and policy)."""
-        found = self._str_tests.get(id(node))
-        if found is None:
-            found = self._str_tests[id(node)] = (node, _str_test(node, self))
-        return found[1]
+        return _kept(self._str_tests, node, lambda: _str_test(node, self))
 
     def ordered(self, node: And | Or) -> list[Node]:
         """``node``'s items, cheapest first (see ``cost``)."""
-        found = self._ordered.get(id(node))
-        if found is None:
-            found = self._ordered[id(node)] = (node, sorted(node.items, key=self.cost))
-        return found[1]
+        return _kept(self._ordered, node, lambda: sorted(node.items, key=self.cost))
 
     def supported(self, node: Node) -> bool:
         """Whether the columns evaluate this tree (else its rule runs row-wise)."""
@@ -795,25 +788,33 @@ class Plan:
 
     def cost(self, node: Node) -> int:
         """A rough rank of how much a tree costs on columns, to run cheap tests first."""
-        found = self._costs.get(id(node))
-        if found is None:
+
+        def make() -> int:
             if isinstance(node, Compare | InSet):
                 ftype = self.compiler.fields.get(node.field)
                 op = node.op if isinstance(node, Compare) else "in"
                 if node.field == "event":
-                    cost = 0
-                elif ftype is str:
-                    cost = 3 if op in ("endswith", "contains", "glob") else 2
-                elif ftype is list:
-                    cost = 5
-                else:
-                    cost = 1
-            elif isinstance(node, Not):
-                cost = self.cost(node.item)
-            else:
-                cost = max(self.cost(item) for item in node.items)
-            found = self._costs[id(node)] = (node, cost)
-        return found[1]
+                    return 0
+                if ftype is str:
+                    return 3 if op in ("endswith", "contains", "glob") else 2
+                return 5 if ftype is list else 1
+            if isinstance(node, Not):
+                return self.cost(node.item)
+            return max(self.cost(item) for item in node.items)
+
+        return _kept(self._costs, node, make)
+
+
+_T = TypeVar("_T")
+
+
+def _kept(table: dict[int, tuple[Node, _T]], node: Node, make: Callable[[], _T]) -> _T:
+    """``make()`` once per node: kept by the node's id, with the node itself, so the
+    id stays the node's while it is kept."""
+    found = table.get(id(node))
+    if found is None:
+        found = table[id(node)] = (node, make())
+    return found[1]
 
 
 _MISSING = object()
