@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -158,6 +159,7 @@ def run_tool_cli(tool: str, *args: str) -> Result:
 
 
 # The child's own imports and helpers; ``gate()`` waits for the test's go-ahead.
+_GATED = "gated\n"  # what a child writes on stderr when it reaches its first gate
 _CHILD_PRELUDE = """\
 import ctypes, json, os, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -173,12 +175,15 @@ class GatedChild:
     next ``go()``; it has ``os``, ``sys``, ``json``, ``time``, ``ctypes`` and ``libc``.
 
     ``comm`` renames the child before the first gate; ``user`` runs it as that uid
-    (with the system's python3, which any user can read).
+    (with the system's python3, which any user can read). The constructor returns once
+    the child waits at its first gate: nothing of the interpreter's start-up (it opens
+    dozens of files) reaches a tool attached afterwards, however slow the machine.
     """
 
     def __init__(self, code: str, *, comm: str | None = None, user: int | None = None) -> None:
         rename = f"open('/proc/self/comm', 'w').write({comm!r})\n" if comm else ""
-        script = _CHILD_PRELUDE + rename + "gate()\n" + code
+        ready = f"sys.stderr.write({_GATED!r}); sys.stderr.flush()\n"
+        script = _CHILD_PRELUDE + rename + ready + "gate()\n" + code
         python = sys.executable if user is None else "/usr/bin/python3"
         self.proc = subprocess.Popen(
             [python, "-c", script],
@@ -189,6 +194,20 @@ class GatedChild:
             user=user,
         )
         self.pid = self.proc.pid
+        self._wait_gated()
+
+    def _wait_gated(self) -> None:
+        """Until the child reports it reached its first gate (it then blocks on stdin
+        and writes nothing more, so reading this line reads nothing after it)."""
+        assert self.proc.stderr is not None
+        if not select.select([self.proc.stderr], [], [], TIMEOUT)[0]:
+            self.kill()
+            pytest.fail(f"child {self.pid} did not reach its first gate within {TIMEOUT} s")
+        line = self.proc.stderr.readline()
+        if line != _GATED:
+            self.proc.kill()
+            rest = self.proc.communicate()[1]
+            pytest.fail(f"child {self.pid} failed before its first gate:\n{line}{rest}")
 
     def go(self) -> None:
         """Let the child pass its next ``gate()``."""
